@@ -1,0 +1,303 @@
+//! The one error type of the crate.
+//!
+//! Every failure on untrusted input is a variant here, carrying enough context (byte
+//! offset, tensor name, the offending number) for a user to see what is wrong with a file
+//! without a debugger. Errors are small and cheap to clone, and need no allocator.
+
+use core::fmt;
+
+use crate::quant::TensorType;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// The part of a GGUF file a problem was found in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// Magic, version and the two counts (the first 24 bytes).
+    Header,
+    /// The key/value metadata pairs.
+    Metadata,
+    /// The tensor-info records.
+    TensorInfo,
+    /// The tensor data blob after the padding.
+    Data,
+}
+
+impl fmt::Display for Section {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Section::Header => "header",
+            Section::Metadata => "metadata",
+            Section::TensorInfo => "tensor info",
+            Section::Data => "tensor data",
+        })
+    }
+}
+
+/// A tensor or key name kept inside an error (truncated to 64 bytes at a character
+/// boundary), so errors can name what they are about without borrowing the file.
+pub type Name = heapless::String<64>;
+
+/// Copies `s` into a [`Name`], truncating at a character boundary if it is too long.
+pub(crate) fn name_of(s: &str) -> Name {
+    let mut name = Name::new();
+    for c in s.chars() {
+        if name.push(c).is_err() {
+            break;
+        }
+    }
+    name
+}
+
+/// Everything that can go wrong in `moe-core`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The first four bytes are not `GGUF`.
+    BadMagic {
+        /// The bytes found instead.
+        found: [u8; 4],
+    },
+    /// A GGUF version other than 2 or 3.
+    UnsupportedVersion {
+        /// The version field as read (little-endian).
+        version: u32,
+    },
+    /// The file was written big-endian (byte-swapped); only little-endian files are read.
+    BigEndian,
+    /// The bytes end before the structure being read does.
+    Truncated {
+        /// Where the file ends too early.
+        section: Section,
+        /// Byte offset at which the missing structure starts.
+        offset: usize,
+    },
+    /// A count (of keys, tensors, array elements, string bytes) larger than the remaining
+    /// bytes could possibly hold.
+    CountTooLarge {
+        /// The section holding the count.
+        section: Section,
+        /// Byte offset of the count field.
+        offset: usize,
+        /// The count as read.
+        count: u64,
+    },
+    /// A metadata value type id outside 0..=12.
+    UnknownValueType {
+        /// The id read.
+        type_id: u32,
+        /// Byte offset of the type field.
+        offset: usize,
+    },
+    /// Arrays nested deeper than [`crate::gguf::MAX_ARRAY_NESTING`].
+    NestingTooDeep {
+        /// Byte offset of the innermost array header.
+        offset: usize,
+    },
+    /// A string (key, value or tensor name) that is not valid UTF-8.
+    InvalidUtf8 {
+        /// Byte offset of the string's bytes.
+        offset: usize,
+    },
+    /// The same metadata key appears twice.
+    DuplicateKey {
+        /// The key.
+        key: Name,
+    },
+    /// A known key holds a value of the wrong type (for example `general.alignment` that is
+    /// not an integer).
+    WrongValueType {
+        /// The key.
+        key: Name,
+    },
+    /// `general.alignment` is zero or not a power of two.
+    BadAlignment {
+        /// The value found.
+        alignment: u64,
+    },
+    /// A tensor type id that GGUF never defined.
+    UnknownTensorType {
+        /// The id read.
+        type_id: u32,
+    },
+    /// A tensor type id that ggml defined once and removed (4, 5, 31–33, 36–38).
+    RemovedTensorType {
+        /// The id read.
+        type_id: u32,
+    },
+    /// A tensor with more than four dimensions.
+    TooManyDims {
+        /// The tensor's name.
+        tensor: Name,
+        /// The dimension count read.
+        n_dims: u32,
+    },
+    /// A tensor whose element count or byte size does not fit in 64 bits / the address
+    /// space.
+    TensorTooLarge {
+        /// The tensor's name.
+        tensor: Name,
+    },
+    /// A row (`ne[0]` elements) is not a whole number of quantization blocks.
+    RowNotBlockMultiple {
+        /// The tensor's name (empty when the check is about a bare row).
+        tensor: Name,
+        /// Elements per row.
+        row_len: u64,
+        /// Elements per block of the tensor's type.
+        block_len: u64,
+    },
+    /// A tensor whose bytes extend past the end of the file.
+    TensorOutOfBounds {
+        /// The tensor's name.
+        tensor: Name,
+        /// Its offset relative to the data section.
+        offset: u64,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// A tensor offset that is not a multiple of the file's alignment.
+    MisalignedOffset {
+        /// The tensor's name.
+        tensor: Name,
+        /// Its offset relative to the data section.
+        offset: u64,
+        /// The file's alignment.
+        alignment: u64,
+    },
+    /// Two tensors share bytes.
+    OverlappingTensors {
+        /// The first tensor (in file order).
+        first: Name,
+        /// The second tensor (in file order).
+        second: Name,
+    },
+    /// The same tensor name appears twice.
+    DuplicateTensorName {
+        /// The name.
+        tensor: Name,
+    },
+    /// A buffer's length does not match what the operation needs.
+    LengthMismatch {
+        /// Bytes or elements expected.
+        expected: usize,
+        /// Bytes or elements given.
+        actual: usize,
+    },
+    /// The operation is not implemented for this tensor type (for example dequantizing
+    /// an IQ2 tensor).
+    UnsupportedType {
+        /// The type asked for.
+        ty: TensorType,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadMagic { found } => write!(
+                f,
+                "not a GGUF file: magic bytes are {found:02x?}, expected \"GGUF\""
+            ),
+            Error::UnsupportedVersion { version } => {
+                write!(
+                    f,
+                    "unsupported GGUF version {version} (versions 2 and 3 are read)"
+                )
+            }
+            Error::BigEndian => {
+                f.write_str("big-endian (byte-swapped) GGUF files are not supported")
+            }
+            Error::Truncated { section, offset } => {
+                write!(
+                    f,
+                    "file is truncated in the {section} section (at byte {offset})"
+                )
+            }
+            Error::CountTooLarge {
+                section,
+                offset,
+                count,
+            } => write!(
+                f,
+                "count {count} at byte {offset} ({section} section) is larger than the rest of the file can hold"
+            ),
+            Error::UnknownValueType { type_id, offset } => {
+                write!(f, "unknown metadata value type {type_id} at byte {offset}")
+            }
+            Error::NestingTooDeep { offset } => write!(
+                f,
+                "arrays nested more than {} deep at byte {offset}",
+                crate::gguf::MAX_ARRAY_NESTING
+            ),
+            Error::InvalidUtf8 { offset } => {
+                write!(f, "string at byte {offset} is not valid UTF-8")
+            }
+            Error::DuplicateKey { key } => write!(f, "metadata key '{key}' appears more than once"),
+            Error::WrongValueType { key } => {
+                write!(f, "metadata key '{key}' has the wrong value type")
+            }
+            Error::BadAlignment { alignment } => {
+                write!(
+                    f,
+                    "general.alignment {alignment} is not a non-zero power of two"
+                )
+            }
+            Error::UnknownTensorType { type_id } => write!(f, "unknown tensor type id {type_id}"),
+            Error::RemovedTensorType { type_id } => {
+                write!(
+                    f,
+                    "tensor type id {type_id} was removed from GGUF and is not supported"
+                )
+            }
+            Error::TooManyDims { tensor, n_dims } => {
+                write!(f, "tensor '{tensor}' has {n_dims} dimensions (at most 4)")
+            }
+            Error::TensorTooLarge { tensor } => {
+                write!(f, "tensor '{tensor}' is too large to address")
+            }
+            Error::RowNotBlockMultiple {
+                tensor,
+                row_len,
+                block_len,
+            } => write!(
+                f,
+                "tensor '{tensor}': row length {row_len} is not a multiple of the block size {block_len}"
+            ),
+            Error::TensorOutOfBounds {
+                tensor,
+                offset,
+                size,
+            } => write!(
+                f,
+                "tensor '{tensor}' ({size} bytes at data offset {offset}) extends past the end of the file"
+            ),
+            Error::MisalignedOffset {
+                tensor,
+                offset,
+                alignment,
+            } => write!(
+                f,
+                "tensor '{tensor}' offset {offset} is not a multiple of the alignment {alignment}"
+            ),
+            Error::OverlappingTensors { first, second } => {
+                write!(f, "tensors '{first}' and '{second}' overlap")
+            }
+            Error::DuplicateTensorName { tensor } => {
+                write!(f, "tensor name '{tensor}' appears more than once")
+            }
+            Error::LengthMismatch { expected, actual } => {
+                write!(
+                    f,
+                    "buffer length {actual} does not match the expected {expected}"
+                )
+            }
+            Error::UnsupportedType { ty } => {
+                write!(f, "operation not supported for tensor type {}", ty.name())
+            }
+        }
+    }
+}
+
+impl core::error::Error for Error {}

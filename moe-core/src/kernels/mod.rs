@@ -1,0 +1,2 @@
+//! Compute kernels. `scalar` is the portable specification every SIMD kernel is tested
+//! against.

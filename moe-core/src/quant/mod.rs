@@ -1,0 +1,229 @@
+//! Tensor element types and their block formats.
+//!
+//! GGUF stores every tensor as rows of fixed-size blocks along `ne[0]`; a block holds
+//! [`TensorType::block_len`] elements in [`TensorType::block_bytes`] bytes. The ids are
+//! ggml's (`enum ggml_type`), which is what a GGUF tensor-info record stores.
+
+use crate::error::{Error, Result};
+
+/// A GGUF tensor element type, with ggml's numeric id as discriminant.
+///
+/// Every id GGUF defines is listed so any file can be inspected; which types can be
+/// decoded is a separate question (see [`TensorType::can_dequantize`]).
+#[allow(non_camel_case_types, missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum TensorType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q8_1 = 9,
+    Q2_K = 10,
+    Q3_K = 11,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
+    Q8_K = 15,
+    IQ2_XXS = 16,
+    IQ2_XS = 17,
+    IQ3_XXS = 18,
+    IQ1_S = 19,
+    IQ4_NL = 20,
+    IQ3_S = 21,
+    IQ2_S = 22,
+    IQ4_XS = 23,
+    I8 = 24,
+    I16 = 25,
+    I32 = 26,
+    I64 = 27,
+    F64 = 28,
+    IQ1_M = 29,
+    BF16 = 30,
+    TQ1_0 = 34,
+    TQ2_0 = 35,
+    MXFP4 = 39,
+    NVFP4 = 40,
+    Q1_0 = 41,
+}
+
+/// Every type, in id order.
+pub const ALL_TYPES: [TensorType; 34] = {
+    use TensorType::*;
+    [
+        F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ2_XXS,
+        IQ2_XS, IQ3_XXS, IQ1_S, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, I8, I16, I32, I64, F64, IQ1_M, BF16,
+        TQ1_0, TQ2_0, MXFP4, NVFP4, Q1_0,
+    ]
+};
+
+impl TensorType {
+    /// The type with ggml id `id`, or a typed error for ids that were removed from ggml
+    /// (4, 5, 31–33, 36–38) or never existed.
+    pub const fn from_id(id: u32) -> Result<Self> {
+        use TensorType::*;
+        Ok(match id {
+            0 => F32,
+            1 => F16,
+            2 => Q4_0,
+            3 => Q4_1,
+            6 => Q5_0,
+            7 => Q5_1,
+            8 => Q8_0,
+            9 => Q8_1,
+            10 => Q2_K,
+            11 => Q3_K,
+            12 => Q4_K,
+            13 => Q5_K,
+            14 => Q6_K,
+            15 => Q8_K,
+            16 => IQ2_XXS,
+            17 => IQ2_XS,
+            18 => IQ3_XXS,
+            19 => IQ1_S,
+            20 => IQ4_NL,
+            21 => IQ3_S,
+            22 => IQ2_S,
+            23 => IQ4_XS,
+            24 => I8,
+            25 => I16,
+            26 => I32,
+            27 => I64,
+            28 => F64,
+            29 => IQ1_M,
+            30 => BF16,
+            34 => TQ1_0,
+            35 => TQ2_0,
+            39 => MXFP4,
+            40 => NVFP4,
+            41 => Q1_0,
+            4 | 5 | 31..=33 | 36..=38 => return Err(Error::RemovedTensorType { type_id: id }),
+            _ => return Err(Error::UnknownTensorType { type_id: id }),
+        })
+    }
+
+    /// ggml's numeric id, as stored in GGUF.
+    pub const fn id(self) -> u32 {
+        self as u32
+    }
+
+    /// The name gguf-py and llama.cpp's tools print (`"Q4_K"`, `"F16"`, …).
+    pub const fn name(self) -> &'static str {
+        use TensorType::*;
+        match self {
+            F32 => "F32",
+            F16 => "F16",
+            Q4_0 => "Q4_0",
+            Q4_1 => "Q4_1",
+            Q5_0 => "Q5_0",
+            Q5_1 => "Q5_1",
+            Q8_0 => "Q8_0",
+            Q8_1 => "Q8_1",
+            Q2_K => "Q2_K",
+            Q3_K => "Q3_K",
+            Q4_K => "Q4_K",
+            Q5_K => "Q5_K",
+            Q6_K => "Q6_K",
+            Q8_K => "Q8_K",
+            IQ2_XXS => "IQ2_XXS",
+            IQ2_XS => "IQ2_XS",
+            IQ3_XXS => "IQ3_XXS",
+            IQ1_S => "IQ1_S",
+            IQ4_NL => "IQ4_NL",
+            IQ3_S => "IQ3_S",
+            IQ2_S => "IQ2_S",
+            IQ4_XS => "IQ4_XS",
+            I8 => "I8",
+            I16 => "I16",
+            I32 => "I32",
+            I64 => "I64",
+            F64 => "F64",
+            IQ1_M => "IQ1_M",
+            BF16 => "BF16",
+            TQ1_0 => "TQ1_0",
+            TQ2_0 => "TQ2_0",
+            MXFP4 => "MXFP4",
+            NVFP4 => "NVFP4",
+            Q1_0 => "Q1_0",
+        }
+    }
+
+    /// The type whose [`name`](Self::name) is `name` (ASCII case-insensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        ALL_TYPES
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Elements per block (1 for plain float and integer types).
+    pub const fn block_len(self) -> usize {
+        use TensorType::*;
+        match self {
+            F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => 32,
+            NVFP4 => 64,
+            Q1_0 => 128,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S
+            | IQ3_S | IQ2_S | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => 256,
+        }
+    }
+
+    /// Bytes per block, as ggml lays the block out.
+    ///
+    /// Q8_1 is 36 bytes (`d`, `s` as f16), as in current ggml; gguf-py 0.19 still lists
+    /// the old 40-byte layout with f32 `d` and `s`.
+    pub const fn block_bytes(self) -> usize {
+        use TensorType::*;
+        match self {
+            F32 | I32 => 4,
+            F16 | BF16 | I16 => 2,
+            I8 => 1,
+            I64 | F64 => 8,
+            Q4_0 => 18,
+            Q4_1 => 20,
+            Q5_0 => 22,
+            Q5_1 => 24,
+            Q8_0 => 34,
+            Q8_1 => 36,
+            Q2_K => 84,
+            Q3_K => 110,
+            Q4_K => 144,
+            Q5_K => 176,
+            Q6_K => 210,
+            Q8_K => 292,
+            IQ2_XXS => 66,
+            IQ2_XS => 74,
+            IQ3_XXS => 98,
+            IQ1_S => 50,
+            IQ4_NL => 18,
+            IQ3_S => 110,
+            IQ2_S => 82,
+            IQ4_XS => 136,
+            IQ1_M => 56,
+            TQ1_0 => 54,
+            TQ2_0 => 66,
+            MXFP4 => 17,
+            NVFP4 => 36,
+            Q1_0 => 18,
+        }
+    }
+
+    /// Bytes taken by `n_elements` elements laid out as whole blocks, or `None` when
+    /// `n_elements` is not a multiple of the block length or the size overflows.
+    pub const fn bytes_for(self, n_elements: u64) -> Option<u64> {
+        let block_len = self.block_len() as u64;
+        if n_elements % block_len != 0 {
+            return None;
+        }
+        (n_elements / block_len).checked_mul(self.block_bytes() as u64)
+    }
+}
+
+impl core::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,1 @@
+//! `moe-cuda`: GPU offload (work in progress).
