@@ -1,1 +1,140 @@
-//! `moe-cuda`: GPU offload (work in progress).
+//! `moe-cuda`: optional NVIDIA GPU support for the engine.
+//!
+//! Today this crate only answers "which CUDA devices are there?" ([`devices`]). GPU
+//! offload of expert FFNs and routing (kernels compiled at run time by NVRTC) comes later.
+//!
+//! It builds on every machine: cudarc is used with `dynamic-loading` and a pinned CUDA
+//! version feature (`cuda-12080`), so neither a CUDA toolkit nor a driver is needed to
+//! build or test. At run time the driver library (`libcuda.so` / `nvcuda.dll`) is probed
+//! before any driver call, and every failure turns into "no devices" rather than a panic.
+
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+
+use cudarc::driver::{result, sys};
+
+/// One CUDA device as the driver reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device's index for the driver (`cuDeviceGet`), 0-based.
+    pub ordinal: usize,
+    /// The marketing name, for example `"NVIDIA H100 80GB HBM3"`.
+    pub name: String,
+    /// Total device memory in bytes.
+    pub total_memory: u64,
+    /// Compute capability, major part (9 for Hopper).
+    pub compute_major: u32,
+    /// Compute capability, minor part.
+    pub compute_minor: u32,
+}
+
+impl fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cuda:{} {} ({:.1} GiB, compute capability {}.{})",
+            self.ordinal,
+            self.name,
+            self.total_memory as f64 / (1u64 << 30) as f64,
+            self.compute_major,
+            self.compute_minor
+        )
+    }
+}
+
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: `is_culib_present` only tries `libloading::Library::new` on the driver's
+    // usual file names and drops the handle; loading libcuda runs its initialisers, which
+    // is what any CUDA program does. It calls no driver function.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The CUDA devices of this machine, in driver order.
+///
+/// Returns an empty list — never panics — when the driver library is missing, when
+/// `cuInit` fails (no device, driver too old, `CUDA_VISIBLE_DEVICES` empty), or when any
+/// query fails. A device whose properties cannot be read is left out.
+pub fn devices() -> Vec<DeviceInfo> {
+    if !driver_present() {
+        return Vec::new();
+    }
+    // cudarc panics when a symbol is missing from the loaded library (a driver older than
+    // the bindings); catch that too, so callers only ever see an empty list.
+    panic::catch_unwind(AssertUnwindSafe(query_devices))
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
+fn query_devices() -> Result<Vec<DeviceInfo>, result::DriverError> {
+    result::init()?;
+    let count = result::device::get_count()?;
+    let mut out = Vec::new();
+    for ordinal in 0..count.max(0) {
+        if let Ok(info) = query_device(ordinal) {
+            out.push(info);
+        }
+    }
+    Ok(out)
+}
+
+fn query_device(ordinal: i32) -> Result<DeviceInfo, result::DriverError> {
+    use sys::CUdevice_attribute::{
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+    };
+    let dev = result::device::get(ordinal)?;
+    let name = result::device::get_name(dev)?;
+    // SAFETY: `dev` was just returned by `cuDeviceGet` for an ordinal below the device
+    // count, after a successful `cuInit`; these are plain property queries.
+    let (total_memory, major, minor) = unsafe {
+        (
+            result::device::total_mem(dev)?,
+            result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        )
+    };
+    Ok(DeviceInfo {
+        ordinal: ordinal as usize,
+        name,
+        total_memory: total_memory as u64,
+        compute_major: major.max(0) as u32,
+        compute_minor: minor.max(0) as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_never_panics() {
+        let devices = devices();
+        if devices.is_empty() {
+            println!("skipped: no CUDA device");
+            return;
+        }
+        for d in &devices {
+            println!("{d}");
+            assert!(!d.name.is_empty());
+            assert!(d.total_memory > 0);
+            assert!(
+                d.compute_major >= 3,
+                "no CUDA 12 device is older than sm_35"
+            );
+        }
+        assert!(
+            devices.windows(2).all(|w| w[0].ordinal < w[1].ordinal),
+            "devices are listed in driver order"
+        );
+    }
+
+    #[test]
+    fn no_driver_means_no_devices() {
+        if !driver_present() {
+            assert!(devices().is_empty());
+        } else {
+            println!("skipped: a CUDA driver is present");
+        }
+    }
+}
