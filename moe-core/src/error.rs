@@ -73,8 +73,8 @@ pub enum Error {
         /// Byte offset at which the missing structure starts.
         offset: usize,
     },
-    /// A count (of keys, tensors, array elements, string bytes) larger than the remaining
-    /// bytes could possibly hold.
+    /// A count (of keys, tensors, array elements, string bytes) larger than the whole
+    /// input could hold: a lying length. (A file that merely ends early is `Truncated`.)
     CountTooLarge {
         /// The section holding the count.
         section: Section,
@@ -221,7 +221,7 @@ impl fmt::Display for Error {
                 count,
             } => write!(
                 f,
-                "count {count} at byte {offset} ({section} section) is larger than the rest of the file can hold"
+                "count {count} at byte {offset} ({section} section) is larger than the whole file could hold"
             ),
             Error::UnknownValueType { type_id, offset } => {
                 write!(f, "unknown metadata value type {type_id} at byte {offset}")

@@ -30,11 +30,6 @@ impl<'a> Cursor<'a> {
         self.section = section;
     }
 
-    /// Bytes left after the current position.
-    pub(crate) fn remaining(&self) -> usize {
-        self.bytes.len().saturating_sub(self.pos)
-    }
-
     /// Takes the next `n` bytes; `Truncated` if fewer remain.
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let truncated = Error::Truncated {
@@ -74,19 +69,22 @@ impl<'a> Cursor<'a> {
         self.array()
     }
 
-    /// Reads a count and checks that `count` items of at least `min_item_bytes` each fit
-    /// in the bytes that remain, so later loops are bounded by the input size.
+    /// Reads a count (u64) of items taking at least `min_item_bytes` each, and refuses
+    /// it if the items could not fit in the whole input. Such a count is a lie, not a
+    /// truncation; loops over the items stay bounded by the input size either way, and a
+    /// file that merely ends early is reported as [`Error::Truncated`] when the bytes run out.
     pub(crate) fn count(&mut self, min_item_bytes: usize) -> Result<u64> {
         let offset = self.pos;
         let count = self.u64()?;
-        let needed = count.checked_mul(min_item_bytes as u64);
-        match needed {
-            Some(needed) if needed <= self.remaining() as u64 => Ok(count),
-            _ => Err(Error::CountTooLarge {
-                section: self.section,
-                offset,
-                count,
-            }),
+        self.check_count(count, min_item_bytes, offset)?;
+        Ok(count)
+    }
+
+    /// Checks a count read at `offset` as [`Cursor::count`] does.
+    pub(crate) fn check_count(&self, count: u64, min_item_bytes: usize, offset: usize) -> Result<()> {
+        match count.checked_mul(min_item_bytes as u64) {
+            Some(needed) if needed <= self.bytes.len() as u64 => Ok(()),
+            _ => Err(Error::CountTooLarge { section: self.section, offset, count }),
         }
     }
 
@@ -94,7 +92,7 @@ impl<'a> Cursor<'a> {
     pub(crate) fn string(&mut self) -> Result<&'a str> {
         let len = self.count(1)?;
         let start = self.pos;
-        // `count` checked that `len` bytes remain, so it fits in usize.
+        // `count` checked that `len` is at most the input length, so it fits in usize.
         let bytes = self.take(len as usize)?;
         core::str::from_utf8(bytes).map_err(|_| Error::InvalidUtf8 { offset: start })
     }

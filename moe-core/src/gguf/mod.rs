@@ -38,7 +38,7 @@ const MIN_KV_BYTES: usize = 8 + 4 + 1;
 const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 4 + 8;
 
 /// A parsed, validated GGUF file borrowing its bytes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct File<'a> {
     bytes: &'a [u8],
     version: u32,
@@ -48,6 +48,19 @@ pub struct File<'a> {
     tensors_start: usize,
     tensor_count: usize,
     data_offset: usize,
+}
+
+impl core::fmt::Debug for File<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("File")
+            .field("len", &self.bytes.len())
+            .field("version", &self.version)
+            .field("alignment", &self.alignment)
+            .field("metadata_count", &self.metadata_count)
+            .field("tensor_count", &self.tensor_count)
+            .field("data_offset", &self.data_offset)
+            .finish()
+    }
 }
 
 /// One tensor-info record: where the tensor is and what it holds.
@@ -88,8 +101,12 @@ impl<'a> File<'a> {
         if !(2..=3).contains(&version) {
             return Err(Error::UnsupportedVersion { version });
         }
-        let tensor_count = cursor.count(MIN_TENSOR_INFO_BYTES)? as usize;
-        let metadata_count = cursor.count(MIN_KV_BYTES)? as usize;
+        let tensor_count = cursor.u64()?;
+        let metadata_count = cursor.u64()?;
+        cursor.check_count(tensor_count, MIN_TENSOR_INFO_BYTES, 8)?;
+        cursor.check_count(metadata_count, MIN_KV_BYTES, 16)?;
+        // Both are at most the input length, so they fit in usize.
+        let (tensor_count, metadata_count) = (tensor_count as usize, metadata_count as usize);
 
         cursor.set_section(Section::Metadata);
         let metadata_start = cursor.pos();

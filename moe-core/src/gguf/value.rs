@@ -341,7 +341,7 @@ fn read_array<'a>(cursor: &mut Cursor<'a>, depth: usize) -> Result<Array<'a>> {
     }
     let elem_type = read_value_type(cursor)?;
     let len = cursor.count(elem_type.min_size())?;
-    // `count` checked that the elements fit in the remaining bytes, so `len` fits in usize.
+    // `count` checked that the elements could fit in the input, so this cannot overflow.
     let len = len as usize;
     let start = cursor.pos();
     match elem_type.fixed_size() {
