@@ -529,14 +529,3 @@ fn more_names_than_one_table_chunk() {
         );
     }
 }
-
-#[test]
-fn no_tensors_needs_no_data_section() {
-    let mut g = Gguf::new();
-    g.kvs.push(kv_str("general.architecture", "none"));
-    let head = g.head();
-    let file = parse(&head).unwrap();
-    assert_eq!(file.tensor_count(), 0);
-    assert_eq!(file.tensors().count(), 0);
-    assert_eq!(file.architecture(), Some("none"));
-}

@@ -81,10 +81,19 @@ impl<'a> Cursor<'a> {
     }
 
     /// Checks a count read at `offset` as [`Cursor::count`] does.
-    pub(crate) fn check_count(&self, count: u64, min_item_bytes: usize, offset: usize) -> Result<()> {
+    pub(crate) fn check_count(
+        &self,
+        count: u64,
+        min_item_bytes: usize,
+        offset: usize,
+    ) -> Result<()> {
         match count.checked_mul(min_item_bytes as u64) {
             Some(needed) if needed <= self.bytes.len() as u64 => Ok(()),
-            _ => Err(Error::CountTooLarge { section: self.section, offset, count }),
+            _ => Err(Error::CountTooLarge {
+                section: self.section,
+                offset,
+                count,
+            }),
         }
     }
 

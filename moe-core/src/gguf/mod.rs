@@ -21,7 +21,7 @@ use crate::quant::TensorType;
 use crate::tensor::{MAX_DIMS, TensorView, tensor_bytes};
 use cursor::Cursor;
 use unique::{CHUNK, Extent, HashSet, find_duplicate, find_overlap, occurs_twice};
-use value::{read_value, read_value_type};
+use value::{LongArrays, read_metadata_value, read_value, read_value_type};
 
 /// The four magic bytes every GGUF file starts with.
 pub const MAGIC: [u8; 4] = *b"GGUF";
@@ -48,6 +48,7 @@ pub struct File<'a> {
     tensors_start: usize,
     tensor_count: usize,
     data_offset: usize,
+    long_arrays: LongArrays,
 }
 
 impl core::fmt::Debug for File<'_> {
@@ -110,7 +111,7 @@ impl<'a> File<'a> {
 
         cursor.set_section(Section::Metadata);
         let metadata_start = cursor.pos();
-        let alignment = Self::check_metadata(bytes, &mut cursor, metadata_count)?;
+        let (alignment, long_arrays) = Self::check_metadata(bytes, &mut cursor, metadata_count)?;
 
         cursor.set_section(Section::TensorInfo);
         let tensors_start = cursor.pos();
@@ -123,6 +124,7 @@ impl<'a> File<'a> {
             tensors_start,
             tensor_count,
             data_offset: 0,
+            long_arrays,
         };
         let data_end = file.check_tensor_infos(&mut cursor)?;
 
@@ -142,16 +144,26 @@ impl<'a> File<'a> {
     }
 
     /// Walks every metadata pair once: validates it, finds the alignment, and rejects
-    /// duplicate keys. Returns the alignment.
-    fn check_metadata(bytes: &'a [u8], cursor: &mut Cursor<'a>, count: usize) -> Result<u64> {
+    /// duplicate keys. Returns the alignment and the long arrays to jump over later.
+    fn check_metadata(
+        bytes: &'a [u8],
+        cursor: &mut Cursor<'a>,
+        count: usize,
+    ) -> Result<(u64, LongArrays)> {
         let mut alignment = DEFAULT_ALIGNMENT;
+        let mut long_arrays = LongArrays::default();
         let mut seen = HashSet::new();
         let start = cursor.pos();
-        let keys = || MetadataIter::raw(Cursor::new(bytes, start, Section::Metadata), count).keys();
+        let keys = |long_arrays| {
+            let cursor = Cursor::new(bytes, start, Section::Metadata);
+            MetadataIter::raw(cursor, count, long_arrays).keys()
+        };
         for index in 0..count {
             let key = cursor.string()?;
             let ty = read_value_type(cursor)?;
+            let value_at = cursor.pos();
             let value = read_value(cursor, ty, 0)?;
+            long_arrays.note(value_at, cursor.pos(), &value);
             if key == ALIGNMENT_KEY {
                 alignment = value
                     .as_u64()
@@ -160,14 +172,17 @@ impl<'a> File<'a> {
                     return Err(Error::BadAlignment { alignment });
                 }
             }
-            if index < CHUNK && seen.insert(key) && occurs_twice(key, keys().take(index + 1))? {
+            if index < CHUNK
+                && seen.insert(key)
+                && occurs_twice(key, keys(long_arrays).take(index + 1))?
+            {
                 return Err(Error::DuplicateKey { key: name_of(key) });
             }
         }
-        if let Some(key) = find_duplicate(count, CHUNK, keys)? {
+        if let Some(key) = find_duplicate(count, CHUNK, || keys(long_arrays))? {
             return Err(Error::DuplicateKey { key: name_of(key) });
         }
-        Ok(alignment)
+        Ok((alignment, long_arrays))
     }
 
     /// Walks every tensor-info record once: validates it, rejects duplicate names and
@@ -284,7 +299,7 @@ impl<'a> File<'a> {
     /// The metadata pairs in file order.
     pub fn metadata(&self) -> MetadataIter<'a> {
         let cursor = Cursor::new(self.bytes, self.metadata_start, Section::Metadata);
-        MetadataIter::raw(cursor, self.metadata_count)
+        MetadataIter::raw(cursor, self.metadata_count, self.long_arrays)
     }
 
     /// The value of metadata key `key`.
@@ -362,20 +377,23 @@ fn read_tensor_info<'a>(cursor: &mut Cursor<'a>, alignment: u64) -> Result<RawTe
 pub struct MetadataIter<'a> {
     cursor: Cursor<'a>,
     left: usize,
+    long_arrays: LongArrays,
 }
 
 impl<'a> MetadataIter<'a> {
-    fn raw(cursor: Cursor<'a>, count: usize) -> Self {
+    fn raw(cursor: Cursor<'a>, count: usize, long_arrays: LongArrays) -> Self {
         MetadataIter {
             cursor,
             left: count,
+            long_arrays,
         }
     }
 
     fn next_pair(&mut self) -> Result<(&'a str, Value<'a>)> {
         let key = self.cursor.string()?;
         let ty = read_value_type(&mut self.cursor)?;
-        Ok((key, read_value(&mut self.cursor, ty, 0)?))
+        let value = read_metadata_value(&mut self.cursor, ty, &self.long_arrays)?;
+        Ok((key, value))
     }
 }
 

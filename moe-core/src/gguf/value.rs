@@ -360,3 +360,59 @@ fn read_array<'a>(cursor: &mut Cursor<'a>, depth: usize) -> Result<Array<'a>> {
         elems: cursor.passed_since(start),
     })
 }
+
+/// The extents of the few long arrays with variable-size elements (vocabularies, merges),
+/// noted while the file is validated so that later metadata walks jump over them instead
+/// of decoding a few hundred thousand strings on every look-up.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LongArrays {
+    /// `(position of the array value, position just past it)`.
+    extents: [(usize, usize); 4],
+    len: usize,
+}
+
+impl LongArrays {
+    /// Arrays shorter than this are cheap to walk.
+    const MIN_LEN: usize = 1024;
+
+    /// Remembers `array`, read from `value_at` up to `end`, if it is worth it.
+    pub(crate) fn note(&mut self, value_at: usize, end: usize, value: &Value<'_>) {
+        if let Value::Array(array) = value
+            && array.len >= Self::MIN_LEN
+            && array.elem_type.fixed_size().is_none()
+            && self.len < self.extents.len()
+        {
+            self.extents[self.len] = (value_at, end);
+            self.len += 1;
+        }
+    }
+
+    fn end_of(&self, value_at: usize) -> Option<usize> {
+        self.extents[..self.len]
+            .iter()
+            .find(|(at, _)| *at == value_at)
+            .map(|(_, end)| *end)
+    }
+}
+
+/// Reads a top-level metadata value, jumping over a long array noted in `long`.
+pub(crate) fn read_metadata_value<'a>(
+    cursor: &mut Cursor<'a>,
+    ty: ValueType,
+    long: &LongArrays,
+) -> Result<Value<'a>> {
+    match long.end_of(cursor.pos()) {
+        Some(end) if ty == ValueType::Array => {
+            let elem_type = read_value_type(cursor)?;
+            let len = cursor.u64()? as usize;
+            let start = cursor.pos();
+            cursor.take(end.saturating_sub(start))?;
+            Ok(Value::Array(Array {
+                elem_type,
+                len,
+                elems: cursor.passed_since(start),
+            }))
+        }
+        _ => read_value(cursor, ty, 0),
+    }
+}
