@@ -5,7 +5,11 @@ use moe_core::gguf::{File, Value};
 use proptest::prelude::*;
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 /// Touches every value, array element and tensor byte range of an accepted file.
@@ -42,7 +46,10 @@ fn walk(bytes: &[u8]) {
 }
 
 fn fixtures() -> Vec<Vec<u8>> {
-    ["model.gguf", "metadata.gguf", "v2.gguf", "types.gguf"].iter().map(|f| fixture(f)).collect()
+    ["model.gguf", "metadata.gguf", "v2.gguf", "types.gguf"]
+        .iter()
+        .map(|f| fixture(f))
+        .collect()
 }
 
 proptest! {
