@@ -35,9 +35,10 @@ impl fmt::Display for Section {
     }
 }
 
-/// A tensor or key name kept inside an error (truncated to 64 bytes at a character
-/// boundary), so errors can name what they are about without borrowing the file.
-pub type Name = heapless::String<64>;
+/// A tensor or key name kept inside an error (truncated to 48 bytes at a character
+/// boundary), so errors can name what they are about without borrowing the file. 48 bytes
+/// hold every tensor name and key llama.cpp writes while keeping `Error` small.
+pub type Name = heapless::String<48>;
 
 /// Copies `s` into a [`Name`], truncating at a character boundary if it is too long.
 pub(crate) fn name_of(s: &str) -> Name {
