@@ -6,6 +6,23 @@
 
 use crate::error::{Error, Result};
 
+pub mod float;
+pub mod iq4_nl;
+pub mod iq4_xs;
+pub mod q2_k;
+pub mod q3_k;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
+pub mod q8_0;
+pub mod q8_1;
+pub mod q8_k;
+mod round;
+
 /// A GGUF tensor element type, with ggml's numeric id as discriminant.
 ///
 /// Every id GGUF defines is listed so any file can be inspected; which types can be
@@ -215,7 +232,7 @@ impl TensorType {
     /// `n_elements` is not a multiple of the block length or the size overflows.
     pub const fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let block_len = self.block_len() as u64;
-        if n_elements % block_len != 0 {
+        if !n_elements.is_multiple_of(block_len) {
             return None;
         }
         (n_elements / block_len).checked_mul(self.block_bytes() as u64)
@@ -226,4 +243,180 @@ impl core::fmt::Display for TensorType {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+impl TensorType {
+    /// Whether [`dequantize_row`] decodes this type.
+    ///
+    /// The IQ1/IQ2/IQ3 grids, the ternary, FP4 and integer types are not decoded yet.
+    pub const fn can_dequantize(self) -> bool {
+        use TensorType::*;
+        matches!(
+            self,
+            F32 | F16
+                | BF16
+                | Q4_0
+                | Q4_1
+                | Q5_0
+                | Q5_1
+                | Q8_0
+                | Q8_1
+                | Q2_K
+                | Q3_K
+                | Q4_K
+                | Q5_K
+                | Q6_K
+                | Q8_K
+                | IQ4_NL
+                | IQ4_XS
+        )
+    }
+
+    /// Whether [`quantize_row`] encodes this type.
+    ///
+    /// These are the types with a deterministic reference quantizer: the float rows, the
+    /// legacy 32-element formats and the activation formats Q8_1 and Q8_K. K-quant and
+    /// IQ weights are produced offline by llama.cpp's search-based quantizers.
+    pub const fn can_quantize(self) -> bool {
+        use TensorType::*;
+        matches!(
+            self,
+            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q8_K
+        )
+    }
+
+    /// The type activations are quantized to for a dot product with a row of this type,
+    /// as ggml's CPU backend pairs them (`vec_dot_type`), or `None` when no dot product
+    /// is implemented for this type.
+    ///
+    /// Float rows are paired with F32 activations (ggml rounds activations to F16/BF16
+    /// first; keeping them in f32 costs nothing here and loses nothing).
+    pub const fn activation_type(self) -> Option<TensorType> {
+        use TensorType::*;
+        match self {
+            F32 | F16 | BF16 => Some(F32),
+            Q4_0 | Q5_0 | Q8_0 | IQ4_NL => Some(Q8_0),
+            Q4_1 | Q5_1 => Some(Q8_1),
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS => Some(Q8_K),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes `dst.len()` elements of type `ty` from `src` into f32.
+///
+/// `dst.len()` must be a whole number of blocks and `src` exactly the bytes of those
+/// blocks. Results are bit-identical to gguf-py 0.19's numpy `dequantize`.
+pub fn dequantize_row(ty: TensorType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    use TensorType::*;
+    match ty {
+        F32 => float::dequantize_row_f32(src, dst),
+        F16 => float::dequantize_row_f16(src, dst),
+        BF16 => float::dequantize_row_bf16(src, dst),
+        Q4_0 => q4_0::dequantize_row(src, dst),
+        Q4_1 => q4_1::dequantize_row(src, dst),
+        Q5_0 => q5_0::dequantize_row(src, dst),
+        Q5_1 => q5_1::dequantize_row(src, dst),
+        Q8_0 => q8_0::dequantize_row(src, dst),
+        Q8_1 => q8_1::dequantize_row(src, dst),
+        Q2_K => q2_k::dequantize_row(src, dst),
+        Q3_K => q3_k::dequantize_row(src, dst),
+        Q4_K => q4_k::dequantize_row(src, dst),
+        Q5_K => q5_k::dequantize_row(src, dst),
+        Q6_K => q6_k::dequantize_row(src, dst),
+        Q8_K => q8_k::dequantize_row(src, dst),
+        IQ4_NL => iq4_nl::dequantize_row(src, dst),
+        IQ4_XS => iq4_xs::dequantize_row(src, dst),
+        IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S | IQ1_M | I8 | I16 | I32 | I64 | F64
+        | TQ1_0 | TQ2_0 | MXFP4 | NVFP4 | Q1_0 => Err(Error::UnsupportedType { ty }),
+    }
+}
+
+/// Encodes the f32 values `src` as type `ty` into `dst`.
+///
+/// `src.len()` must be a whole number of blocks and `dst` exactly the bytes of those
+/// blocks. Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 are bit-identical to gguf-py 0.19's numpy
+/// `quantize`; Q8_1 and Q8_K follow ggml's reference quantizers.
+pub fn quantize_row(ty: TensorType, src: &[f32], dst: &mut [u8]) -> Result<()> {
+    use TensorType::*;
+    match ty {
+        F32 => float::quantize_row_f32(src, dst),
+        F16 => float::quantize_row_f16(src, dst),
+        BF16 => float::quantize_row_bf16(src, dst),
+        Q4_0 => q4_0::quantize_row(src, dst),
+        Q4_1 => q4_1::quantize_row(src, dst),
+        Q5_0 => q5_0::quantize_row(src, dst),
+        Q5_1 => q5_1::quantize_row(src, dst),
+        Q8_0 => q8_0::quantize_row(src, dst),
+        Q8_1 => q8_1::quantize_row(src, dst),
+        Q8_K => q8_k::quantize_row(src, dst),
+        _ => Err(Error::UnsupportedType { ty }),
+    }
+}
+
+/// Checks that `n_elements` is a whole number of `ty` blocks held in exactly `n_bytes`
+/// bytes, and returns the number of blocks.
+pub(crate) fn check_row(ty: TensorType, n_elements: usize, n_bytes: usize) -> Result<usize> {
+    let block_len = ty.block_len();
+    if !n_elements.is_multiple_of(block_len) {
+        return Err(Error::RowNotBlockMultiple {
+            tensor: crate::error::Name::new(),
+            row_len: n_elements as u64,
+            block_len: block_len as u64,
+        });
+    }
+    let n_blocks = n_elements / block_len;
+    let expected = n_blocks.checked_mul(ty.block_bytes());
+    match expected {
+        Some(expected) if expected == n_bytes => Ok(n_blocks),
+        _ => Err(Error::LengthMismatch {
+            expected: expected.unwrap_or(usize::MAX),
+            actual: n_bytes,
+        }),
+    }
+}
+
+/// Checks lengths, then decodes `src` block by block with `decode`.
+///
+/// `B` and `N` must be `ty`'s block bytes and block length; each format module asserts
+/// that at compile time.
+pub(crate) fn dequantize_blocks<const B: usize, const N: usize>(
+    ty: TensorType,
+    src: &[u8],
+    dst: &mut [f32],
+    decode: fn(&[u8; B], &mut [f32; N]),
+) -> Result<()> {
+    check_row(ty, dst.len(), src.len())?;
+    let (blocks, _) = src.as_chunks::<B>();
+    let (outs, _) = dst.as_chunks_mut::<N>();
+    for (block, out) in blocks.iter().zip(outs) {
+        decode(block, out);
+    }
+    Ok(())
+}
+
+/// Checks lengths, then encodes `src` block by block with `encode`.
+pub(crate) fn quantize_blocks<const B: usize, const N: usize>(
+    ty: TensorType,
+    src: &[f32],
+    dst: &mut [u8],
+    encode: fn(&[f32; N], &mut [u8; B]),
+) -> Result<()> {
+    check_row(ty, src.len(), dst.len())?;
+    let (xs, _) = src.as_chunks::<N>();
+    let (blocks, _) = dst.as_chunks_mut::<B>();
+    for (x, block) in xs.iter().zip(blocks) {
+        encode(x, block);
+    }
+    Ok(())
+}
+
+/// Reads the little-endian u16 at `at` of a block.
+pub(crate) fn le_u16<const B: usize>(block: &[u8; B], at: usize) -> u16 {
+    u16::from_le_bytes([block[at], block[at + 1]])
+}
+
+/// Reads the little-endian f16 at `at` of a block as f32.
+pub(crate) fn le_f16<const B: usize>(block: &[u8; B], at: usize) -> f32 {
+    float::f16_to_f32(le_u16(block, at))
 }

@@ -1,0 +1,158 @@
+//! Plain float rows: F32, F16 and BF16, one element per "block", little-endian.
+//!
+//! The f16 and bf16 conversions here are the ones every block format uses for its
+//! scales. They match numpy (gguf-py's oracle) bit for bit, NaN payloads included:
+//! numpy keeps a NaN's payload bits and never sets the quiet bit, where `half` does.
+
+use half::f16;
+
+use super::{TensorType, dequantize_blocks, quantize_blocks};
+use crate::Result;
+
+/// Decodes IEEE binary16 bits, keeping NaN payloads as numpy does.
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let h = f16::from_bits(bits);
+    if h.is_nan() {
+        let sign = u32::from(bits & 0x8000) << 16;
+        let payload = u32::from(bits & 0x03ff) << 13;
+        f32::from_bits(sign | 0x7f80_0000 | payload)
+    } else {
+        h.to_f32()
+    }
+}
+
+/// Rounds to IEEE binary16 (nearest, ties to even; overflow to infinity), keeping the
+/// top payload bits of a NaN and forcing a non-zero payload as numpy does.
+pub fn f32_to_f16(x: f32) -> u16 {
+    if x.is_nan() {
+        let bits = x.to_bits();
+        let sign = ((bits >> 16) & 0x8000) as u16;
+        let payload = ((bits & 0x007f_ffff) >> 13) as u16;
+        sign | 0x7c00 | payload.max(1)
+    } else {
+        f16::from_f32(x).to_bits()
+    }
+}
+
+/// Decodes bfloat16 bits: they are the top half of an f32.
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// Rounds to bfloat16 as ggml and gguf-py do: NaN becomes a quiet NaN with the top
+/// payload bits kept, everything else rounds to nearest, ties to even (overflowing to
+/// infinity).
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let mut n = x.to_bits();
+    if n & 0x7fff_ffff > 0x7f80_0000 {
+        n = (n & 0xffff_0000) | (64 << 16);
+    }
+    // u64 mirrors gguf-py; after the NaN case the sum cannot overflow u32 anyway.
+    ((u64::from(n) + 0x7fff + u64::from((n >> 16) & 1)) >> 16) as u16
+}
+
+const _: () = assert!(TensorType::F32.block_bytes() == 4 && TensorType::F32.block_len() == 1);
+const _: () = assert!(TensorType::F16.block_bytes() == 2 && TensorType::F16.block_len() == 1);
+const _: () = assert!(TensorType::BF16.block_bytes() == 2 && TensorType::BF16.block_len() == 1);
+
+/// Copies little-endian f32 values.
+pub fn dequantize_row_f32(src: &[u8], dst: &mut [f32]) -> Result<()> {
+    dequantize_blocks(
+        TensorType::F32,
+        src,
+        dst,
+        |b: &[u8; 4], out: &mut [f32; 1]| {
+            out[0] = f32::from_le_bytes(*b);
+        },
+    )
+}
+
+/// Widens little-endian f16 values.
+pub fn dequantize_row_f16(src: &[u8], dst: &mut [f32]) -> Result<()> {
+    dequantize_blocks(
+        TensorType::F16,
+        src,
+        dst,
+        |b: &[u8; 2], out: &mut [f32; 1]| {
+            out[0] = f16_to_f32(u16::from_le_bytes(*b));
+        },
+    )
+}
+
+/// Widens little-endian bf16 values.
+pub fn dequantize_row_bf16(src: &[u8], dst: &mut [f32]) -> Result<()> {
+    dequantize_blocks(
+        TensorType::BF16,
+        src,
+        dst,
+        |b: &[u8; 2], out: &mut [f32; 1]| {
+            out[0] = bf16_to_f32(u16::from_le_bytes(*b));
+        },
+    )
+}
+
+/// Writes f32 values little-endian.
+pub fn quantize_row_f32(src: &[f32], dst: &mut [u8]) -> Result<()> {
+    quantize_blocks(
+        TensorType::F32,
+        src,
+        dst,
+        |x: &[f32; 1], out: &mut [u8; 4]| {
+            *out = x[0].to_le_bytes();
+        },
+    )
+}
+
+/// Rounds to f16 with [`f32_to_f16`], written little-endian.
+pub fn quantize_row_f16(src: &[f32], dst: &mut [u8]) -> Result<()> {
+    quantize_blocks(
+        TensorType::F16,
+        src,
+        dst,
+        |x: &[f32; 1], out: &mut [u8; 2]| {
+            *out = f32_to_f16(x[0]).to_le_bytes();
+        },
+    )
+}
+
+/// Rounds to bf16 with [`f32_to_bf16`], written little-endian.
+pub fn quantize_row_bf16(src: &[f32], dst: &mut [u8]) -> Result<()> {
+    quantize_blocks(
+        TensorType::BF16,
+        src,
+        dst,
+        |x: &[f32; 1], out: &mut [u8; 2]| {
+            *out = f32_to_bf16(x[0]).to_le_bytes();
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_payloads_follow_numpy() {
+        // Expected bits from numpy 2.4 `astype` on x86-64.
+        assert_eq!(f16_to_f32(0x7c01).to_bits(), 0x7f80_2000);
+        assert_eq!(f16_to_f32(0xfc01).to_bits(), 0xff80_2000);
+        assert_eq!(f16_to_f32(0x7e00).to_bits(), 0x7fc0_0000);
+        assert_eq!(f16_to_f32(0x0001).to_bits(), 0x3380_0000);
+        assert_eq!(f32_to_f16(f32::from_bits(0x7f80_0001)), 0x7c01);
+        assert_eq!(f32_to_f16(f32::from_bits(0x7fc0_0001)), 0x7e00);
+        assert_eq!(f32_to_f16(f32::from_bits(0xff81_2345)), 0xfc09);
+        assert_eq!(f32_to_f16(f32::MAX), 0x7c00);
+        assert_eq!(f32_to_f16(f32::from_bits(0x3300_0001)), 0x0001);
+        assert_eq!(f32_to_f16(f32::from_bits(0x3300_0000)), 0x0000);
+    }
+
+    #[test]
+    fn bf16_rounds_to_even_and_quiets_nan() {
+        assert_eq!(f32_to_bf16(1.0), 0x3f80);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x7f80_0001)), 0x7fc0);
+        assert_eq!(f32_to_bf16(f32::MAX), 0x7f80);
+        assert_eq!(bf16_to_f32(0xbf80), -1.0);
+    }
+}
