@@ -12,6 +12,10 @@ use std::hint::black_box;
 use libfuzzer_sys::fuzz_target;
 use moe_core::gguf::{File, Value};
 
+/// Longest row that gets dequantized (longer rows are skipped to keep each run fast and
+/// small; the row length itself comes from the input).
+const MAX_ROW: u64 = 1 << 16;
+
 /// How many keys / tensors are also looked up by name (each look-up is a linear scan).
 const MAX_LOOKUPS: usize = 64;
 
@@ -31,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    let mut row = Vec::new();
     for (i, tensor) in file.tensors().enumerate() {
         let view = tensor.view;
         let bytes = view.ty().bytes_for(view.n_elements());
@@ -41,8 +46,18 @@ fuzz_target!(|data: &[u8]| {
                 .expect("every tensor can be looked up");
             assert_eq!(found.offset, tensor.offset);
         }
-        // TODO(quant): dequantize the first row once `moe_core::quant::dequantize_row` lands.
-        black_box(view.row(0));
+        if view.ty().can_dequantize() && view.row_len() <= MAX_ROW {
+            if let Some(src) = view.row(0) {
+                row.clear();
+                row.resize(view.row_len() as usize, 0.0f32);
+                let decoded = moe_core::quant::dequantize_row(view.ty(), src, &mut row);
+                assert!(
+                    decoded.is_ok(),
+                    "a validated row of a decodable type decodes"
+                );
+                black_box(&row);
+            }
+        }
     }
 });
 
