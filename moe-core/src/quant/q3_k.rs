@@ -74,3 +74,19 @@ pub fn dequantize_block(block: &Block, out: &mut [f32; BLOCK_LEN]) {
 pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<()> {
     dequantize_blocks(TensorType::Q3_K, src, dst, dequantize_block)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_bytes_are_not_zero_weights() {
+        // A clear hmask bit means "subtract 4" and a zero 6-bit scale means -32, so an
+        // all-zero block with d = 1 decodes to (-32) * (-4) = 128 everywhere.
+        let mut block = [0u8; BLOCK_BYTES];
+        block[D..D + 2].copy_from_slice(&0x3c00u16.to_le_bytes());
+        let mut out = [0.0f32; BLOCK_LEN];
+        dequantize_block(&block, &mut out);
+        assert!(out.iter().all(|&v| v == 128.0));
+    }
+}

@@ -87,3 +87,19 @@ pub fn dequantize_block(block: &Block, out: &mut [f32; BLOCK_LEN]) {
 pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<()> {
     dequantize_blocks(TensorType::Q4_K, src, dst, dequantize_block)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_and_mins_unpack_from_split_bits() {
+        let mut packed = [0u8; 12];
+        packed[0] = 0b11_000001; // scale 0 = 1; top bits of scale 4 = 0b11
+        packed[4] = 0b10_000010; // min 0 = 2; top bits of min 4 = 0b10
+        packed[8] = 0x5a; // low bits: scale 4 = 0xa, min 4 = 0x5
+        let (scales, mins) = unpack_scales_mins(&packed);
+        assert_eq!((scales[0], mins[0]), (1, 2));
+        assert_eq!((scales[4], mins[4]), (0x3a, 0x25));
+    }
+}
