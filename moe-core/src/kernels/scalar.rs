@@ -223,31 +223,34 @@ fn float_dot(w: impl Iterator<Item = f32>, a: impl Iterator<Item = f32>) -> f32 
         .sum::<f64>() as f32
 }
 
+fn f32_at(bytes: &[u8; 4]) -> f32 {
+    f32::from_le_bytes(*bytes)
+}
+
+fn f16_at(bytes: &[u8; 2]) -> f32 {
+    float::f16_to_f32(u16::from_le_bytes(*bytes))
+}
+
+fn bf16_at(bytes: &[u8; 2]) -> f32 {
+    float::bf16_to_f32(u16::from_le_bytes(*bytes))
+}
+
 /// F32 weights (little-endian bytes) · f32 activations.
 pub fn dot_f32(w: &[[u8; 4]], a: &[f32]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
-    Ok(float_dot(
-        w.iter().map(|&b| f32::from_le_bytes(b)),
-        a.iter().copied(),
-    ))
+    Ok(float_dot(w.iter().map(f32_at), a.iter().copied()))
 }
 
 /// F16 weights (little-endian bytes) · f32 activations.
 pub fn dot_f16(w: &[[u8; 2]], a: &[f32]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
-    Ok(float_dot(
-        w.iter().map(|&b| float::f16_to_f32(u16::from_le_bytes(b))),
-        a.iter().copied(),
-    ))
+    Ok(float_dot(w.iter().map(f16_at), a.iter().copied()))
 }
 
 /// BF16 weights (little-endian bytes) · f32 activations.
 pub fn dot_bf16(w: &[[u8; 2]], a: &[f32]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
-    Ok(float_dot(
-        w.iter().map(|&b| float::bf16_to_f32(u16::from_le_bytes(b))),
-        a.iter().copied(),
-    ))
+    Ok(float_dot(w.iter().map(bf16_at), a.iter().copied()))
 }
 
 /// The dot product of a row of `weight_type` with a row of its
@@ -292,27 +295,11 @@ pub fn dot(weight_type: TensorType, weights: &[u8], activations: &[u8]) -> Resul
         Q6_K => dot_q6_k_q8_k(w.as_chunks().0, a.as_chunks().0),
         IQ4_XS => dot_iq4_xs_q8_k(w.as_chunks().0, a.as_chunks().0),
         F32 | F16 | BF16 => {
-            let (a, _) = a.as_chunks::<4>();
-            let a = a.iter().map(|&b| f32::from_le_bytes(b));
+            let a = a.as_chunks().0.iter().map(f32_at);
             Ok(match weight_type {
-                F32 => float_dot(
-                    w.as_chunks::<4>().0.iter().map(|&b| f32::from_le_bytes(b)),
-                    a,
-                ),
-                F16 => float_dot(
-                    w.as_chunks::<2>()
-                        .0
-                        .iter()
-                        .map(|&b| float::f16_to_f32(u16::from_le_bytes(b))),
-                    a,
-                ),
-                _ => float_dot(
-                    w.as_chunks::<2>()
-                        .0
-                        .iter()
-                        .map(|&b| float::bf16_to_f32(u16::from_le_bytes(b))),
-                    a,
-                ),
+                F32 => float_dot(w.as_chunks().0.iter().map(f32_at), a),
+                F16 => float_dot(w.as_chunks().0.iter().map(f16_at), a),
+                _ => float_dot(w.as_chunks().0.iter().map(bf16_at), a),
             })
         }
         _ => Err(Error::UnsupportedType { ty: weight_type }),
