@@ -1,1 +1,172 @@
-//! `moe-std`: loads checkpoints from disk for `moe-core` and hosts the `moe` tool.
+//! `moe-std`: the engine on an operating system.
+//!
+//! `moe-core` never touches files; this crate hands it bytes. [`GgufFile::open`] maps a
+//! GGUF checkpoint read-only (memmap2), validates it once with
+//! [`moe_core::gguf::File::parse`] and keeps the parsed view next to the mapping, so weights
+//! are read straight from the page cache and never copied.
+//!
+//! Also here: the reports behind `moe inspect` ([`inspect`]) and `moe dequant`
+//! ([`dequant`]), and the `moe` command-line tool itself (`src/bin/moe.rs`).
+#![warn(missing_docs)]
+// The one hand-written `unsafe` is `Mmap::map` in `GgufFile::open`, allowed there alone.
+#![deny(unsafe_code)]
+
+pub mod dequant;
+pub mod inspect;
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use moe_core::gguf::File;
+
+/// Errors of `moe-std`: an I/O failure or a malformed file, always with the file's path.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Opening, mapping, reading or writing a file failed.
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The bytes are not a valid GGUF file (or a tensor cannot be decoded).
+    Gguf {
+        /// The file concerned.
+        path: PathBuf,
+        /// What `moe-core` found wrong (boxed: the core's error carries tensor names
+        /// inline and is large).
+        source: Box<moe_core::Error>,
+    },
+    /// A tensor name that the file does not contain.
+    NoSuchTensor {
+        /// The file searched.
+        path: PathBuf,
+        /// The name asked for.
+        tensor: String,
+    },
+}
+
+impl Error {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Error::Io { path, .. }
+            | Error::Gguf { path, .. }
+            | Error::NoSuchTensor { path, .. } => path,
+        }
+    }
+
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn gguf(path: &Path, source: moe_core::Error) -> Self {
+        Error::Gguf {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Gguf { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::NoSuchTensor { path, tensor } => {
+                write!(f, "{}: no tensor named '{tensor}'", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Gguf { source, .. } => Some(&**source),
+            Error::NoSuchTensor { .. } => None,
+        }
+    }
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+self_cell::self_cell!(
+    /// The mapping and the file parsed from it. The parsed [`File`] borrows the mapped
+    /// bytes; `self_cell` keeps the two together without `unsafe` on our side (the
+    /// mapping's address does not change when the `Mmap` value moves).
+    struct Mapped {
+        owner: Mmap,
+        #[covariant]
+        dependent: File,
+    }
+);
+
+/// A GGUF file mapped read-only and validated at open.
+///
+/// Validation is [`File::parse`]'s: header, every metadata value, the tensor table,
+/// alignment, and that every tensor lies inside the file, so a file shorter than its
+/// tensor table claims is refused here, not at first use. Opening costs O(metadata):
+/// tensor data pages are not touched until read.
+pub struct GgufFile {
+    path: PathBuf,
+    mapped: Mapped,
+}
+
+impl GgufFile {
+    /// Maps `path` read-only and parses it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is opened read-only and mapped read-only (`Mmap`, not
+        // `MmapMut`), so this process never writes through the mapping. What `Mmap::map`
+        // cannot rule out is another process changing the file while it is mapped: the
+        // bytes behind our `&[u8]` would then change under us, and if the file is
+        // *truncated* the pages past the new end fault with SIGBUS on access. Like every
+        // mmap-based model loader, we accept that hazard: checkpoints are not edited in
+        // place while being served, and the alternative (reading tens of GiB into memory)
+        // defeats zero-copy. This is the only `unsafe` in moe-std.
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let mapped =
+            Mapped::try_new(map, |bytes| File::parse(bytes)).map_err(|e| Error::gguf(path, e))?;
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            mapped,
+        })
+    }
+
+    /// The parsed file; its metadata, tensor infos and tensor bytes borrow the mapping.
+    pub fn file(&self) -> &File<'_> {
+        self.mapped.borrow_dependent()
+    }
+
+    /// All bytes of the file.
+    pub fn bytes(&self) -> &[u8] {
+        self.mapped.borrow_owner()
+    }
+
+    /// The path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("len", &self.bytes().len())
+            .field("tensors", &self.file().tensor_count())
+            .finish()
+    }
+}

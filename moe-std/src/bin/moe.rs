@@ -1,1 +1,216 @@
-fn main() {}
+//! `moe`: the engine's command-line tool.
+//!
+//! Arguments are parsed by hand: three subcommands with a handful of flags do not need a
+//! parser crate, and the error messages stay ours.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use moe_std::{GgufFile, dequant, inspect};
+
+const USAGE: &str = "\
+usage:
+  moe inspect FILE [--json [--full]]   header, metadata, tensors, totals, MoE shape
+  moe inspect --devices                CUDA devices (none without a driver)
+  moe dequant FILE TENSOR [-o OUT]     tensor as little-endian f32 in GGUF order
+                                       (ne[0] fastest) to stdout or OUT
+  moe --help | --version
+
+In --json, arrays longer than 64 elements are cut to their first 8 unless --full.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("moe: {message}");
+            eprint!("{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Error(message)) => {
+            eprintln!("moe: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    /// Wrong arguments: message plus usage, exit status 2.
+    Usage(String),
+    /// The command failed: message (naming the file), exit status 1.
+    Error(String),
+}
+
+impl From<moe_std::Error> for Failure {
+    fn from(e: moe_std::Error) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure::Usage(message.into())
+}
+
+fn run(args: Vec<OsString>) -> Result<(), Failure> {
+    let mut args = args.into_iter();
+    let Some(command) = args.next() else {
+        return Err(usage("no command given"));
+    };
+    let rest: Vec<OsString> = args.collect();
+    match command.to_str() {
+        Some("inspect") => inspect_cmd(rest),
+        Some("dequant") => dequant_cmd(rest),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some("-V" | "--version") => {
+            println!("moe {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        _ => Err(usage(format!(
+            "unknown command '{}'",
+            command.to_string_lossy()
+        ))),
+    }
+}
+
+/// Splits arguments into flags (starting with `-`, except a lone `-`) and positionals;
+/// `--` ends the flags. Flags that take a value take the next argument.
+struct Args {
+    flags: Vec<(String, Option<OsString>)>,
+    positionals: Vec<OsString>,
+}
+
+fn parse(args: Vec<OsString>, with_value: &[&str]) -> Result<Args, Failure> {
+    let mut flags = Vec::new();
+    let mut positionals = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--") => {
+                positionals.extend(args);
+                break;
+            }
+            Some(flag) if flag.starts_with('-') && flag.len() > 1 => {
+                let (name, inline) = match flag.split_once('=') {
+                    Some((n, v)) if n.starts_with("--") => (n, Some(OsString::from(v))),
+                    _ => (flag, None),
+                };
+                let value = if with_value.contains(&name) {
+                    match inline {
+                        Some(v) => Some(v),
+                        None => Some(
+                            args.next()
+                                .ok_or_else(|| usage(format!("{name} needs a value")))?,
+                        ),
+                    }
+                } else if inline.is_some() {
+                    return Err(usage(format!("{name} takes no value")));
+                } else {
+                    None
+                };
+                flags.push((name.to_string(), value));
+            }
+            _ => positionals.push(arg),
+        }
+    }
+    Ok(Args { flags, positionals })
+}
+
+fn inspect_cmd(args: Vec<OsString>) -> Result<(), Failure> {
+    let args = parse(args, &[])?;
+    let (mut json, mut full, mut devices) = (false, false, false);
+    for (flag, _) in &args.flags {
+        match flag.as_str() {
+            "--json" => json = true,
+            "--full" => full = true,
+            "--devices" => devices = true,
+            other => return Err(usage(format!("inspect: unknown flag {other}"))),
+        }
+    }
+    if devices {
+        if !args.positionals.is_empty() || json || full {
+            return Err(usage("inspect --devices takes no other arguments"));
+        }
+        return print_devices();
+    }
+    if full && !json {
+        return Err(usage("--full only applies to --json"));
+    }
+    let [path] = <[OsString; 1]>::try_from(args.positionals)
+        .map_err(|_| usage("inspect needs exactly one FILE"))?;
+    let gguf = GgufFile::open(PathBuf::from(path))?;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, &inspect::to_json(&gguf, full))
+            .map_err(io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        inspect::write_text(&gguf, &mut out)
+    };
+    finish_stdout(written.and_then(|()| out.flush()))
+}
+
+fn print_devices() -> Result<(), Failure> {
+    let devices = moe_cuda::devices();
+    let mut out = io::stdout().lock();
+    let written = if devices.is_empty() {
+        let why = if moe_cuda::driver_present() {
+            "the CUDA driver reports none"
+        } else {
+            "no CUDA driver library found"
+        };
+        writeln!(out, "no CUDA devices ({why})")
+    } else {
+        devices.iter().try_for_each(|d| writeln!(out, "{d}"))
+    };
+    finish_stdout(written)
+}
+
+/// Maps a failed write to stdout to an error, except a closed pipe (`moe … | head`),
+/// which just ends the output.
+fn finish_stdout(result: io::Result<()>) -> Result<(), Failure> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::Error(format!("<stdout>: {e}"))),
+        Ok(()) => Ok(()),
+    }
+}
+
+fn dequant_cmd(args: Vec<OsString>) -> Result<(), Failure> {
+    let args = parse(args, &["-o", "--output"])?;
+    let mut output = None;
+    for (flag, value) in args.flags {
+        match flag.as_str() {
+            "-o" | "--output" => output = value.map(PathBuf::from),
+            other => return Err(usage(format!("dequant: unknown flag {other}"))),
+        }
+    }
+    let [path, tensor] = <[OsString; 2]>::try_from(args.positionals)
+        .map_err(|_| usage("dequant needs FILE and TENSOR"))?;
+    let tensor = tensor
+        .into_string()
+        .map_err(|t| usage(format!("tensor name {t:?} is not UTF-8")))?;
+    let gguf = GgufFile::open(PathBuf::from(path))?;
+    match output {
+        Some(out_path) => {
+            dequant::write_f32_file(&gguf, &tensor, &out_path)?;
+        }
+        None => {
+            let stdout = io::stdout();
+            let mut out = stdout.lock();
+            match dequant::write_f32(&gguf, &tensor, &mut out, "<stdout>".as_ref()) {
+                Err(e) if dequant::is_broken_pipe(&e) => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
