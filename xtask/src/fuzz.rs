@@ -129,14 +129,22 @@ fn run_libfuzzer(cmd: &mut Command) -> Result<Report> {
         .spawn()
         .map_err(|e| format!("could not start `{shown}`: {e}"))?;
     let mut report = None;
+    let mut quiet = 0u64;
     if let Some(stderr) = child.stderr.take() {
         for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-            eprintln!("{line}");
+            // libFuzzer prints a line per new or reduced input (thousands in a minute);
+            // count those and pass the rest (pulses, crashes, the final stats) through.
+            if is_progress_line(&line) {
+                quiet += 1;
+            } else {
+                eprintln!("{line}");
+            }
             if let Some(r) = parse_done_line(&line) {
                 report = Some(r);
             }
         }
     }
+    eprintln!("fuzz: {quiet} NEW/REDUCE progress lines not shown");
     let status = child
         .wait()
         .map_err(|e| format!("waiting for `{shown}`: {e}"))?;
@@ -146,6 +154,16 @@ fn run_libfuzzer(cmd: &mut Command) -> Result<Report> {
         ));
     }
     report.ok_or_else(|| format!("`{shown}` printed no 'Done N runs' line"))
+}
+
+/// libFuzzer's `#1234\tNEW    cov: …` / `REDUCE` lines.
+fn is_progress_line(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix('#') else {
+        return false;
+    };
+    let mut words = rest.split_whitespace();
+    words.next().is_some_and(|n| n.parse::<u64>().is_ok())
+        && matches!(words.next(), Some("NEW" | "REDUCE"))
 }
 
 /// Parses libFuzzer's `Done 123456 runs in 61 second(s)`.
@@ -168,5 +186,19 @@ mod tests {
         assert_eq!((r.runs, r.seconds), (1_234_567, 61));
         assert!(parse_done_line("#1234 DONE cov: 10 ft: 20").is_none());
         assert!(parse_done_line("Done testing").is_none());
+    }
+
+    #[test]
+    fn hides_only_new_and_reduce_lines() {
+        use super::is_progress_line;
+        assert!(is_progress_line(
+            "#2048\tNEW    cov: 512 ft: 900 corp: 40/1Mb"
+        ));
+        assert!(is_progress_line(
+            "#4096\tREDUCE cov: 512 ft: 901 corp: 40/1Mb"
+        ));
+        assert!(!is_progress_line("#65536\tpulse  cov: 512 ft: 901"));
+        assert!(!is_progress_line("#1234567\tDONE   cov: 512"));
+        assert!(!is_progress_line("==1== ERROR: libFuzzer: deadly signal"));
     }
 }
