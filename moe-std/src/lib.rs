@@ -161,6 +161,12 @@ impl GgufFile {
     }
 }
 
+// A checkpoint is opened once and shared by every worker thread.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<GgufFile>();
+};
+
 impl fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GgufFile")
