@@ -1,0 +1,1 @@
+//! Reference routing (plain f32).
