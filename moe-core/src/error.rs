@@ -186,6 +186,84 @@ pub enum Error {
         /// Bytes or elements given.
         actual: usize,
     },
+    /// A metadata key the operation needs is absent.
+    MissingKey {
+        /// The key.
+        key: Name,
+    },
+    /// A tensor the operation needs is absent.
+    MissingTensor {
+        /// The tensor's name.
+        tensor: Name,
+    },
+    /// A tensor whose shape does not match what its role requires.
+    BadTensorShape {
+        /// The tensor's name or role.
+        tensor: Name,
+        /// The dimension (GGUF order) that is wrong.
+        dim: u8,
+        /// The size it must have.
+        expected: u64,
+        /// The size it has.
+        actual: u64,
+    },
+    /// A router configuration that cannot route (k = 0, k above the expert count, groups
+    /// that do not divide the experts, …).
+    InvalidRouterConfig {
+        /// What is wrong, in words.
+        reason: &'static str,
+    },
+    /// An `expert_gating_func` value this engine does not know.
+    UnknownGatingFunc {
+        /// The value read.
+        value: u64,
+    },
+    /// An expert id (in a hash table or a statistics call) outside the layer's active
+    /// experts.
+    ExpertOutOfRange {
+        /// The id found.
+        expert: i64,
+        /// Number of experts of the layer.
+        n_expert: u64,
+    },
+    /// A token id outside a hash-routing table.
+    TokenOutOfRange {
+        /// The token id.
+        token: u32,
+        /// Number of token ids the table covers.
+        n_vocab: u64,
+    },
+    /// A caller-provided buffer shorter than the operation needs.
+    BufferTooSmall {
+        /// Elements needed.
+        needed: usize,
+        /// Elements given.
+        actual: usize,
+    },
+    /// A caller-provided workspace shorter than [`workspace_bytes`] says the call needs.
+    ///
+    /// [`workspace_bytes`]: crate::moe::MoeLayer::workspace_bytes
+    WorkspaceTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        actual: usize,
+    },
+    /// A token routed to more experts than the MoE layer was sized for (its k).
+    TooManyChoices {
+        /// The token's index in the batch.
+        token: usize,
+        /// Number of experts it was routed to.
+        count: usize,
+        /// The layer's k.
+        k: usize,
+    },
+    /// An MoE layer configuration that cannot run (a capacity factor that is not a positive
+    /// finite number, k = 0, an FFN width that does not split into G parts, …).
+    InvalidMoeConfig {
+        /// What is wrong, in words.
+        reason: &'static str,
+    },
     /// The operation is not implemented for this tensor type (for example dequantizing
     /// an IQ2 tensor).
     UnsupportedType {
@@ -293,6 +371,46 @@ impl fmt::Display for Error {
                     f,
                     "buffer length {actual} does not match the expected {expected}"
                 )
+            }
+            Error::MissingKey { key } => write!(f, "metadata key '{key}' is missing"),
+            Error::MissingTensor { tensor } => write!(f, "tensor '{tensor}' is missing"),
+            Error::BadTensorShape {
+                tensor,
+                dim,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "tensor '{tensor}': dimension {dim} is {actual}, expected {expected}"
+            ),
+            Error::InvalidRouterConfig { reason } => {
+                write!(f, "invalid router configuration: {reason}")
+            }
+            Error::UnknownGatingFunc { value } => {
+                write!(f, "unknown expert_gating_func value {value}")
+            }
+            Error::ExpertOutOfRange { expert, n_expert } => write!(
+                f,
+                "expert id {expert} is not an active expert of a layer with {n_expert} experts"
+            ),
+            Error::TokenOutOfRange { token, n_vocab } => write!(
+                f,
+                "token id {token} is outside the hash table ({n_vocab} token ids)"
+            ),
+            Error::BufferTooSmall { needed, actual } => write!(
+                f,
+                "buffer of {actual} elements is too small: {needed} needed"
+            ),
+            Error::WorkspaceTooSmall { needed, actual } => write!(
+                f,
+                "workspace of {actual} bytes is too small: {needed} bytes needed"
+            ),
+            Error::TooManyChoices { token, count, k } => write!(
+                f,
+                "token {token} is routed to {count} experts, more than the layer's k = {k}"
+            ),
+            Error::InvalidMoeConfig { reason } => {
+                write!(f, "invalid MoE layer configuration: {reason}")
             }
             Error::UnsupportedType { ty } => {
                 write!(f, "operation not supported for tensor type {}", ty.name())

@@ -1,0 +1,1 @@
+//! Reading a [`RouterConfig`](super::RouterConfig) and a router from GGUF.

@@ -1,0 +1,665 @@
+//! [`Router`]: a [`RouterConfig`] plus borrowed tensors, routing a batch of tokens into
+//! caller-provided [`Selection`]s without allocating.
+//!
+//! Per token (token-choice top-k), as specified in [`crate::reference::router`]:
+//! logits `l` (NaN → -inf) → scores `s` → selection keys `c = s + bias` → group limit →
+//! top-k of `c` (higher first, then lower index) → weights from `s`, never from the bias
+//! → renormalisation → routed scaling factor.
+
+use super::config::{GroupScore, HashGate, Method, RouterConfig, ScoreFunc};
+use super::hash::{HashTable, seeded_experts};
+use super::mask::ExpertMask;
+use super::noise::{noisy_logit, standard_normal};
+use super::score::{divide, finite_or_neg_inf, norm_divisor, shifted_exp, sigmoid};
+use super::sinkhorn::{SinkhornReport, balance};
+use super::stats::RouterStats;
+use super::topk::TopK;
+use super::{Choice, MAX_K, Selection};
+use crate::error::{Error, Result, name_of};
+use crate::quant::{TensorType, dequantize_row};
+use crate::tensor::TensorView;
+
+/// What happened while routing a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RouteReport {
+    /// Tokens routed.
+    pub n_tokens: usize,
+    /// NaN logits or selection keys (of active experts) that were read as -inf.
+    pub nan_scores: usize,
+    /// Tokens that got fewer experts than asked for (groups whose active experts run
+    /// out under a mask).
+    pub short_selections: usize,
+    /// How Sinkhorn balancing ended (S-BASE only).
+    pub sinkhorn: Option<SinkhornReport>,
+}
+
+/// A router: configuration plus borrowed tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct Router<'a> {
+    config: RouterConfig,
+    weight: Option<TensorView<'a>>,
+    bias: Option<TensorView<'a>>,
+    noise_weight: Option<TensorView<'a>>,
+    hash_table: Option<HashTable<'a>>,
+    mask: ExpertMask<'a>,
+}
+
+/// Checks that `view` is `[n_embd, n_expert]` (`role` names it in errors).
+fn check_matrix(view: &TensorView, n_embd: usize, n_expert: usize, role: &str) -> Result<()> {
+    let dims = view.dims();
+    let expected = [n_embd as u64, n_expert as u64];
+    if dims.len() > 2 {
+        return Err(Error::BadTensorShape {
+            tensor: name_of(role),
+            dim: 2,
+            expected: 1,
+            actual: view.ne(2),
+        });
+    }
+    for (i, &want) in expected.iter().enumerate() {
+        if view.ne(i) != want {
+            return Err(Error::BadTensorShape {
+                tensor: name_of(role),
+                dim: i as u8,
+                expected: want,
+                actual: view.ne(i),
+            });
+        }
+    }
+    if view.ty().activation_type().is_none() {
+        return Err(Error::UnsupportedType { ty: view.ty() });
+    }
+    Ok(())
+}
+
+/// `a · b` with eight independent lanes (vectorisable without reassociating a single sum).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, ar) = a.as_chunks::<8>();
+    let (bc, br) = b.as_chunks::<8>();
+    for (x, y) in ac.iter().zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+impl<'a> Router<'a> {
+    /// A router for `config` with no tensors yet (hash routing with constant gates needs
+    /// none); add them with the `with_*` methods.
+    pub fn new(config: RouterConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Router {
+            config,
+            weight: None,
+            bias: None,
+            noise_weight: None,
+            hash_table: None,
+            mask: ExpertMask::All,
+        })
+    }
+
+    /// Adds the router weight `ffn_gate_inp` (`[n_embd, n_expert]`, any float or quant
+    /// type with a dequantizer).
+    pub fn with_weight(mut self, weight: TensorView<'a>) -> Result<Self> {
+        check_matrix(
+            &weight,
+            self.config.n_embd,
+            self.config.n_expert,
+            "ffn_gate_inp.weight",
+        )?;
+        self.weight = Some(weight);
+        Ok(self)
+    }
+
+    /// Adds the selection bias `exp_probs_b` (F32 `[n_expert]`): it changes which experts
+    /// are chosen, never their weights.
+    pub fn with_bias(mut self, bias: TensorView<'a>) -> Result<Self> {
+        if bias.ty() != TensorType::F32 {
+            return Err(Error::UnsupportedType { ty: bias.ty() });
+        }
+        if bias.dims().len() != 1 || bias.ne(0) != self.config.n_expert as u64 {
+            return Err(Error::BadTensorShape {
+                tensor: name_of("exp_probs_b.bias"),
+                dim: 0,
+                expected: self.config.n_expert as u64,
+                actual: bias.ne(0),
+            });
+        }
+        self.bias = Some(bias);
+        Ok(self)
+    }
+
+    /// Adds the noise weight `W_noise` of noisy gating (same shape as the router weight).
+    pub fn with_noise_weight(mut self, weight: TensorView<'a>) -> Result<Self> {
+        check_matrix(
+            &weight,
+            self.config.n_embd,
+            self.config.n_expert,
+            "noise weight",
+        )?;
+        self.noise_weight = Some(weight);
+        Ok(self)
+    }
+
+    /// Adds the token → experts table of hash routing (I32 `[k, n_vocab]`), checking
+    /// every entry against the active experts.
+    pub fn with_hash_table(mut self, table: TensorView<'a>) -> Result<Self> {
+        let table = HashTable::new(table, self.config.k, self.config.n_expert, &self.mask)?;
+        self.hash_table = Some(table);
+        Ok(self)
+    }
+
+    /// Restricts routing to the active experts of `mask` (at least k of them).
+    pub fn with_mask(mut self, mask: ExpertMask<'a>) -> Result<Self> {
+        let n_active = mask.validate(self.config.n_expert)?;
+        if n_active < self.config.experts_per_token() {
+            return Err(Error::InvalidRouterConfig {
+                reason: "mask leaves fewer active experts than k",
+            });
+        }
+        if let Some(t) = self.hash_table {
+            // Re-check the table against the narrower set.
+            HashTable::new(t.view(), self.config.k, self.config.n_expert, &mask)?;
+        }
+        self.mask = mask;
+        Ok(self)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// The active-expert mask.
+    pub fn mask(&self) -> ExpertMask<'a> {
+        self.mask
+    }
+
+    /// Exact f32 scratch length [`route`](Self::route) needs for `n_tokens` tokens.
+    pub fn scratch_len(&self, n_tokens: usize) -> usize {
+        self.config.scratch_len(n_tokens)
+    }
+
+    /// Exact f32 scratch length [`route_logits`](Self::route_logits) needs.
+    pub fn logits_scratch_len(&self, n_tokens: usize) -> usize {
+        let c = &self.config;
+        let mut len = c.n_expert.saturating_mul(2);
+        if let Method::SBase { .. } = c.method {
+            len = len.saturating_add(n_tokens).saturating_add(c.n_expert);
+        }
+        len
+    }
+
+    /// Routes `hidden` (`n_tokens × n_embd`, row-major) into `out[..n_tokens]`.
+    ///
+    /// `token_ids` holds one id per token (hash routing needs them; other methods accept
+    /// an empty slice). `scratch` holds at least [`scratch_len`](Self::scratch_len)
+    /// elements. `stats`, when given, accumulates [`RouterStats`] for this layer.
+    pub fn route(
+        &self,
+        hidden: &[f32],
+        token_ids: &[u32],
+        scratch: &mut [f32],
+        out: &mut [Selection],
+        stats: Option<&mut RouterStats>,
+    ) -> Result<RouteReport> {
+        let c = &self.config;
+        let n_tokens = hidden.len() / c.n_embd;
+        if n_tokens * c.n_embd != hidden.len() {
+            return Err(Error::LengthMismatch {
+                expected: n_tokens * c.n_embd,
+                actual: hidden.len(),
+            });
+        }
+        let needed = self.scratch_len(n_tokens);
+        if scratch.len() < needed {
+            return Err(Error::BufferTooSmall {
+                needed,
+                actual: scratch.len(),
+            });
+        }
+        let (logits, rest) = scratch.split_at_mut(n_tokens * c.n_expert);
+        let rows = if c.noise.is_some() { 2 } else { 1 };
+        let (row_buf, work) = rest.split_at_mut(rows * c.n_embd);
+        if c.needs_logits() {
+            self.compute_logits(hidden, n_tokens, row_buf, logits)?;
+        } else {
+            logits.fill(0.0);
+        }
+        self.select(logits, n_tokens, token_ids, work, out, stats)
+    }
+
+    /// Routes from precomputed logits (`n_tokens × n_expert`, row-major; noise is not
+    /// added here), with at least [`logits_scratch_len`](Self::logits_scratch_len)
+    /// scratch elements.
+    pub fn route_logits(
+        &self,
+        logits: &[f32],
+        token_ids: &[u32],
+        scratch: &mut [f32],
+        out: &mut [Selection],
+        stats: Option<&mut RouterStats>,
+    ) -> Result<RouteReport> {
+        let n_expert = self.config.n_expert;
+        let n_tokens = logits.len() / n_expert;
+        if n_tokens * n_expert != logits.len() {
+            return Err(Error::LengthMismatch {
+                expected: n_tokens * n_expert,
+                actual: logits.len(),
+            });
+        }
+        let needed = self.logits_scratch_len(n_tokens);
+        if scratch.len() < needed {
+            return Err(Error::BufferTooSmall {
+                needed,
+                actual: scratch.len(),
+            });
+        }
+        self.select(logits, n_tokens, token_ids, scratch, out, stats)
+    }
+
+    /// Router logits (plus noise when configured) of the active experts; -inf elsewhere.
+    fn compute_logits(
+        &self,
+        hidden: &[f32],
+        n_tokens: usize,
+        rows: &mut [f32],
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let c = &self.config;
+        let (n_embd, n_expert) = (c.n_embd, c.n_expert);
+        let weight = self.weight.ok_or_else(|| Error::MissingTensor {
+            tensor: name_of("ffn_gate_inp.weight"),
+        })?;
+        let noise = match c.noise {
+            Some(n) => Some((
+                n,
+                self.noise_weight.ok_or_else(|| Error::MissingTensor {
+                    tensor: name_of("noise weight"),
+                })?,
+            )),
+            None => None,
+        };
+        let (row, noise_row) = rows.split_at_mut(n_embd);
+        logits.fill(f32::NEG_INFINITY);
+        for e in self.mask.active(n_expert) {
+            let bytes = weight.row(e as u64).ok_or(Error::TensorTooLarge {
+                tensor: name_of("ffn_gate_inp.weight"),
+            })?;
+            dequantize_row(weight.ty(), bytes, row)?;
+            if let Some((_, w)) = noise {
+                let bytes = w.row(e as u64).ok_or(Error::TensorTooLarge {
+                    tensor: name_of("noise weight"),
+                })?;
+                dequantize_row(w.ty(), bytes, &mut noise_row[..n_embd])?;
+            }
+            for t in 0..n_tokens {
+                let x = &hidden[t * n_embd..(t + 1) * n_embd];
+                let mut l = dot(row, x);
+                if let Some((n, _)) = noise {
+                    let raw = dot(&noise_row[..n_embd], x);
+                    l = noisy_logit(
+                        l,
+                        raw,
+                        n.epsilon,
+                        standard_normal(n.seed, t as u64, e as u64),
+                    );
+                }
+                logits[t * n_expert + e] = l;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bias of expert `e` (0 without a bias).
+    #[inline]
+    fn bias_of(&self, e: usize) -> f32 {
+        match self.bias {
+            Some(b) => match b.data().get(e * 4..e * 4 + 4) {
+                Some(x) => f32::from_le_bytes([x[0], x[1], x[2], x[3]]),
+                None => 0.0,
+            },
+            None => 0.0,
+        }
+    }
+
+    /// Routes every token of `logits` (see [`route`](Self::route)).
+    fn select(
+        &self,
+        logits: &[f32],
+        n_tokens: usize,
+        token_ids: &[u32],
+        work: &mut [f32],
+        out: &mut [Selection],
+        mut stats: Option<&mut RouterStats>,
+    ) -> Result<RouteReport> {
+        let c = &self.config;
+        let n_expert = c.n_expert;
+        let is_hash = matches!(c.method, Method::Hash { .. });
+        if token_ids.len() != n_tokens && (is_hash || !token_ids.is_empty()) {
+            return Err(Error::LengthMismatch {
+                expected: n_tokens,
+                actual: token_ids.len(),
+            });
+        }
+        if out.len() < n_tokens {
+            return Err(Error::BufferTooSmall {
+                needed: n_tokens,
+                actual: out.len(),
+            });
+        }
+        if let Some(s) = stats.as_deref()
+            && s.n_expert() != n_expert
+        {
+            return Err(Error::LengthMismatch {
+                expected: n_expert,
+                actual: s.n_expert(),
+            });
+        }
+        let (scores, rest) = work.split_at_mut(n_expert);
+        let (keys, rest) = rest.split_at_mut(n_expert);
+        let mut report = RouteReport {
+            n_tokens,
+            ..RouteReport::default()
+        };
+        let mut log_d1: &[f32] = &[];
+        if let Method::SBase {
+            iterations,
+            tolerance,
+        } = c.method
+        {
+            let (d0, rest) = rest.split_at_mut(n_tokens);
+            let d1 = &mut rest[..n_expert];
+            report.sinkhorn = Some(balance(
+                &logits[..n_tokens * n_expert],
+                &self.mask,
+                iterations,
+                tolerance,
+                d0,
+                d1,
+                keys,
+            )?);
+            log_d1 = d1;
+        }
+        let scored = c.needs_logits();
+        for (t, sel) in out.iter_mut().enumerate().take(n_tokens) {
+            sel.clear();
+            let row = &logits[t * n_expert..(t + 1) * n_expert];
+            let lse = if scored {
+                self.score_token(row, scores, &mut report.nan_scores)
+            } else {
+                f32::NEG_INFINITY
+            };
+            match c.method {
+                Method::TopK => self.top_k(row, scores, keys, c.k, true, sel, &mut report),
+                Method::Greedy => self.top_k(row, scores, keys, 1, false, sel, &mut report),
+                Method::SBase { .. } => self.sbase_token(row, scores, log_d1, sel),
+                Method::Hash { seed, gate } => {
+                    let mut ids = [0u32; MAX_K];
+                    match &self.hash_table {
+                        Some(table) => table.experts(token_ids[t], &mut ids)?,
+                        None => {
+                            seeded_experts(seed, token_ids[t], c.k, n_expert, &self.mask, &mut ids)
+                        }
+                    }
+                    self.weigh(
+                        row,
+                        scores,
+                        &ids[..c.k],
+                        gate == HashGate::Constant,
+                        true,
+                        sel,
+                    );
+                }
+            }
+            if sel.len() < c.experts_per_token() {
+                report.short_selections += 1;
+            }
+            if let Some(s) = stats.as_deref_mut() {
+                let probs = if !scored {
+                    None
+                } else if c.score == ScoreFunc::Softmax {
+                    Some((&*scores, lse))
+                } else {
+                    let lse = softmax_active(row, &self.mask, keys, &mut 0);
+                    Some((&*keys, lse))
+                };
+                s.record_token(
+                    probs,
+                    self.mask.active(n_expert),
+                    sel.iter().map(|ch| (ch.expert, ch.weight)),
+                );
+            }
+        }
+        Ok(report)
+    }
+
+    /// Fills `scores` for the active experts of one token; returns the logsumexp of its
+    /// logits for softmax scoring (-inf otherwise).
+    fn score_token(&self, row: &[f32], scores: &mut [f32], nan: &mut usize) -> f32 {
+        let n_expert = self.config.n_expert;
+        match self.config.score {
+            ScoreFunc::Softmax => softmax_active(row, &self.mask, scores, nan),
+            ScoreFunc::Sigmoid => {
+                for e in self.mask.active(n_expert) {
+                    *nan += row[e].is_nan() as usize;
+                    scores[e] = sigmoid(finite_or_neg_inf(row[e]));
+                }
+                f32::NEG_INFINITY
+            }
+            ScoreFunc::SoftmaxSelected => {
+                for e in self.mask.active(n_expert) {
+                    *nan += row[e].is_nan() as usize;
+                    scores[e] = finite_or_neg_inf(row[e]);
+                }
+                f32::NEG_INFINITY
+            }
+        }
+    }
+
+    /// Token-choice selection of `k` experts and their weights.
+    #[allow(clippy::too_many_arguments)]
+    fn top_k(
+        &self,
+        row: &[f32],
+        scores: &[f32],
+        keys: &mut [f32],
+        k: usize,
+        normalize: bool,
+        sel: &mut Selection,
+        report: &mut RouteReport,
+    ) {
+        let c = &self.config;
+        let n_expert = c.n_expert;
+        // Selection keys: scores plus the bias (never NaN).
+        let keys: &[f32] = if self.bias.is_some() {
+            for e in self.mask.active(n_expert) {
+                let v = scores[e] + self.bias_of(e);
+                report.nan_scores += v.is_nan() as usize;
+                keys[e] = finite_or_neg_inf(v);
+            }
+            keys
+        } else {
+            scores
+        };
+        let mut top = TopK::new(k);
+        match c.groups {
+            Some(g) if g.n_group > 1 => {
+                let chosen =
+                    self.chosen_groups(keys, g.n_group as usize, g.topk_group as usize, g.score);
+                let per_group = n_expert / g.n_group as usize;
+                for group in 0..g.n_group as usize {
+                    if (chosen >> group) & 1 == 0 {
+                        continue;
+                    }
+                    let start = group * per_group;
+                    let end = (start + per_group).min(self.mask.limit(n_expert));
+                    for (e, &key) in keys.iter().enumerate().take(end).skip(start) {
+                        if self.mask.is_active(e) {
+                            top.push(key, e as u32);
+                        }
+                    }
+                }
+            }
+            _ => {
+                for e in self.mask.active(n_expert) {
+                    top.push(keys[e], e as u32);
+                }
+            }
+        }
+        let mut ids = [0u32; MAX_K];
+        let ranked = top.sorted();
+        for (id, r) in ids.iter_mut().zip(ranked) {
+            *id = r.index;
+        }
+        let n = ranked.len();
+        self.weigh(row, scores, &ids[..n], false, normalize, sel);
+    }
+
+    /// The `topk_group` best groups of one token as a bitset.
+    fn chosen_groups(
+        &self,
+        keys: &[f32],
+        n_group: usize,
+        topk_group: usize,
+        score: GroupScore,
+    ) -> u64 {
+        let n_expert = self.config.n_expert;
+        let per_group = n_expert / n_group;
+        let limit = self.mask.limit(n_expert);
+        let mut best = TopK::new(topk_group);
+        for g in 0..n_group {
+            let (start, end) = (g * per_group, ((g + 1) * per_group).min(limit));
+            let group_score = match score {
+                GroupScore::Max => {
+                    let mut m = f32::NEG_INFINITY;
+                    for (e, &key) in keys.iter().enumerate().take(end).skip(start) {
+                        if self.mask.is_active(e) && key > m {
+                            m = key;
+                        }
+                    }
+                    m
+                }
+                GroupScore::SumTop(m) => {
+                    let mut top = TopK::new(m as usize);
+                    for (e, &key) in keys.iter().enumerate().take(end).skip(start) {
+                        if self.mask.is_active(e) {
+                            top.push(key, e as u32);
+                        }
+                    }
+                    let ranked = top.sorted();
+                    if ranked.is_empty() {
+                        f32::NEG_INFINITY
+                    } else {
+                        finite_or_neg_inf(ranked.iter().fold(0.0f32, |s, r| s + r.key))
+                    }
+                }
+            };
+            best.push(group_score, g as u32);
+        }
+        best.sorted()
+            .iter()
+            .fold(0u64, |bits, r| bits | 1 << r.index)
+    }
+
+    /// S-BASE: the argmax of `l + log d1` over the active experts, weighted by its score.
+    fn sbase_token(&self, row: &[f32], scores: &[f32], log_d1: &[f32], sel: &mut Selection) {
+        let mut best: Option<(f32, usize)> = None;
+        for e in self.mask.active(self.config.n_expert) {
+            let v = finite_or_neg_inf(finite_or_neg_inf(row[e]) + log_d1[e]);
+            if best.is_none_or(|(b, _)| v > b) {
+                best = Some((v, e));
+            }
+        }
+        if let Some((_, e)) = best {
+            self.weigh(row, scores, &[e as u32], false, false, sel);
+        }
+    }
+
+    /// Pushes `ids` with their weights: raw scores (or 1 with `constant`; the softmax of
+    /// the selected logits for [`ScoreFunc::SoftmaxSelected`]), then renormalisation when
+    /// `normalize`, then the scale.
+    fn weigh(
+        &self,
+        row: &[f32],
+        scores: &[f32],
+        ids: &[u32],
+        constant: bool,
+        normalize: bool,
+        sel: &mut Selection,
+    ) {
+        let c = &self.config;
+        let mut w = [0.0f32; MAX_K];
+        let w = &mut w[..ids.len()];
+        if constant {
+            w.fill(1.0);
+        } else if c.score == ScoreFunc::SoftmaxSelected {
+            let mut m = f32::NEG_INFINITY;
+            for &e in ids {
+                let l = finite_or_neg_inf(row[e as usize]);
+                if l > m {
+                    m = l;
+                }
+            }
+            let mut z = 0.0f32;
+            for (wj, &e) in w.iter_mut().zip(ids) {
+                *wj = shifted_exp(finite_or_neg_inf(row[e as usize]), m);
+                z += *wj;
+            }
+            for wj in w.iter_mut() {
+                *wj = divide(*wj, z);
+            }
+        } else {
+            for (wj, &e) in w.iter_mut().zip(ids) {
+                *wj = scores[e as usize];
+            }
+        }
+        if normalize {
+            let sum = w.iter().fold(0.0f32, |s, &x| s + x);
+            if let Some(d) = norm_divisor(c.normalize, sum) {
+                for wj in w.iter_mut() {
+                    *wj = divide(*wj, d);
+                }
+            }
+        }
+        for (&e, &wj) in ids.iter().zip(w.iter()) {
+            // Cannot fail: at most MAX_K ids.
+            let _ = sel.push(Choice {
+                expert: e,
+                weight: wj * c.scale,
+            });
+        }
+    }
+}
+
+/// Softmax over the active experts of one row of logits (NaN → -inf, counted in `nan`)
+/// into `out`; returns the logsumexp of the row.
+fn softmax_active(row: &[f32], mask: &ExpertMask, out: &mut [f32], nan: &mut usize) -> f32 {
+    let n = row.len();
+    let mut m = f32::NEG_INFINITY;
+    for e in mask.active(n) {
+        let l = row[e];
+        *nan += l.is_nan() as usize;
+        let l = finite_or_neg_inf(l);
+        if l > m {
+            m = l;
+        }
+    }
+    let mut z = 0.0f32;
+    for e in mask.active(n) {
+        let v = shifted_exp(finite_or_neg_inf(row[e]), m);
+        out[e] = v;
+        z += v;
+    }
+    for e in mask.active(n) {
+        out[e] = divide(out[e], z);
+    }
+    if m.is_finite() { m + libm::logf(z) } else { m }
+}
