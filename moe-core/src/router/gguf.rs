@@ -1,1 +1,145 @@
-//! Reading a [`RouterConfig`](super::RouterConfig) and a router from GGUF.
+//! Reading a [`RouterConfig`] and a [`Router`] from GGUF metadata and tensors, with
+//! llama.cpp's key names and per-architecture defaults.
+
+use core::fmt::Write;
+
+use super::config::{
+    GroupLimit, GroupScore, LLAMA_CPP_MIN_WEIGHT_SUM, Method, Normalize, RouterConfig, ScoreFunc,
+};
+use super::route::Router;
+use crate::error::{Error, Result, name_of};
+use crate::gguf::{ARCHITECTURE_KEY, File, Value};
+
+/// A key or tensor name built without allocating (`{arch}.expert_count`, `blk.N.…`).
+type Key = heapless::String<96>;
+
+fn key(args: core::fmt::Arguments) -> Key {
+    let mut k = Key::new();
+    // Longer names cannot exist in a file we could read; a truncated key finds nothing.
+    let _ = k.write_fmt(args);
+    k
+}
+
+fn wrong(key: &str) -> Error {
+    Error::WrongValueType { key: name_of(key) }
+}
+
+fn get_u64(file: &File, key: &str) -> Result<Option<u64>> {
+    file.get(key)
+        .map(|v: Value| v.as_u64().ok_or_else(|| wrong(key)))
+        .transpose()
+}
+
+/// Whether llama.cpp renormalises the top-k weights of `arch` when the file does not
+/// say (`expert_weights_norm` absent): Mixtral (`llama`), Qwen3-MoE, Granite-MoE and
+/// Phi-3.5-MoE do; Qwen2-MoE, OLMoE and DeepSeek do not.
+fn renormalises_by_default(arch: &str) -> bool {
+    matches!(arch, "llama" | "qwen3moe" | "granitemoe" | "phimoe")
+}
+
+impl RouterConfig {
+    /// The router configuration of layer `layer` of a llama.cpp GGUF file.
+    ///
+    /// Reads `{arch}.expert_count`, `expert_used_count` (required), `expert_gating_func`
+    /// (absent: softmax), `expert_weights_norm` (absent: the architecture's default),
+    /// `expert_weights_scale` (absent or 0: 1), `expert_group_count` and
+    /// `expert_group_used_count`; the hidden size is the row length of
+    /// `blk.N.ffn_gate_inp.weight`, which must exist (a dense layer has none).
+    /// Renormalisation clamps the sum as llama.cpp does. Groups are scored by their top-2
+    /// sum when the layer has a selection bias (`blk.N.exp_probs_b.bias`) or sigmoid
+    /// scores (DeepSeek-V3), else by their maximum (DeepSeek-V2), as DeepSeek's own
+    /// inference code does.
+    pub fn from_gguf(file: &File, layer: usize) -> Result<Self> {
+        let arch = file.architecture().ok_or_else(|| Error::MissingKey {
+            key: name_of(ARCHITECTURE_KEY),
+        })?;
+        let required = |suffix: &str| -> Result<u64> {
+            let k = key(format_args!("{arch}.{suffix}"));
+            get_u64(file, &k)?.ok_or(Error::MissingKey { key: name_of(&k) })
+        };
+        let optional = |suffix: &str| -> Result<Option<u64>> {
+            get_u64(file, &key(format_args!("{arch}.{suffix}")))
+        };
+        let n_expert = required("expert_count")?;
+        let k = required("expert_used_count")?;
+        let gate_name = key(format_args!("blk.{layer}.ffn_gate_inp.weight"));
+        let gate = file.tensor(&gate_name).ok_or(Error::MissingTensor {
+            tensor: name_of(&gate_name),
+        })?;
+        let score = ScoreFunc::from_gguf(optional("expert_gating_func")?.unwrap_or(0))?;
+        let norm_key = key(format_args!("{arch}.expert_weights_norm"));
+        let renormalise = match file.get(&norm_key) {
+            Some(v) => v.as_bool().ok_or_else(|| wrong(&norm_key))?,
+            None => renormalises_by_default(arch),
+        };
+        let scale_key = key(format_args!("{arch}.expert_weights_scale"));
+        let scale = match file.get(&scale_key) {
+            Some(v) => v.as_f64().ok_or_else(|| wrong(&scale_key))? as f32,
+            None => 0.0,
+        };
+        let has_bias = file
+            .tensor(&key(format_args!("blk.{layer}.exp_probs_b.bias")))
+            .is_some();
+        let n_group = optional("expert_group_count")?.unwrap_or(0);
+        let groups = if n_group > 1 {
+            let used = optional("expert_group_used_count")?.unwrap_or(n_group);
+            let as_u32 = |v: u64| {
+                u32::try_from(v).map_err(|_| Error::InvalidRouterConfig {
+                    reason: "expert group count does not fit u32",
+                })
+            };
+            Some(GroupLimit {
+                n_group: as_u32(n_group)?,
+                topk_group: as_u32(used)?,
+                score: if has_bias || score == ScoreFunc::Sigmoid {
+                    GroupScore::SumTop(2)
+                } else {
+                    GroupScore::Max
+                },
+            })
+        } else {
+            None
+        };
+        let too_big = |_| Error::InvalidRouterConfig {
+            reason: "expert count does not fit usize",
+        };
+        let config = RouterConfig {
+            n_embd: usize::try_from(gate.view.ne(0)).map_err(too_big)?,
+            n_expert: usize::try_from(n_expert).map_err(too_big)?,
+            k: usize::try_from(k).map_err(too_big)?,
+            score,
+            normalize: if renormalise {
+                Normalize::ClampedSum {
+                    min_sum: LLAMA_CPP_MIN_WEIGHT_SUM,
+                }
+            } else {
+                Normalize::None
+            },
+            // llama.cpp skips scaling for 0 (unset) and 1.
+            scale: if scale == 0.0 { 1.0 } else { scale },
+            groups,
+            method: Method::TopK,
+            noise: None,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl<'a> Router<'a> {
+    /// The router of layer `layer`: [`RouterConfig::from_gguf`] plus its weight
+    /// `blk.N.ffn_gate_inp.weight` and, when present, its selection bias
+    /// `blk.N.exp_probs_b.bias`.
+    pub fn from_gguf(file: &File<'a>, layer: usize) -> Result<Self> {
+        let config = RouterConfig::from_gguf(file, layer)?;
+        let gate_name = key(format_args!("blk.{layer}.ffn_gate_inp.weight"));
+        let gate = file.tensor(&gate_name).ok_or(Error::MissingTensor {
+            tensor: name_of(&gate_name),
+        })?;
+        let mut router = Router::new(config)?.with_weight(gate.view)?;
+        if let Some(bias) = file.tensor(&key(format_args!("blk.{layer}.exp_probs_b.bias"))) {
+            router = router.with_bias(bias.view)?;
+        }
+        Ok(router)
+    }
+}
