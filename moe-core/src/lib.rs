@@ -14,10 +14,12 @@
 pub mod error;
 pub mod gguf;
 pub mod kernels;
+pub mod moe;
 pub mod quant;
 pub mod reference;
 pub mod router;
 pub mod tensor;
+pub mod workspace;
 
 pub use error::{Error, Result, Section};
 pub use quant::TensorType;

@@ -1,0 +1,192 @@
+//! Routed experts as GGUF stores them: one 3-D tensor per matrix with the expert as the
+//! outermost axis, `ffn_{gate,up}_exps` `[n_embd, n_ff, n_expert]` and `ffn_down_exps`
+//! `[n_ff, n_embd, n_expert]`, so expert `e` of each stack is one contiguous byte range
+//! and running it never touches the other experts' bytes.
+//!
+//! Newer files fuse gate and up into `ffn_gate_up_exps` `[n_embd, 2·n_ff, n_expert]`:
+//! each expert's first `n_ff` rows are the gate, the next `n_ff` the up projection.
+
+use super::ffn::{Activation, Ffn};
+use crate::tensor::TensorView;
+use crate::{Error, Result};
+
+/// Where one matrix of every expert lives inside a stacked tensor.
+#[derive(Clone, Copy, Debug)]
+struct Part<'a> {
+    view: TensorView<'a>,
+    /// Rows of the stack per expert (`n_ff`, `2·n_ff` for the fused tensor, `n_embd` for down).
+    stride: usize,
+    /// First row of this matrix inside an expert's rows.
+    first: usize,
+    /// Rows of this matrix.
+    rows: usize,
+}
+
+impl<'a> Part<'a> {
+    fn matrix(&self, e: usize) -> Result<TensorView<'a>> {
+        let rb = self.view.row_bytes();
+        let start = (e * self.stride + self.first) * rb;
+        let bytes =
+            self.view
+                .data()
+                .get(start..start + self.rows * rb)
+                .ok_or(Error::LengthMismatch {
+                    expected: start + self.rows * rb,
+                    actual: self.view.data().len(),
+                })?;
+        TensorView::new(self.view.ty(), &[self.view.ne(0), self.rows as u64], bytes)
+    }
+}
+
+/// The routed experts of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertStack<'a> {
+    gate: Option<Part<'a>>,
+    up: Part<'a>,
+    down: Part<'a>,
+    activation: Activation,
+    n_embd: usize,
+    n_ff: usize,
+    n_expert: usize,
+}
+
+impl<'a> ExpertStack<'a> {
+    /// Experts from separate stacks (`gate: None` for the two-matrix FFN), checking that
+    /// the shapes agree: `up` (and `gate`) `[n_embd, n_ff, n_expert]`, `down`
+    /// `[n_ff, n_embd, n_expert]`.
+    pub fn new(
+        gate: Option<TensorView<'a>>,
+        up: TensorView<'a>,
+        down: TensorView<'a>,
+        activation: Activation,
+    ) -> Result<Self> {
+        let (n_embd, n_ff, n_expert) = (up.ne(0), up.ne(1), up.ne(2));
+        check_stack(&up, "ffn_up_exps", [n_embd, n_ff, n_expert])?;
+        if let Some(gate) = &gate {
+            check_stack(gate, "ffn_gate_exps", [n_embd, n_ff, n_expert])?;
+        }
+        check_stack(&down, "ffn_down_exps", [n_ff, n_embd, n_expert])?;
+        let part = |view, first, rows| Part {
+            view,
+            stride: rows,
+            first,
+            rows,
+        };
+        Self::build(
+            gate.map(|g| part(g, 0, n_ff as usize)),
+            part(up, 0, n_ff as usize),
+            part(down, 0, n_embd as usize),
+            activation,
+        )
+    }
+
+    /// Experts from a fused `gate_up` stack `[n_embd, 2·n_ff, n_expert]` and `down`.
+    pub fn fused(
+        gate_up: TensorView<'a>,
+        down: TensorView<'a>,
+        activation: Activation,
+    ) -> Result<Self> {
+        let (n_embd, n_ff2, n_expert) = (gate_up.ne(0), gate_up.ne(1), gate_up.ne(2));
+        if !n_ff2.is_multiple_of(2) {
+            return Err(Error::InvalidMoeConfig {
+                reason: "fused gate_up stack has an odd number of rows per expert",
+            });
+        }
+        let n_ff = n_ff2 / 2;
+        check_stack(&gate_up, "ffn_gate_up_exps", [n_embd, n_ff2, n_expert])?;
+        check_stack(&down, "ffn_down_exps", [n_ff, n_embd, n_expert])?;
+        let (n_ff, n_embd) = (n_ff as usize, n_embd as usize);
+        Self::build(
+            Some(Part {
+                view: gate_up,
+                stride: 2 * n_ff,
+                first: 0,
+                rows: n_ff,
+            }),
+            Part {
+                view: gate_up,
+                stride: 2 * n_ff,
+                first: n_ff,
+                rows: n_ff,
+            },
+            Part {
+                view: down,
+                stride: n_embd,
+                first: 0,
+                rows: n_embd,
+            },
+            activation,
+        )
+    }
+
+    fn build(
+        gate: Option<Part<'a>>,
+        up: Part<'a>,
+        down: Part<'a>,
+        activation: Activation,
+    ) -> Result<Self> {
+        let stack = ExpertStack {
+            gate,
+            up,
+            down,
+            activation,
+            n_embd: up.view.ne(0) as usize,
+            n_ff: up.rows,
+            n_expert: up.view.ne(2) as usize,
+        };
+        if stack.n_expert == 0 {
+            return Err(Error::InvalidMoeConfig {
+                reason: "an expert stack without experts",
+            });
+        }
+        // Validates shapes and types once (every expert has the same ones).
+        stack.expert(0)?;
+        Ok(stack)
+    }
+
+    /// Expert `e` as an [`Ffn`] over its own bytes.
+    pub fn expert(&self, e: usize) -> Result<Ffn<'a>> {
+        if e >= self.n_expert {
+            return Err(Error::ExpertOutOfRange {
+                expert: e as i64,
+                n_expert: self.n_expert as u64,
+            });
+        }
+        Ffn::new(
+            self.gate.map(|g| g.matrix(e)).transpose()?,
+            self.up.matrix(e)?,
+            self.down.matrix(e)?,
+            self.activation,
+        )
+    }
+
+    /// Number of experts.
+    pub fn n_expert(&self) -> usize {
+        self.n_expert
+    }
+
+    /// Model width.
+    pub fn n_embd(&self) -> usize {
+        self.n_embd
+    }
+
+    /// Hidden width of one expert.
+    pub fn n_ff(&self) -> usize {
+        self.n_ff
+    }
+}
+
+/// A stack must be exactly `[d0, d1, d2]` (a trailing 1 is allowed).
+fn check_stack(view: &TensorView<'_>, role: &str, dims: [u64; 3]) -> Result<()> {
+    for (dim, expected) in dims.into_iter().chain([1]).enumerate() {
+        if view.ne(dim) != expected {
+            return Err(Error::BadTensorShape {
+                tensor: crate::error::name_of(role),
+                dim: dim as u8,
+                expected,
+                actual: view.ne(dim),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The MoE layer against Hugging Face transformers: each fixture in `fixtures/hf/` holds
+//! one MoE block (f32 weights, llama.cpp names and keys), a 7-token input, HF's routing
+//! (`test.selected`, `test.weights`) and HF's output. The layer built by `from_gguf` must
+//! reproduce the output to 1e-5 relative to the output scale.
+
+use moe_core::gguf::File;
+use moe_core::moe::{MoeLayer, SharedExpert};
+use moe_core::reference::moe::dequantize;
+use moe_core::router::{Choice, Selection};
+use moe_core::tensor::TensorView;
+
+const FIXTURES: [&str; 10] = [
+    "mixtral",
+    "mixtral-seed1",
+    "qwen2moe",
+    "qwen2moe-seed1",
+    "olmoe",
+    "olmoe-seed1",
+    "deepseek2",
+    "deepseek2-seed1",
+    "qwen3moe",
+    "qwen3moe-seed1",
+];
+
+fn read(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/hf/{name}.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn floats(view: &TensorView) -> Vec<f32> {
+    let mut v = vec![0.0; view.n_elements() as usize];
+    dequantize(view, &mut v).unwrap();
+    v
+}
+
+fn view<'a>(file: &File<'a>, name: &str) -> TensorView<'a> {
+    file.tensor(name)
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .view
+}
+
+/// HF's routing as selections: `test.selected` I32 `[k, T]`, `test.weights` `[k, T]`.
+fn hf_selections(file: &File) -> Vec<Selection> {
+    let ids = view(file, "test.selected");
+    let weights = floats(&view(file, "test.weights"));
+    let k = ids.ne(0) as usize;
+    let ids: Vec<i32> = ids
+        .data()
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    ids.chunks_exact(k)
+        .zip(weights.chunks_exact(k))
+        .map(|(ids, ws)| {
+            let mut sel = Selection::new();
+            for (&e, &w) in ids.iter().zip(ws) {
+                sel.push(Choice {
+                    expert: e as u32,
+                    weight: w,
+                })
+                .unwrap();
+            }
+            sel
+        })
+        .collect()
+}
+
+/// Max |a - b| over max |b|.
+fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len());
+    let scale = expected.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let err = actual
+        .iter()
+        .zip(expected)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    err / scale
+}
+
+fn run(layer: &MoeLayer, hidden: &[f32], selections: &[Selection]) -> Vec<f32> {
+    let mut out = vec![f32::NAN; hidden.len()];
+    let mut ws = vec![0u8; layer.workspace_bytes(selections.len())];
+    let report = layer
+        .forward_selected(hidden, selections, &mut out, &mut ws)
+        .unwrap();
+    assert_eq!(report.dispatch.dropped, 0);
+    out
+}
+
+#[test]
+fn layer_matches_transformers_with_hf_routing() {
+    for name in FIXTURES {
+        let bytes = read(name);
+        let file = File::parse(&bytes).unwrap();
+        let layer = MoeLayer::from_gguf(&file, 0).unwrap();
+        let hidden = floats(&view(&file, "test.input"));
+        let selections = hf_selections(&file);
+        assert_eq!(selections.len() * layer.n_embd(), hidden.len());
+
+        let out = run(&layer, &hidden, &selections);
+        let expected = floats(&view(&file, "test.output"));
+        let err = relative_error(&out, &expected);
+        println!("{name}: relative error {err:.2e}");
+        assert!(err <= 1e-5, "{name}: relative error {err:e}");
+
+        // The routed part alone, where the fixture records it.
+        if let Some(routed) = file.tensor("test.routed_output") {
+            assert!(!matches!(layer.shared(), SharedExpert::None), "{name}");
+            let routed_layer = layer.with_shared(SharedExpert::None).unwrap();
+            let out = run(&routed_layer, &hidden, &selections);
+            let err = relative_error(&out, &floats(&routed.view));
+            assert!(err <= 1e-5, "{name} (routed only): relative error {err:e}");
+        }
+    }
+}
+
+#[test]
+fn shared_experts_are_read_as_the_architecture_wires_them() {
+    for (name, gated) in [("qwen2moe", true), ("deepseek2", false)] {
+        let bytes = read(name);
+        let file = File::parse(&bytes).unwrap();
+        let layer = MoeLayer::from_gguf(&file, 0).unwrap();
+        match layer.shared() {
+            SharedExpert::Gated { .. } => assert!(gated, "{name}"),
+            SharedExpert::AlwaysOn(_) => assert!(!gated, "{name}"),
+            SharedExpert::None => panic!("{name}: no shared expert"),
+        }
+    }
+    let bytes = read("mixtral");
+    let file = File::parse(&bytes).unwrap();
+    let layer = MoeLayer::from_gguf(&file, 0).unwrap();
+    assert!(matches!(layer.shared(), SharedExpert::None));
+    assert!(MoeLayer::from_gguf(&file, 1).is_err());
+}
