@@ -4,7 +4,7 @@
 //! reproduce the output to 1e-5 relative to the output scale.
 
 use moe_core::gguf::File;
-use moe_core::moe::{MoeLayer, SharedExpert};
+use moe_core::moe::{MoeLayer, SharedExpert, Workspace};
 use moe_core::reference::moe::dequantize;
 use moe_core::router::{Choice, Selection};
 use moe_core::tensor::TensorView;
@@ -133,4 +133,38 @@ fn shared_experts_are_read_as_the_architecture_wires_them() {
     let layer = MoeLayer::from_gguf(&file, 0).unwrap();
     assert!(matches!(layer.shared(), SharedExpert::None));
     assert!(MoeLayer::from_gguf(&file, 1).is_err());
+}
+
+#[test]
+fn layer_with_its_own_router_matches_transformers() {
+    for name in FIXTURES {
+        let bytes = read(name);
+        let file = File::parse(&bytes).unwrap();
+        let layer = MoeLayer::from_gguf(&file, 0).unwrap();
+        let hidden = floats(&view(&file, "test.input"));
+        let n_tokens = hidden.len() / layer.n_embd();
+        let size = layer.workspace_size(n_tokens);
+        let mut selections = vec![Selection::new(); size.selections];
+        let mut router = vec![0.0f32; size.router];
+        let mut bytes = vec![0u8; size.bytes];
+        let mut ws = Workspace {
+            selections: &mut selections,
+            router: &mut router,
+            bytes: &mut bytes,
+        };
+        let mut out = vec![f32::NAN; hidden.len()];
+        let report = layer.forward(&hidden, &[], &mut out, &mut ws).unwrap();
+        assert_eq!(report.route.unwrap().nan_scores, 0);
+
+        // Same experts as HF for every token (HF's order is not ranked: compare sets).
+        for (t, (ours, hf)) in selections.iter().zip(hf_selections(&file)).enumerate() {
+            let mut a: Vec<u32> = ours.iter().map(|c| c.expert).collect();
+            let mut b: Vec<u32> = hf.iter().map(|c| c.expert).collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "{name}: token {t}");
+        }
+        let err = relative_error(&out, &floats(&view(&file, "test.output")));
+        assert!(err <= 1e-5, "{name}: relative error {err:e}");
+    }
 }

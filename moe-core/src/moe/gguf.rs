@@ -16,6 +16,7 @@ use super::layer::MoeLayer;
 use super::shared::SharedExpert;
 use crate::error::name_of;
 use crate::gguf::File;
+use crate::router::Router;
 use crate::tensor::TensorView;
 use crate::{Error, Result};
 
@@ -23,7 +24,7 @@ use crate::{Error, Result};
 type Name = heapless::String<128>;
 
 /// `blk.{layer}.{suffix}`.
-fn tensor_name(layer: u32, suffix: &str) -> Result<Name> {
+fn tensor_name(layer: usize, suffix: &str) -> Result<Name> {
     let mut name = Name::new();
     write!(name, "blk.{layer}.{suffix}").map_err(|_| Error::MissingTensor {
         tensor: name_of(suffix),
@@ -42,7 +43,7 @@ fn key_name(arch: &str, key: &str) -> Result<Name> {
 struct Reader<'f, 'a> {
     file: &'f File<'a>,
     arch: &'a str,
-    layer: u32,
+    layer: usize,
 }
 
 impl<'a> Reader<'_, 'a> {
@@ -90,11 +91,11 @@ impl<'a> Reader<'_, 'a> {
 
 impl<'a> MoeLayer<'a> {
     /// The MoE layer `layer` of `file` (dropless, as every released MoE decoder runs at
-    /// inference): routed experts `blk.N.ffn_{gate,up,down}_exps.weight` (or the fused
+    /// inference): the router of [`Router::from_gguf`], routed experts `blk.N.ffn_{gate,up,down}_exps.weight` (or the fused
     /// `ffn_gate_up_exps`), k from `{arch}.expert_used_count`, and the shared expert
     /// `ffn_{gate,up,down}_shexp` when present, sigmoid-gated when
     /// `ffn_gate_inp_shexp.weight` exists.
-    pub fn from_gguf(file: &File<'a>, layer: u32) -> Result<Self> {
+    pub fn from_gguf(file: &File<'a>, layer: usize) -> Result<Self> {
         let arch = file.architecture().ok_or(Error::MissingKey {
             key: name_of("general.architecture"),
         })?;
@@ -135,7 +136,7 @@ impl<'a> MoeLayer<'a> {
         let k = usize::try_from(k).map_err(|_| Error::InvalidMoeConfig {
             reason: "expert_used_count does not fit in usize",
         })?;
-        let layer = MoeLayer::new(experts, k)?;
+        let layer = MoeLayer::new(experts, k)?.with_router(Router::from_gguf(file, layer)?)?;
 
         let shared_count = r.u64("expert_shared_count")?.unwrap_or(0);
         let shared = match r.tensor("ffn_up_shexp.weight")? {

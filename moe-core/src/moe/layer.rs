@@ -15,15 +15,17 @@ use super::ffn::{
     ACT_TYPES, ActivationRows, DotKernel, Ffn, TileScratch, act_index, act_row_bytes,
 };
 use super::shared::{SharedExpert, gate_weight};
-use crate::router::{MAX_K, Selection};
+use crate::router::{MAX_K, RouteReport, Router, Selection};
 use crate::workspace::{Carver, Layout, mul};
 use crate::{Error, Result};
 
 /// What one forward pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ForwardReport {
     /// Tokens in the batch.
     pub n_tokens: usize,
+    /// What the router reported (`None` when the caller routed).
+    pub route: Option<RouteReport>,
     /// Pairs, drops, capacity and load of the dispatch.
     pub dispatch: DispatchReport,
 }
@@ -31,6 +33,7 @@ pub struct ForwardReport {
 /// A Mixture-of-Experts FFN layer over borrowed weights.
 #[derive(Clone, Copy, Debug)]
 pub struct MoeLayer<'a> {
+    router: Option<Router<'a>>,
     experts: ExpertStack<'a>,
     shared: SharedExpert<'a>,
     k: usize,
@@ -62,6 +65,7 @@ impl<'a> MoeLayer<'a> {
             });
         }
         Ok(MoeLayer {
+            router: None,
             experts,
             shared: SharedExpert::None,
             k,
@@ -84,6 +88,40 @@ impl<'a> MoeLayer<'a> {
         }
         self.shared = shared;
         Ok(self)
+    }
+
+    /// The same layer routed by `router`, which must route over the layer's experts and
+    /// width and choose at most the layer's k experts per token.
+    pub fn with_router(mut self, router: Router<'a>) -> Result<Self> {
+        let c = router.config();
+        if c.n_expert != self.experts.n_expert() {
+            return Err(Error::BadTensorShape {
+                tensor: crate::error::name_of("ffn_gate_inp.weight"),
+                dim: 1,
+                expected: self.experts.n_expert() as u64,
+                actual: c.n_expert as u64,
+            });
+        }
+        if c.n_embd != self.experts.n_embd() {
+            return Err(Error::BadTensorShape {
+                tensor: crate::error::name_of("ffn_gate_inp.weight"),
+                dim: 0,
+                expected: self.experts.n_embd() as u64,
+                actual: c.n_embd as u64,
+            });
+        }
+        if c.experts_per_token() > self.k {
+            return Err(Error::InvalidMoeConfig {
+                reason: "the router chooses more experts per token than the layer's k",
+            });
+        }
+        self.router = Some(router);
+        Ok(self)
+    }
+
+    /// The router, if the layer has one.
+    pub fn router(&self) -> Option<&Router<'a>> {
+        self.router.as_ref()
     }
 
     /// The same layer with a capacity limit.
@@ -164,8 +202,9 @@ impl<'a> MoeLayer<'a> {
         })
     }
 
-    /// Exact bytes [`forward_selected`](Self::forward_selected) needs for a batch of
-    /// `n_tokens` tokens (any alignment; saturates at `usize::MAX`).
+    /// Exact bytes [`forward_selected`](Self::forward_selected) (and the `bytes` part of
+    /// [`forward`](Self::forward)'s workspace) needs for a batch of `n_tokens` tokens
+    /// (any alignment; saturates at `usize::MAX`).
     pub fn workspace_bytes(&self, n_tokens: usize) -> usize {
         let Ok(r) = self.regions(n_tokens) else {
             return usize::MAX;
@@ -301,6 +340,7 @@ impl<'a> MoeLayer<'a> {
 
         Ok(ForwardReport {
             n_tokens,
+            route: None,
             dispatch: dispatch.report(),
         })
     }
