@@ -1,6 +1,6 @@
 //! Shared helpers of the router tests: random configurations of every kind, building the
 //! fast router and the reference inputs from one description, and the comparison rule.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::needless_range_loop, clippy::should_implement_trait)]
 
 use moe_core::TensorType;
 use moe_core::reference::router as reference;
@@ -125,7 +125,7 @@ pub fn random_case(n_expert: usize, seed: u64) -> Case {
     let n_active = active.iter().filter(|&&a| a).count();
     // Groups (not with hash or S-BASE, which ignore them anyway).
     let divisors: Vec<usize> = (2..=64.min(n_expert))
-        .filter(|g| n_expert % g == 0)
+        .filter(|g| n_expert.is_multiple_of(*g))
         .collect();
     let groups = if !hash && !sbase && !divisors.is_empty() && rng.chance(40) {
         let n_group = divisors[rng.below(divisors.len())];

@@ -199,8 +199,12 @@ impl RouterConfig {
     }
 
     /// Exact number of f32 scratch elements [`Router::route`](super::Router::route) needs
-    /// for `n_tokens` tokens (saturating: a length that does not fit cannot be given).
+    /// for `n_tokens` tokens (0 for none; saturating: a length that does not fit cannot be
+    /// given).
     pub fn scratch_len(&self, n_tokens: usize) -> usize {
+        if n_tokens == 0 {
+            return 0;
+        }
         let logits = n_tokens.saturating_mul(self.n_expert);
         let rows = if self.noise.is_some() { 2 } else { 1 };
         let mut len = self

@@ -190,6 +190,9 @@ impl<'a> Router<'a> {
     /// Exact f32 scratch length [`route_logits`](Self::route_logits) needs.
     pub fn logits_scratch_len(&self, n_tokens: usize) -> usize {
         let c = &self.config;
+        if n_tokens == 0 {
+            return 0;
+        }
         let mut len = c.n_expert.saturating_mul(2);
         if let Method::SBase { .. } = c.method {
             len = len.saturating_add(n_tokens).saturating_add(c.n_expert);
@@ -224,6 +227,9 @@ impl<'a> Router<'a> {
                 needed,
                 actual: scratch.len(),
             });
+        }
+        if n_tokens == 0 {
+            return self.select(&[], 0, token_ids, &mut [], out, stats);
         }
         let (logits, rest) = scratch.split_at_mut(n_tokens * c.n_expert);
         let rows = if c.noise.is_some() { 2 } else { 1 };
@@ -362,6 +368,9 @@ impl<'a> Router<'a> {
                 expected: n_expert,
                 actual: s.n_expert(),
             });
+        }
+        if n_tokens == 0 {
+            return Ok(RouteReport::default());
         }
         let (scores, rest) = work.split_at_mut(n_expert);
         let (keys, rest) = rest.split_at_mut(n_expert);
