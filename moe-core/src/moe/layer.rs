@@ -206,6 +206,9 @@ impl<'a> MoeLayer<'a> {
     /// [`forward`](Self::forward)'s workspace) needs for a batch of `n_tokens` tokens
     /// (any alignment; saturates at `usize::MAX`).
     pub fn workspace_bytes(&self, n_tokens: usize) -> usize {
+        if n_tokens == 0 {
+            return 0;
+        }
         let Ok(r) = self.regions(n_tokens) else {
             return usize::MAX;
         };
