@@ -1,0 +1,172 @@
+//! Zero allocation is a property we test: a counting global allocator watches
+//! `MoeLayer::forward` (routing included) and `forward_selected`, with f32 weights from a
+//! Hugging Face fixture and with quantized weights, and any heap allocation on the calling
+//! thread during a forward pass fails the test.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use moe_core::TensorType;
+use moe_core::gguf::File;
+use moe_core::moe::capacity::{Capacity, CapacityPolicy, DropPriority};
+use moe_core::moe::{Activation, ExpertStack, MoeLayer, SharedExpert, Workspace};
+use moe_core::quant::quantize_row;
+use moe_core::router::{Router, RouterConfig, Selection};
+use moe_core::tensor::TensorView;
+
+/// Counts allocations made by the current thread (other test threads do not count).
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: the slot may be gone while a thread shuts down.
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: every method forwards to `System` unchanged; counting touches only a
+// const-initialised thread-local without a destructor, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made on this thread while `f` runs.
+fn allocations_in<R>(f: impl FnOnce() -> R) -> (usize, R) {
+    let before = ALLOCATIONS.with(Cell::get);
+    let r = f();
+    (ALLOCATIONS.with(Cell::get) - before, r)
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    let (n, v) = allocations_in(|| vec![1u8; 10]);
+    assert_eq!(v.len(), 10);
+    assert!(n >= 1);
+}
+
+#[test]
+fn forward_allocates_nothing_with_a_router_and_a_shared_expert() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../moe-core/tests/fixtures/hf/qwen2moe.gguf"
+    );
+    let bytes = std::fs::read(path).unwrap();
+    let file = File::parse(&bytes).unwrap();
+    let layer = MoeLayer::from_gguf(&file, 0).unwrap();
+    assert!(matches!(layer.shared(), SharedExpert::Gated { .. }));
+    let t = 7;
+    let hidden: Vec<f32> = (0..t * layer.n_embd())
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let size = layer.workspace_size(t);
+    let mut selections = vec![Selection::new(); size.selections];
+    let mut router = vec![0.0f32; size.router];
+    let mut ws = vec![0u8; size.bytes];
+    let mut out = vec![0.0f32; hidden.len()];
+
+    let (n, report) = allocations_in(|| {
+        let mut workspace = Workspace {
+            selections: &mut selections,
+            router: &mut router,
+            bytes: &mut ws,
+        };
+        layer.forward(&hidden, &[], &mut out, &mut workspace)
+    });
+    report.unwrap();
+    assert_eq!(n, 0, "forward allocated {n} times");
+    assert!(out.iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn forward_allocates_nothing_with_quantized_experts_and_capacity() {
+    let (n_embd, n_ff, n_expert, k, t) = (64usize, 64usize, 4usize, 2usize, 9usize);
+    let values = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 7919 % 1009) as f32 - 504.0) / 1009.0)
+            .collect()
+    };
+    let quantized = |ty: TensorType, v: &[f32]| {
+        let mut out = vec![0u8; v.len() / ty.block_len() * ty.block_bytes()];
+        quantize_row(ty, v, &mut out).unwrap();
+        out
+    };
+    let size = n_embd * n_ff * n_expert;
+    let gate = quantized(TensorType::Q4_0, &values(size, 1));
+    let up = quantized(TensorType::Q8_0, &values(size, 2));
+    let down = quantized(TensorType::Q4_1, &values(size, 3));
+    let router_w: Vec<u8> = values(n_embd * n_expert, 4)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let (d, f, e) = (n_embd as u64, n_ff as u64, n_expert as u64);
+    let stack = ExpertStack::new(
+        Some(TensorView::new(TensorType::Q4_0, &[d, f, e], &gate).unwrap()),
+        TensorView::new(TensorType::Q8_0, &[d, f, e], &up).unwrap(),
+        TensorView::new(TensorType::Q4_1, &[f, d, e], &down).unwrap(),
+        Activation::Silu,
+    )
+    .unwrap();
+    let router = Router::new(RouterConfig::mixtral(n_embd, n_expert, k))
+        .unwrap()
+        .with_weight(TensorView::new(TensorType::F32, &[d, e], &router_w).unwrap())
+        .unwrap();
+    let layer = MoeLayer::new(stack, k)
+        .unwrap()
+        .with_router(router)
+        .unwrap()
+        .with_capacity(CapacityPolicy {
+            capacity: Capacity::Megatron { factor: 1.0 },
+            min_capacity: 0,
+            priority: DropPriority::BatchPrioritized,
+        });
+
+    let hidden = values(t * n_embd, 5);
+    let size = layer.workspace_size(t);
+    let mut selections = vec![Selection::new(); size.selections];
+    let mut scratch = vec![0.0f32; size.router];
+    let mut ws = vec![0u8; size.bytes];
+    let mut out = vec![0.0f32; hidden.len()];
+    let (n, report) = allocations_in(|| {
+        let mut workspace = Workspace {
+            selections: &mut selections,
+            router: &mut scratch,
+            bytes: &mut ws,
+        };
+        layer.forward(&hidden, &[], &mut out, &mut workspace)
+    });
+    report.unwrap();
+    assert_eq!(n, 0, "forward allocated {n} times");
+
+    // The caller-routed entry point too.
+    let routed = selections.clone();
+    let (n, report) =
+        allocations_in(|| layer.forward_selected(&hidden, &routed, &mut out, &mut ws));
+    report.unwrap();
+    assert_eq!(n, 0, "forward_selected allocated {n} times");
+}
