@@ -168,3 +168,91 @@ fn layer_with_its_own_router_matches_transformers() {
         assert!(err <= 1e-5, "{name}: relative error {err:e}");
     }
 }
+
+/// The reference (`reference::moe` with `reference::router`), built by hand from the
+/// file's tensors, reproduces transformers too: the specification is right.
+#[test]
+fn the_reference_layer_matches_transformers() {
+    use moe_core::moe::Activation;
+    use moe_core::reference::moe as reference;
+    use moe_core::reference::router::Inputs;
+    use moe_core::router::RouterConfig;
+
+    for name in FIXTURES {
+        let bytes = read(name);
+        let file = File::parse(&bytes).unwrap();
+        let config = RouterConfig::from_gguf(&file, 0).unwrap();
+        let (d, e) = (config.n_embd, config.n_expert);
+        let hidden = floats(&view(&file, "test.input"));
+        let n_tokens = hidden.len() / d;
+
+        let bias = file
+            .tensor("blk.0.exp_probs_b.bias")
+            .map(|t| floats(&t.view));
+        let inputs = Inputs {
+            bias: bias.as_deref(),
+            ..Inputs::default()
+        };
+        let mut selections = vec![Selection::new(); n_tokens];
+        let mut scratch = vec![0.0; reference::route_scratch_len(&config, n_tokens)];
+        let mut order = vec![0u32; e];
+        reference::route(
+            &config,
+            &view(&file, "blk.0.ffn_gate_inp.weight"),
+            &inputs,
+            &hidden,
+            &[],
+            &mut selections,
+            &mut scratch,
+            &mut order,
+        )
+        .unwrap();
+
+        let gate = floats(&view(&file, "blk.0.ffn_gate_exps.weight"));
+        let up = floats(&view(&file, "blk.0.ffn_up_exps.weight"));
+        let down = floats(&view(&file, "blk.0.ffn_down_exps.weight"));
+        let n_ff = up.len() / (d * e);
+        let shexp = |part: &str| {
+            file.tensor(&format!("blk.0.ffn_{part}_shexp.weight"))
+                .map(|t| floats(&t.view))
+        };
+        let (sg, su, sd) = (shexp("gate"), shexp("up"), shexp("down"));
+        let shared_gate = file
+            .tensor("blk.0.ffn_gate_inp_shexp.weight")
+            .map(|t| floats(&t.view));
+        let shared_ffn = su.as_ref().map(|su| reference::Ffn {
+            gate: sg.as_deref(),
+            up: su,
+            down: sd.as_deref().unwrap(),
+            n_embd: d,
+            n_ff: su.len() / d,
+            activation: Activation::Silu,
+        });
+        let shared = match (shared_ffn, &shared_gate) {
+            (None, _) => reference::Shared::None,
+            (Some(ffn), None) => reference::Shared::AlwaysOn(ffn),
+            (Some(ffn), Some(gate)) => reference::Shared::Gated { ffn, gate },
+        };
+        let layer = reference::Layer {
+            experts: reference::Experts {
+                gate: Some(&gate),
+                up: &up,
+                down: &down,
+                n_embd: d,
+                n_ff,
+                n_expert: e,
+                activation: Activation::Silu,
+            },
+            shared,
+            capacity: moe_core::moe::CapacityPolicy::DROPLESS,
+            k: config.k,
+        };
+        let mut out = vec![f32::NAN; hidden.len()];
+        let mut scratch = vec![0.0; layer.scratch_len()];
+        layer
+            .forward(&hidden, &selections, &mut out, &mut scratch)
+            .unwrap();
+        let err = relative_error(&out, &floats(&view(&file, "test.output")));
+        assert!(err <= 1e-5, "{name}: relative error {err:e}");
+    }
+}

@@ -15,6 +15,9 @@
 //! g_t = 1 (always-on shared expert) or sigmoid(w_s · x_t) (gated), 0 without one
 //! ```
 //!
+//! Selections come from the caller or from [`route`], which routes token by token with
+//! [`crate::reference::router`] (the batch at once for S-BASE).
+//!
 //! `kept(t, j)` is 1 without a capacity limit. With capacity C, pairs are ranked by
 //! (slot j, then token priority: batch position, or descending top-1 weight with ties to
 //! the earlier token) and a pair is kept iff fewer than C pairs of the same expert rank
@@ -23,7 +26,8 @@
 use crate::moe::capacity::{CapacityPolicy, DropPriority};
 use crate::moe::ffn::{Activation, sigmoid};
 use crate::quant::dequantize_row;
-use crate::router::Selection;
+use crate::reference::router::{self as reference_router, Inputs};
+use crate::router::{Method, RouterConfig, Selection};
 use crate::tensor::TensorView;
 use crate::{Error, Result};
 
@@ -295,4 +299,71 @@ impl Layer<'_> {
         }
         Ok(())
     }
+}
+
+/// f32 scratch elements [`route`] needs for `n_tokens` tokens: the batch's logits, one
+/// dequantized router row, scores and keys, and the Sinkhorn scales.
+pub fn route_scratch_len(config: &RouterConfig, n_tokens: usize) -> usize {
+    let e = config.n_expert;
+    n_tokens * e + config.n_embd + 3 * e + n_tokens
+}
+
+/// Routes the `n_tokens = out.len()` rows of `hidden` with the reference router: logits
+/// `W · x` in f32 from the dequantized router weight `[n_embd, n_expert]`, then
+/// [`reference_router::route_token`] per token (top-k, greedy, hash) or
+/// [`reference_router::route_sbase`] over the batch (S-BASE). Noisy gating is not applied.
+/// `token_ids` holds one id per token, or is empty (id 0 for every token). `order` holds
+/// `n_expert` elements.
+#[allow(clippy::too_many_arguments)]
+pub fn route(
+    config: &RouterConfig,
+    weight: &TensorView<'_>,
+    inputs: &Inputs<'_>,
+    hidden: &[f32],
+    token_ids: &[u32],
+    out: &mut [Selection],
+    scratch: &mut [f32],
+    order: &mut [u32],
+) -> Result<()> {
+    let (d, e, n_tokens) = (config.n_embd, config.n_expert, out.len());
+    if d == 0 || e == 0 {
+        return Err(Error::InvalidRouterConfig {
+            reason: "a router needs n_embd > 0 and n_expert > 0",
+        });
+    }
+    let need = route_scratch_len(config, n_tokens);
+    for (actual, expected) in [
+        (hidden.len(), n_tokens * d),
+        (scratch.len().min(need), need),
+        (order.len(), e),
+    ] {
+        if actual != expected {
+            return Err(Error::LengthMismatch { expected, actual });
+        }
+    }
+    let (logits, rest) = scratch.split_at_mut(n_tokens * e);
+    let (row, rest) = rest.split_at_mut(d);
+    let (scores, rest) = rest.split_at_mut(e);
+    let (keys, rest) = rest.split_at_mut(e);
+    let (log_d1, rest) = rest.split_at_mut(e);
+    let log_d0 = &mut rest[..n_tokens];
+    for (x, l) in hidden.chunks_exact(d).zip(logits.chunks_exact_mut(e)) {
+        reference_router::logits(weight, x, None, row, l)?;
+    }
+    if let Method::SBase { .. } = config.method {
+        reference_router::route_sbase(config, logits, inputs, log_d0, log_d1, scores, out);
+        return Ok(());
+    }
+    for (t, sel) in out.iter_mut().enumerate() {
+        *sel = reference_router::route_token(
+            config,
+            &logits[t * e..(t + 1) * e],
+            token_ids.get(t).copied().unwrap_or(0),
+            inputs,
+            scores,
+            keys,
+            order,
+        );
+    }
+    Ok(())
 }
