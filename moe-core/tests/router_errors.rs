@@ -164,7 +164,7 @@ fn bad_buffers_and_masks() {
         .with_weight(TensorView::new(TensorType::F32, &[4, 8], &w).unwrap())
         .unwrap();
     let need = router.scratch_len(3);
-    assert_eq!(need, 4 + 3 * 8 + 2 * 8);
+    assert_eq!(need, 8 * 4 + 3 * 8 + 2 * 8);
     let mut scratch = vec![0.0; need];
     let mut out = vec![Selection::new(); 3];
     let hidden = [0.1; 12];

@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 /// `u64` bitset. DeepSeek-V2/V3 use 8.
 pub const MAX_GROUPS: usize = 64;
 
+/// Router rows dequantized at a time while computing logits: each token's hidden state is
+/// read once per block instead of once per expert.
+pub(crate) const LOGIT_ROWS: usize = 8;
+
 /// llama.cpp's lower clamp on the sum of top-k weights before renormalising (the smallest
 /// normal f16), so a sum near zero never divides.
 pub const LLAMA_CPP_MIN_WEIGHT_SUM: f32 = 6.103_515_6e-5;
@@ -206,7 +210,7 @@ impl RouterConfig {
             return 0;
         }
         let logits = n_tokens.saturating_mul(self.n_expert);
-        let rows = if self.noise.is_some() { 2 } else { 1 };
+        let rows = LOGIT_ROWS.min(self.n_expert) * if self.noise.is_some() { 2 } else { 1 };
         let mut len = self
             .n_embd
             .saturating_mul(rows)

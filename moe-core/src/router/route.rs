@@ -6,11 +6,13 @@
 //! top-k of `c` (higher first, then lower index) → weights from `s`, never from the bias
 //! → renormalisation → routed scaling factor.
 
-use super::config::{GroupScore, HashGate, Method, RouterConfig, ScoreFunc};
+use super::config::{GroupScore, HashGate, LOGIT_ROWS, Method, RouterConfig, ScoreFunc};
 use super::hash::{HashTable, seeded_experts};
 use super::mask::ExpertMask;
 use super::noise::{noisy_logit, standard_normal};
-use super::score::{divide, finite_or_neg_inf, norm_divisor, shifted_exp, sigmoid};
+use super::score::{
+    divide, finite_or_neg_inf, norm_divisor, shifted_exp, sigmoid_fast, softmax_in_place,
+};
 use super::sinkhorn::{SinkhornReport, balance};
 use super::stats::RouterStats;
 use super::topk::TopK;
@@ -70,6 +72,13 @@ fn check_matrix(view: &TensorView, n_embd: usize, n_expert: usize, role: &str) -
         return Err(Error::UnsupportedType { ty: view.ty() });
     }
     Ok(())
+}
+
+/// The bytes of row `e` of `view` (`role` names it in the error).
+fn row_of<'v>(view: &TensorView<'v>, e: usize, role: &str) -> Result<&'v [u8]> {
+    view.row(e as u64).ok_or_else(|| Error::TensorTooLarge {
+        tensor: name_of(role),
+    })
 }
 
 /// `a · b` with eight independent lanes (vectorisable without reassociating a single sum).
@@ -232,7 +241,7 @@ impl<'a> Router<'a> {
             return self.select(&[], 0, token_ids, &mut [], out, stats);
         }
         let (logits, rest) = scratch.split_at_mut(n_tokens * c.n_expert);
-        let rows = if c.noise.is_some() { 2 } else { 1 };
+        let rows = LOGIT_ROWS.min(c.n_expert) * if c.noise.is_some() { 2 } else { 1 };
         let (row_buf, work) = rest.split_at_mut(rows * c.n_embd);
         if c.needs_logits() {
             self.compute_logits(hidden, n_tokens, row_buf, logits)?;
@@ -272,6 +281,8 @@ impl<'a> Router<'a> {
     }
 
     /// Router logits (plus noise when configured) of the active experts; -inf elsewhere.
+    /// Rows are dequantized [`LOGIT_ROWS`] at a time and each token's hidden state is
+    /// dotted with the whole block while it is in cache.
     fn compute_logits(
         &self,
         hidden: &[f32],
@@ -293,35 +304,48 @@ impl<'a> Router<'a> {
             )),
             None => None,
         };
-        let (row, noise_row) = rows.split_at_mut(n_embd);
+        let block = LOGIT_ROWS.min(n_expert);
+        let (w_rows, noise_rows) = rows.split_at_mut(block * n_embd);
         logits.fill(f32::NEG_INFINITY);
-        for e in self.mask.active(n_expert) {
-            let bytes = weight.row(e as u64).ok_or(Error::TensorTooLarge {
-                tensor: name_of("ffn_gate_inp.weight"),
-            })?;
-            dequantize_row(weight.ty(), bytes, row)?;
-            if let Some((_, w)) = noise {
-                let bytes = w.row(e as u64).ok_or(Error::TensorTooLarge {
-                    tensor: name_of("noise weight"),
-                })?;
-                dequantize_row(w.ty(), bytes, &mut noise_row[..n_embd])?;
+        let mut active = self.mask.active(n_expert).peekable();
+        while active.peek().is_some() {
+            let mut ids = [0usize; LOGIT_ROWS];
+            let mut n = 0;
+            for (slot, e) in ids.iter_mut().zip(active.by_ref().take(block)) {
+                *slot = e;
+                n += 1;
+            }
+            for (j, &e) in ids[..n].iter().enumerate() {
+                let dst = &mut w_rows[j * n_embd..(j + 1) * n_embd];
+                dequantize_row(weight.ty(), row_of(&weight, e, "ffn_gate_inp.weight")?, dst)?;
+                if let Some((_, w)) = noise {
+                    let dst = &mut noise_rows[j * n_embd..(j + 1) * n_embd];
+                    dequantize_row(w.ty(), row_of(&w, e, "noise weight")?, dst)?;
+                }
             }
             for t in 0..n_tokens {
                 let x = &hidden[t * n_embd..(t + 1) * n_embd];
-                let mut l = dot(row, x);
-                if let Some((n, _)) = noise {
-                    let raw = dot(&noise_row[..n_embd], x);
-                    l = noisy_logit(
-                        l,
-                        raw,
-                        n.epsilon,
-                        standard_normal(n.seed, t as u64, e as u64),
-                    );
+                let out = &mut logits[t * n_expert..(t + 1) * n_expert];
+                for (j, &e) in ids[..n].iter().enumerate() {
+                    let mut l = dot(&w_rows[j * n_embd..(j + 1) * n_embd], x);
+                    if let Some((nz, _)) = noise {
+                        let raw = dot(&noise_rows[j * n_embd..(j + 1) * n_embd], x);
+                        let draw = standard_normal(nz.seed, t as u64, e as u64);
+                        l = noisy_logit(l, raw, nz.epsilon, draw);
+                    }
+                    out[e] = l;
                 }
-                logits[t * n_expert + e] = l;
             }
         }
         Ok(())
+    }
+
+    /// The mask's bitset, when it is one.
+    fn mask_bits(&self) -> Option<&'a [u64]> {
+        match self.mask {
+            ExpertMask::Bits(bits) => Some(bits),
+            _ => None,
+        }
     }
 
     /// The bias of expert `e` (0 without a bias).
@@ -437,7 +461,9 @@ impl<'a> Router<'a> {
                 } else if c.score == ScoreFunc::Softmax {
                     Some((&*scores, lse))
                 } else {
-                    let lse = softmax_active(row, &self.mask, keys, &mut 0);
+                    let limit = self.mask.limit(n_expert);
+                    load_logits(row, &self.mask, &mut keys[..limit], &mut 0);
+                    let lse = softmax_in_place(&mut keys[..limit], self.mask_bits());
                     Some((&*keys, lse))
                 };
                 s.record_token(
@@ -450,26 +476,22 @@ impl<'a> Router<'a> {
         Ok(report)
     }
 
-    /// Fills `scores` for the active experts of one token; returns the logsumexp of its
-    /// logits for softmax scoring (-inf otherwise).
+    /// Fills `scores[..limit]` for one token (inactive experts: 0, or -inf for
+    /// softmax-over-selected); returns the logsumexp of its logits for softmax scoring
+    /// (-inf otherwise).
     fn score_token(&self, row: &[f32], scores: &mut [f32], nan: &mut usize) -> f32 {
-        let n_expert = self.config.n_expert;
+        let limit = self.mask.limit(self.config.n_expert);
+        let scores = &mut scores[..limit];
+        load_logits(row, &self.mask, scores, nan);
         match self.config.score {
-            ScoreFunc::Softmax => softmax_active(row, &self.mask, scores, nan),
+            ScoreFunc::Softmax => softmax_in_place(scores, self.mask_bits()),
             ScoreFunc::Sigmoid => {
-                for e in self.mask.active(n_expert) {
-                    *nan += row[e].is_nan() as usize;
-                    scores[e] = sigmoid(finite_or_neg_inf(row[e]));
+                for x in scores.iter_mut() {
+                    *x = sigmoid_fast(*x);
                 }
                 f32::NEG_INFINITY
             }
-            ScoreFunc::SoftmaxSelected => {
-                for e in self.mask.active(n_expert) {
-                    *nan += row[e].is_nan() as usize;
-                    scores[e] = finite_or_neg_inf(row[e]);
-                }
-                f32::NEG_INFINITY
-            }
+            ScoreFunc::SoftmaxSelected => f32::NEG_INFINITY,
         }
     }
 
@@ -488,15 +510,27 @@ impl<'a> Router<'a> {
         let c = &self.config;
         let n_expert = c.n_expert;
         // Selection keys: scores plus the bias (never NaN).
-        let keys: &[f32] = if self.bias.is_some() {
-            for e in self.mask.active(n_expert) {
-                let v = scores[e] + self.bias_of(e);
-                report.nan_scores += v.is_nan() as usize;
-                keys[e] = finite_or_neg_inf(v);
+        let limit = self.mask.limit(n_expert);
+        let keys: &[f32] = match self.bias {
+            Some(bias) => {
+                let (bias, _) = bias.data().as_chunks::<4>();
+                let mut nan = 0;
+                for ((c, &s), b) in keys[..limit].iter_mut().zip(&scores[..limit]).zip(bias) {
+                    let v = s + f32::from_le_bytes(*b);
+                    nan += v.is_nan() as usize;
+                    *c = finite_or_neg_inf(v);
+                }
+                if nan > 0 {
+                    // Count only the active experts' NaN keys.
+                    report.nan_scores += self
+                        .mask
+                        .active(n_expert)
+                        .filter(|&e| (scores[e] + self.bias_of(e)).is_nan())
+                        .count();
+                }
+                keys
             }
-            keys
-        } else {
-            scores
+            None => scores,
         };
         let mut top = TopK::new(k);
         match c.groups {
@@ -517,11 +551,18 @@ impl<'a> Router<'a> {
                     }
                 }
             }
-            _ => {
-                for e in self.mask.active(n_expert) {
-                    top.push(keys[e], e as u32);
+            _ => match self.mask {
+                ExpertMask::Bits(_) => {
+                    for e in self.mask.active(n_expert) {
+                        top.push(keys[e], e as u32);
+                    }
                 }
-            }
+                _ => {
+                    for (e, &key) in keys[..limit].iter().enumerate() {
+                        top.push(key, e as u32);
+                    }
+                }
+            },
         }
         let mut ids = [0u32; MAX_K];
         let ranked = top.sorted();
@@ -648,27 +689,21 @@ impl<'a> Router<'a> {
     }
 }
 
-/// Softmax over the active experts of one row of logits (NaN → -inf, counted in `nan`)
-/// into `out`; returns the logsumexp of the row.
-fn softmax_active(row: &[f32], mask: &ExpertMask, out: &mut [f32], nan: &mut usize) -> f32 {
-    let n = row.len();
-    let mut m = f32::NEG_INFINITY;
-    for e in mask.active(n) {
-        let l = row[e];
-        *nan += l.is_nan() as usize;
-        let l = finite_or_neg_inf(l);
-        if l > m {
-            m = l;
+/// Copies `row[..out.len()]` into `out` as routing reads it: NaN → -inf (counted in `nan`
+/// for active experts), inactive experts → -inf.
+fn load_logits(row: &[f32], mask: &ExpertMask, out: &mut [f32], nan: &mut usize) {
+    let mut n = 0;
+    for (o, &l) in out.iter_mut().zip(row) {
+        n += l.is_nan() as usize;
+        *o = finite_or_neg_inf(l);
+    }
+    if let ExpertMask::Bits(_) = mask {
+        for (e, o) in out.iter_mut().enumerate() {
+            if !mask.is_active(e) {
+                n -= row[e].is_nan() as usize;
+                *o = f32::NEG_INFINITY;
+            }
         }
     }
-    let mut z = 0.0f32;
-    for e in mask.active(n) {
-        let v = shifted_exp(finite_or_neg_inf(row[e]), m);
-        out[e] = v;
-        z += v;
-    }
-    for e in mask.active(n) {
-        out[e] = divide(out[e], z);
-    }
-    if m.is_finite() { m + libm::logf(z) } else { m }
+    *nan += n;
 }
