@@ -20,7 +20,9 @@ fn mixtral_top2_by_hand() {
     let hidden = [1.0f32, 0.5];
     let mut scratch = vec![0.0; router.scratch_len(1)];
     let mut out = [Selection::new()];
-    let report = router.route(&hidden, &[], &mut scratch, &mut out, None).unwrap();
+    let report = router
+        .route(&hidden, &[], &mut scratch, &mut out, None)
+        .unwrap();
     assert_eq!(report.n_tokens, 1);
     let ids: Vec<u32> = out[0].iter().map(|c| c.expert).collect();
     assert_eq!(ids, [2, 0]);
