@@ -4,6 +4,7 @@
 //! [`std::process::Command`]; no product logic lives here. Tasks fail fast: the first step
 //! that fails stops the task with a non-zero exit status and says which command failed.
 
+mod firmware;
 mod fuzz;
 mod nostd;
 
@@ -24,6 +25,9 @@ tasks:
   fuzz <target> [--seconds N]
                              run a cargo-fuzz target on stable (-s none) for N seconds
                              (default 60), seeded with moe-core/tests/fixtures/*.gguf
+  firmware                   build the Cortex-M4F example firmware (opt-level s and 3),
+                             run it under QEMU (mps2-an386), compare it with the host
+                             and print its size table
   bench [ARGS...]            cargo bench --workspace [ARGS...]
 ";
 
@@ -62,6 +66,10 @@ fn run(args: &[String]) -> Result {
             let seconds = seconds_flag(rest, "--seconds")?.unwrap_or(DEFAULT_FUZZ_SECONDS);
             fuzz::run(target, seconds).map(|_| ())
         }
+        "firmware" => {
+            no_extra_args(rest)?;
+            firmware::run()
+        }
         "bench" => cargo(
             ["bench", "--workspace"]
                 .iter()
@@ -93,15 +101,13 @@ fn ci(args: &[String]) -> Result {
 
     step("rustfmt");
     cargo(["fmt", "--all", "--", "--check"])?;
-    // The fuzz crate is its own workspace, so `--all` does not reach it.
-    cargo([
-        "fmt",
-        "--manifest-path",
+    // The fuzz and firmware crates are their own workspaces, so `--all` does not reach them.
+    for manifest in [
         "fuzz/Cargo.toml",
-        "--all",
-        "--",
-        "--check",
-    ])?;
+        "moe-core/examples/firmware-cortex-m/Cargo.toml",
+    ] {
+        cargo(["fmt", "--manifest-path", manifest, "--all", "--", "--check"])?;
+    }
 
     step("clippy");
     cargo([
@@ -119,6 +125,9 @@ fn ci(args: &[String]) -> Result {
 
     step("no_std proof");
     nostd::run()?;
+
+    step("firmware under emulation");
+    firmware::run()?;
 
     step(&format!("fuzz smoke: gguf_parse for {fuzz_seconds} s"));
     fuzz::run("gguf_parse", fuzz_seconds)?;
