@@ -140,7 +140,7 @@ where
             return Ok(None);
         }
         let chunk = &mut chunk[..len];
-        chunk.sort_unstable_by_key(|e| e.start);
+        sort_by_start(chunk);
         for pair in chunk.windows(2) {
             if pair[1].start < pair[0].end {
                 return Ok(Some(ordered(pair[0].index, pair[1].index)));
@@ -159,6 +159,18 @@ where
             }
         }
         chunk_start += len;
+    }
+}
+
+/// Insertion sort: at most [`EXTENT_CHUNK`] items, and far less code than the standard
+/// library's sort, which matters on a microcontroller.
+fn sort_by_start(extents: &mut [Extent]) {
+    for i in 1..extents.len() {
+        let mut j = i;
+        while j > 0 && extents[j - 1].start > extents[j].start {
+            extents.swap(j - 1, j);
+            j -= 1;
+        }
     }
 }
 
