@@ -169,6 +169,10 @@ fn split_helpers_check_their_arguments() {
     assert!(split_down(5, 8, 12, 2, &c.down, &mut down).is_err()); // 5 does not divide 12
     assert!(split_down(0, 8, 12, 2, &c.down, &mut down).is_err());
     assert!(split_down(3, 8, 12, 2, &c.down, &mut down[1..]).is_err());
+    // Empty shapes are no-ops, not panics.
+    assert!(split_down(2, 0, 4, 2, &[], &mut []).is_ok());
+    assert!(split_down(2, 4, 0, 2, &[], &mut []).is_ok());
+    assert!(split_router(2, 0, 2, &[], &mut []).is_ok());
     let mut router = vec![0.0; 8 * 2 * 3];
     assert!(split_router(3, 8, 2, &c.router, &mut router).is_ok());
     assert!(split_router(3, 8, 2, &c.router, &mut router[1..]).is_err());

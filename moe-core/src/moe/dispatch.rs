@@ -117,6 +117,14 @@ impl<'w> Dispatch<'w> {
                 reason: "k (experts per token) must be at least 1",
             });
         }
+        if n_tokens
+            .checked_mul(k)
+            .is_none_or(|p| p > u32::MAX as usize)
+        {
+            return Err(Error::InvalidMoeConfig {
+                reason: "more than 2^32 (token, slot) pairs in one batch",
+            });
+        }
         let needed = Self::workspace_bytes(n_tokens, k, n_expert);
         if workspace.len() < needed {
             return Err(Error::WorkspaceTooSmall {

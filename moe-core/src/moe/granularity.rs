@@ -57,6 +57,9 @@ pub fn split_down(
             reason: "expert stack too large",
         })?;
     check(g, n_ff, coarse.len(), fine.len(), total)?;
+    if total == 0 {
+        return Ok(());
+    }
     let fine_ff = n_ff / g;
     let scale = g as f32;
     // Fine expert e·g + s, row j, column c = coarse expert e, row j, column s·fine_ff + c.

@@ -270,11 +270,6 @@ impl<'a> MoeLayer<'a> {
         if n_tokens == 0 {
             return Ok(ForwardReport::default());
         }
-        if n_tokens > u32::MAX as usize / self.k {
-            return Err(Error::InvalidMoeConfig {
-                reason: "more than 2^32 (token, slot) pairs in one batch",
-            });
-        }
 
         let r = self.regions(n_tokens)?;
         let mut carver = Carver::new(workspace);
