@@ -369,3 +369,84 @@ fn dropped_pairs_contribute_zero_and_nothing_is_renormalised() {
     assert!(out[4 * 64..].iter().all(|&v| v == 0.0));
     assert!(out[..4 * 64].iter().any(|&v| v != 0.0));
 }
+
+#[test]
+fn drops_reach_the_router_statistics() {
+    use moe_core::moe::{MoeLayer, Workspace};
+    use moe_core::router::{Router, RouterConfig, RouterStats};
+    use moe_core::tensor::TensorView;
+
+    let m = tiny_model(policy(
+        Capacity::MeshTf { factor: 1.0 },
+        DropPriority::BatchPrioritized,
+    ));
+    let mut rng = Rng(13);
+    let (d, e, t) = (64usize, 3usize, 12usize);
+    // A router that prefers expert 0 for most tokens, so it overflows.
+    let mut w: Vec<f32> = (0..d * e).map(|_| rng.uniform(-0.1, 0.1)).collect();
+    for x in &mut w[..d] {
+        *x += 0.5;
+    }
+    let w_bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let router = Router::new(RouterConfig::mixtral(d, e, 2))
+        .unwrap()
+        .with_weight(TensorView::new(TensorType::F32, &[d as u64, e as u64], &w_bytes).unwrap())
+        .unwrap();
+    let layer: MoeLayer = m.layer().with_router(router).unwrap();
+    let hidden: Vec<f32> = random_hidden(&mut rng, t, d)
+        .iter()
+        .map(|x| x.abs())
+        .collect();
+
+    let (mut tokens, mut drops) = (vec![0u32; e], vec![0u32; e]);
+    let (mut probs, mut weights) = (vec![0f64; e], vec![0f64; e]);
+    let mut stats = RouterStats::new(&mut tokens, &mut drops, &mut probs, &mut weights).unwrap();
+    let size = layer.workspace_size(t);
+    let mut sel = vec![Selection::new(); size.selections];
+    let mut scratch = vec![0.0; size.router];
+    let mut bytes = vec![0u8; size.bytes];
+    let mut out = vec![0.0; t * d];
+    let report = layer
+        .forward_with_stats(
+            &hidden,
+            &[],
+            &mut out,
+            &mut Workspace {
+                selections: &mut sel,
+                router: &mut scratch,
+                bytes: &mut bytes,
+            },
+            Some(&mut stats),
+        )
+        .unwrap();
+    assert_eq!(report.dispatch.capacity, Some(4)); // floor(12 · 1 / 3)
+    assert!(report.dispatch.dropped > 0);
+    assert_eq!(stats.drops(), report.dispatch.dropped as u64);
+    let mut expected = vec![0u32; e];
+    let mut ws = Vec::new();
+    let (_, hook) = plan(&sel, e, 2, &layer.capacity().clone(), &mut ws);
+    for x in hook {
+        expected[x as usize] += 1;
+    }
+    assert_eq!(stats.drops_per_expert(), expected.as_slice());
+
+    // Statistics for another expert count are refused.
+    let (mut a, mut b, mut c, mut dd) =
+        (vec![0u32; 2], vec![0u32; 2], vec![0f64; 2], vec![0f64; 2]);
+    let mut wrong = RouterStats::new(&mut a, &mut b, &mut c, &mut dd).unwrap();
+    assert!(
+        layer
+            .forward_with_stats(
+                &hidden,
+                &[],
+                &mut out,
+                &mut Workspace {
+                    selections: &mut sel,
+                    router: &mut scratch,
+                    bytes: &mut bytes,
+                },
+                Some(&mut wrong),
+            )
+            .is_err()
+    );
+}
