@@ -19,7 +19,7 @@ pub mod quant;
 pub mod reference;
 pub mod router;
 pub mod tensor;
-pub mod workspace;
+mod workspace;
 
 pub use error::{Error, Result, Section};
 pub use quant::TensorType;

@@ -6,6 +6,8 @@
 //! therefore plain byte slices, and the numbers kept in them (u32 indices, f32 scratch)
 //! are 4-byte native-endian [`Words`]. Any alignment works, and a size computed by
 //! [`Layout`] is exact: not a byte of padding is hidden in it.
+//!
+//! Crate-internal: callers only ever see sizes (`workspace_bytes`) and hand over buffers.
 
 use crate::{Error, Result};
 
@@ -104,11 +106,6 @@ impl<'w> Words<'w> {
     /// Number of words.
     pub fn len(&self) -> usize {
         self.words.len()
-    }
-
-    /// Whether there are no words.
-    pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
     }
 
     /// Word `i` as a `u32`.

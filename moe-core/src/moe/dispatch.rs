@@ -23,7 +23,8 @@ const EMPTY: u32 = u32::MAX;
 /// Set on a dropped pair's expert id; expert ids stay below 2^31.
 const DROPPED: u32 = 1 << 31;
 
-/// Largest number of experts a layer may have, so the [`DROPPED`] bit stays free.
+/// Largest number of experts a layer may have (2^31 - 1: dispatch keeps a drop flag in the
+/// top bit of an expert id).
 pub const MAX_EXPERTS: usize = (DROPPED - 1) as usize;
 
 /// One pair routed to an expert.

@@ -5,7 +5,7 @@
 //! An FFN runs on a tile of tokens at once: every weight row is loaded once and dotted
 //! with each token's activation row before the next row, so a batch streams the expert's
 //! bytes once. Inputs arrive already quantized to the weight type's activation format
-//! ([`ActivationRows`]); the intermediate row is quantized once before `down`.
+//! (`ActivationRows`); the intermediate row is quantized once before `down`.
 
 use crate::quant::{TensorType, quantize_row};
 use crate::tensor::TensorView;
