@@ -261,9 +261,9 @@ impl RouterConfig {
                 return bad("k exceeds the experts of topk_group groups");
             }
             if let GroupScore::SumTop(m) = g.score
-                && (m == 0 || m as usize > per_group)
+                && (m == 0 || m as usize > per_group.min(MAX_K))
             {
-                return bad("group SumTop(m) needs 1 <= m <= experts per group");
+                return bad("group SumTop(m) needs 1 <= m <= min(experts per group, MAX_K)");
             }
         }
         if let Method::SBase {

@@ -557,11 +557,7 @@ impl<'a> Router<'a> {
                         top.push(keys[e], e as u32);
                     }
                 }
-                _ => {
-                    for (e, &key) in keys[..limit].iter().enumerate() {
-                        top.push(key, e as u32);
-                    }
-                }
+                _ => top.push_all(&keys[..limit], 0),
             },
         }
         let mut ids = [0u32; MAX_K];
@@ -692,11 +688,13 @@ impl<'a> Router<'a> {
 /// Copies `row[..out.len()]` into `out` as routing reads it: NaN → -inf (counted in `nan`
 /// for active experts), inactive experts → -inf.
 fn load_logits(row: &[f32], mask: &ExpertMask, out: &mut [f32], nan: &mut usize) {
-    let mut n = 0;
+    // A u32 count keeps the loop in 4-wide vector lanes.
+    let mut n = 0u32;
     for (o, &l) in out.iter_mut().zip(row) {
-        n += l.is_nan() as usize;
+        n += l.is_nan() as u32;
         *o = finite_or_neg_inf(l);
     }
+    let mut n = n as usize;
     if let ExpertMask::Bits(_) = mask {
         for (e, o) in out.iter_mut().enumerate() {
             if !mask.is_active(e) {

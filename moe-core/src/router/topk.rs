@@ -5,10 +5,17 @@
 //! never NaN here: callers map NaN to -inf first. Candidates must be pushed in ascending
 //! index order, which makes the tie rule free: an equal key pushed later always ranks
 //! after what is kept.
+//!
+//! Small k keeps a sorted array (insertion). Large k appends candidates to a buffer of
+//! 2k and, when it fills, keeps its k best by a linear-time selection
+//! (`select_nth_unstable_by`), so each candidate costs O(1) amortised instead of a heap's
+//! unpredictable sift.
+
+use core::cmp::Ordering;
 
 use super::MAX_K;
 
-/// Up to this k, a sorted array with insertion beats a heap.
+/// Up to this k, a sorted array with insertion is fastest.
 const INSERTION_MAX_K: usize = 16;
 
 /// One kept candidate.
@@ -18,19 +25,29 @@ pub(crate) struct Ranked {
     pub index: u32,
 }
 
-/// `a` is worse than `b` in rank order.
+/// Rank order: `Less` when `a` ranks before `b` (higher key, then lower index).
 #[inline]
-fn worse(a: &Ranked, b: &Ranked) -> bool {
-    a.key < b.key || (a.key == b.key && a.index > b.index)
+fn rank(a: &Ranked, b: &Ranked) -> Ordering {
+    if a.key > b.key {
+        Ordering::Less
+    } else if a.key < b.key {
+        Ordering::Greater
+    } else {
+        a.index.cmp(&b.index)
+    }
 }
 
 /// The k best candidates seen so far.
 pub(crate) struct TopK {
-    items: [Ranked; MAX_K],
+    items: [Ranked; 2 * MAX_K],
     len: usize,
     k: usize,
-    /// Kept as a min-heap (worst at 0) instead of a sorted array.
-    heap: bool,
+    /// Large k: `items` is an unsorted buffer of up to 2k candidates.
+    buffered: bool,
+    /// Large k: a key must beat this to be taken (valid once `trimmed`).
+    threshold: f32,
+    /// Large k: the buffer has been cut to its k best at least once.
+    trimmed: bool,
 }
 
 impl TopK {
@@ -39,33 +56,82 @@ impl TopK {
     pub fn new(k: usize) -> Self {
         let k = k.min(MAX_K);
         TopK {
-            items: [Ranked { key: 0.0, index: 0 }; MAX_K],
+            items: [Ranked { key: 0.0, index: 0 }; 2 * MAX_K],
             len: 0,
             k,
-            heap: k > INSERTION_MAX_K,
+            buffered: k > INSERTION_MAX_K,
+            threshold: f32::NEG_INFINITY,
+            trimmed: false,
         }
     }
 
     /// Offers a candidate; indices must ascend between calls.
     #[inline]
     pub fn push(&mut self, key: f32, index: u32) {
+        if self.k == 0 {
+            return;
+        }
         let item = Ranked { key, index };
-        if self.len == self.k {
-            // Full: only a strictly larger key beats the worst kept (ties lose to the
-            // lower, earlier index).
-            let worst = if self.heap {
-                self.items[0].key
-            } else {
-                self.items[self.len - 1].key
-            };
-            if key <= worst {
+        if self.buffered {
+            if self.trimmed && key <= self.threshold {
                 return;
             }
-        }
-        if self.heap {
-            self.heap_push(item);
+            self.items[self.len] = item;
+            self.len += 1;
+            if self.len == 2 * self.k {
+                self.trim();
+            }
         } else {
+            if self.len == self.k && key <= self.items[self.len - 1].key {
+                return;
+            }
             self.insert(item);
+        }
+    }
+
+    /// Offers `keys[i]` as expert `base + i` for every `i`, in order: candidates that
+    /// cannot beat the worst kept are skipped eight at a time (a vector compare).
+    #[inline]
+    pub fn push_all(&mut self, keys: &[f32], base: u32) {
+        let mut i = 0;
+        while self.worst().is_none() && i < keys.len() {
+            self.push(keys[i], base + i as u32);
+            i += 1;
+        }
+        let Some(mut worst) = self.worst() else {
+            return;
+        };
+        let (chunks, tail) = keys[i..].as_chunks::<8>();
+        for (c, chunk) in chunks.iter().enumerate() {
+            if chunk.iter().fold(false, |any, &x| any | (x > worst)) {
+                let at = base + (i + c * 8) as u32;
+                for (j, &x) in chunk.iter().enumerate() {
+                    if x > worst {
+                        self.push(x, at + j as u32);
+                        worst = self.worst().unwrap_or(worst);
+                    }
+                }
+            }
+        }
+        let at = base + (keys.len() - tail.len()) as u32;
+        for (j, &x) in tail.iter().enumerate() {
+            if x > worst {
+                self.push(x, at + j as u32);
+                worst = self.worst().unwrap_or(worst);
+            }
+        }
+    }
+
+    /// The key a later candidate must beat, once there is one (every candidate is taken
+    /// before).
+    #[inline]
+    fn worst(&self) -> Option<f32> {
+        if self.buffered {
+            self.trimmed.then_some(self.threshold)
+        } else if self.len == self.k && self.k > 0 {
+            Some(self.items[self.len - 1].key)
+        } else {
+            None
         }
     }
 
@@ -84,57 +150,29 @@ impl TopK {
         self.items[pos] = item;
     }
 
-    /// Min-heap by rank (worst at the root).
-    fn heap_push(&mut self, item: Ranked) {
-        if self.len < self.k {
-            let mut i = self.len;
-            self.len += 1;
-            self.items[i] = item;
-            while i > 0 {
-                let parent = (i - 1) / 2;
-                if worse(&self.items[i], &self.items[parent]) {
-                    self.items.swap(i, parent);
-                    i = parent;
-                } else {
-                    break;
-                }
-            }
-        } else {
-            self.items[0] = item;
-            let mut i = 0;
-            loop {
-                let (l, r) = (2 * i + 1, 2 * i + 2);
-                let mut m = i;
-                if l < self.len && worse(&self.items[l], &self.items[m]) {
-                    m = l;
-                }
-                if r < self.len && worse(&self.items[r], &self.items[m]) {
-                    m = r;
-                }
-                if m == i {
-                    break;
-                }
-                self.items.swap(i, m);
-                i = m;
-            }
+    /// Cuts the buffer to its k best; the k-th becomes the threshold.
+    fn trim(&mut self) {
+        let k = self.k;
+        let items = &mut self.items[..self.len];
+        if items.len() > k {
+            items.select_nth_unstable_by(k - 1, rank);
+            self.len = k;
         }
+        self.threshold = self.items[..k]
+            .iter()
+            .fold(f32::INFINITY, |m, r| if r.key < m { r.key } else { m });
+        self.trimmed = true;
     }
 
     /// The kept candidates in rank order.
     pub fn sorted(&mut self) -> &[Ranked] {
-        let items = &mut self.items[..self.len];
-        if self.heap {
-            items.sort_unstable_by(|a, b| {
-                if worse(b, a) {
-                    core::cmp::Ordering::Less
-                } else if worse(a, b) {
-                    core::cmp::Ordering::Greater
-                } else {
-                    core::cmp::Ordering::Equal
-                }
-            });
+        if self.buffered {
+            if self.len > self.k {
+                self.trim();
+            }
+            self.items[..self.len].sort_unstable_by(rank);
         }
-        items
+        &self.items[..self.len]
     }
 }
 
@@ -187,6 +225,10 @@ mod tests {
                 }
                 let got: heapless::Vec<u32, MAX_K> = top.sorted().iter().map(|r| r.index).collect();
                 assert_eq!(got, brute(&keys, k), "n={n} k={k}");
+                let mut all = TopK::new(k);
+                all.push_all(&keys, 0);
+                let got: heapless::Vec<u32, MAX_K> = all.sorted().iter().map(|r| r.index).collect();
+                assert_eq!(got, brute(&keys, k), "push_all n={n} k={k}");
             }
         }
     }
