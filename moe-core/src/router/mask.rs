@@ -57,7 +57,7 @@ impl<'a> ExpertMask<'a> {
         }
     }
 
-    /// Whether expert `e` (below [`limit`](Self::limit)) is active.
+    /// Whether expert `e` is active.
     #[inline]
     pub fn is_active(&self, e: usize) -> bool {
         match *self {
