@@ -18,6 +18,7 @@ pub mod moe;
 pub mod quant;
 pub mod reference;
 pub mod router;
+mod sort;
 pub mod tensor;
 mod workspace;
 

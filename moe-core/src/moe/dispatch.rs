@@ -193,12 +193,11 @@ impl<'w> Dispatch<'w> {
                         .map_or(f32::NEG_INFINITY, |c| c.weight);
                     if w.is_nan() { f32::NEG_INFINITY } else { w }
                 };
-                order.raw_mut().sort_unstable_by(|a, b| {
+                // Descending top-1 weight, ties to the earlier token: a total order.
+                crate::sort::sort_by(order.raw_mut(), |a, b| {
                     let (a, b) = (u32::from_ne_bytes(*a), u32::from_ne_bytes(*b));
-                    top1(b)
-                        .partial_cmp(&top1(a))
-                        .unwrap_or(core::cmp::Ordering::Equal)
-                        .then(a.cmp(&b))
+                    let (wa, wb) = (top1(a), top1(b));
+                    wa > wb || (wa == wb && a < b)
                 });
             }
             fill.fill_u32(0);

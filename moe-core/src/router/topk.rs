@@ -7,13 +7,12 @@
 //! after what is kept.
 //!
 //! Small k keeps a sorted array (insertion). Large k appends candidates to a buffer of
-//! 2k and, when it fills, keeps its k best by a linear-time selection
-//! (`select_nth_unstable_by`), so each candidate costs O(1) amortised instead of a heap's
-//! unpredictable sift.
-
-use core::cmp::Ordering;
+//! 2k and, when it fills, keeps its k best by a heap selection ([`crate::sort`]), so a
+//! candidate that cannot beat the k-th best is one compare and the rest cost O(log k)
+//! amortised over the k pushes between cuts.
 
 use super::MAX_K;
+use crate::sort;
 
 /// Up to this k, a sorted array with insertion is fastest.
 const INSERTION_MAX_K: usize = 16;
@@ -25,16 +24,9 @@ pub(crate) struct Ranked {
     pub index: u32,
 }
 
-/// Rank order: `Less` when `a` ranks before `b` (higher key, then lower index).
-#[inline]
-fn rank(a: &Ranked, b: &Ranked) -> Ordering {
-    if a.key > b.key {
-        Ordering::Less
-    } else if a.key < b.key {
-        Ordering::Greater
-    } else {
-        a.index.cmp(&b.index)
-    }
+/// Rank order: whether `a` ranks before `b` (higher key, then lower index).
+fn ranks_before(a: &Ranked, b: &Ranked) -> bool {
+    a.key > b.key || (a.key == b.key && a.index < b.index)
 }
 
 /// The k best candidates seen so far.
@@ -150,27 +142,21 @@ impl TopK {
         self.items[pos] = item;
     }
 
-    /// Cuts the buffer to its k best; the k-th becomes the threshold.
+    /// Cuts the full buffer (2k candidates) to its k best; the k-th becomes the
+    /// threshold.
     fn trim(&mut self) {
-        let k = self.k;
-        let items = &mut self.items[..self.len];
-        if items.len() > k {
-            items.select_nth_unstable_by(k - 1, rank);
-            self.len = k;
-        }
-        self.threshold = self.items[..k]
-            .iter()
-            .fold(f32::INFINITY, |m, r| if r.key < m { r.key } else { m });
+        sort::select_least_by(&mut self.items[..self.len], self.k, ranks_before);
+        self.len = self.k;
+        // The selection leaves the k-th best (the lowest kept key) in front.
+        self.threshold = self.items[0].key;
         self.trimmed = true;
     }
 
     /// The kept candidates in rank order.
     pub fn sorted(&mut self) -> &[Ranked] {
         if self.buffered {
-            if self.len > self.k {
-                self.trim();
-            }
-            self.items[..self.len].sort_unstable_by(rank);
+            sort::sort_least_by(&mut self.items[..self.len], self.k, ranks_before);
+            self.len = self.len.min(self.k);
         }
         &self.items[..self.len]
     }
