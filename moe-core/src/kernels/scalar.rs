@@ -281,27 +281,47 @@ pub fn dot(weight_type: TensorType, weights: &[u8], activations: &[u8]) -> Resul
         });
     }
     let (w, a) = (weights, activations);
+    // Formats left out of the build have no activation type (checked above); their arms
+    // are compiled out so their kernels are not linked.
     match weight_type {
+        #[cfg(feature = "q4_0")]
         Q4_0 => dot_q4_0_q8_0(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "q5_0")]
         Q5_0 => dot_q5_0_q8_0(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "q8_0")]
         Q8_0 => dot_q8_0_q8_0(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "iq4_nl")]
         IQ4_NL => dot_iq4_nl_q8_0(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "q4_1")]
         Q4_1 => dot_q4_1_q8_1(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "q5_1")]
         Q5_1 => dot_q5_1_q8_1(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "q2_k")]
         Q2_K => dot_q2_k_q8_k(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "q3_k")]
         Q3_K => dot_q3_k_q8_k(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "q4_k")]
         Q4_K => dot_q4_k_q8_k(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "q5_k")]
         Q5_K => dot_q5_k_q8_k(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "q6_k")]
         Q6_K => dot_q6_k_q8_k(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "iq4_xs")]
         IQ4_XS => dot_iq4_xs_q8_k(w.as_chunks().0, a.as_chunks().0),
-        F32 | F16 | BF16 => {
-            let a = a.as_chunks().0.iter().map(f32_at);
-            Ok(match weight_type {
-                F32 => float_dot(w.as_chunks().0.iter().map(f32_at), a),
-                F16 => float_dot(w.as_chunks().0.iter().map(f16_at), a),
-                _ => float_dot(w.as_chunks().0.iter().map(bf16_at), a),
-            })
-        }
+        F32 => Ok(float_dot(
+            w.as_chunks().0.iter().map(f32_at),
+            a.as_chunks().0.iter().map(f32_at),
+        )),
+        #[cfg(feature = "f16")]
+        F16 => Ok(float_dot(
+            w.as_chunks().0.iter().map(f16_at),
+            a.as_chunks().0.iter().map(f32_at),
+        )),
+        #[cfg(feature = "bf16")]
+        BF16 => Ok(float_dot(
+            w.as_chunks().0.iter().map(bf16_at),
+            a.as_chunks().0.iter().map(f32_at),
+        )),
         _ => Err(Error::UnsupportedType { ty: weight_type }),
     }
 }

@@ -246,53 +246,75 @@ impl core::fmt::Display for TensorType {
 }
 
 impl TensorType {
-    /// Whether [`dequantize_row`] decodes this type.
+    /// Whether this build of the crate includes this type's block format: F32 always,
+    /// every other decodable format through its cargo feature (`q8_0`, `q4_k`, `f16`, …;
+    /// the default feature `all-formats` turns them all on). Firmware enables only the
+    /// formats its model uses and so links only their code; a tensor of a format left out
+    /// is [`Error::UnsupportedType`] when a layer or router is built from it.
+    ///
+    /// The block modules themselves ([`q4_k`], …) are always there for direct calls; the
+    /// features decide what [`dequantize_row`], [`quantize_row`],
+    /// [`activation_type`](Self::activation_type) and the kernels dispatch to.
+    pub const fn format_enabled(self) -> bool {
+        use TensorType::*;
+        match self {
+            F32 => true,
+            F16 => cfg!(feature = "f16"),
+            BF16 => cfg!(feature = "bf16"),
+            Q4_0 => cfg!(feature = "q4_0"),
+            Q4_1 => cfg!(feature = "q4_1"),
+            Q5_0 => cfg!(feature = "q5_0"),
+            Q5_1 => cfg!(feature = "q5_1"),
+            Q8_0 => cfg!(feature = "q8_0"),
+            Q8_1 => cfg!(feature = "q8_1"),
+            Q2_K => cfg!(feature = "q2_k"),
+            Q3_K => cfg!(feature = "q3_k"),
+            Q4_K => cfg!(feature = "q4_k"),
+            Q5_K => cfg!(feature = "q5_k"),
+            Q6_K => cfg!(feature = "q6_k"),
+            Q8_K => cfg!(feature = "q8_k"),
+            IQ4_NL => cfg!(feature = "iq4_nl"),
+            IQ4_XS => cfg!(feature = "iq4_xs"),
+            IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S | IQ1_M | I8 | I16 | I32 | I64
+            | F64 | TQ1_0 | TQ2_0 | MXFP4 | NVFP4 | Q1_0 => false,
+        }
+    }
+
+    /// Whether [`dequantize_row`] decodes this type: the formats this build includes
+    /// ([`format_enabled`](Self::format_enabled)).
     ///
     /// The IQ1/IQ2/IQ3 grids, the ternary, FP4 and integer types are not decoded yet.
     pub const fn can_dequantize(self) -> bool {
-        use TensorType::*;
-        matches!(
-            self,
-            F32 | F16
-                | BF16
-                | Q4_0
-                | Q4_1
-                | Q5_0
-                | Q5_1
-                | Q8_0
-                | Q8_1
-                | Q2_K
-                | Q3_K
-                | Q4_K
-                | Q5_K
-                | Q6_K
-                | Q8_K
-                | IQ4_NL
-                | IQ4_XS
-        )
+        self.format_enabled()
     }
 
     /// Whether [`quantize_row`] encodes this type.
     ///
     /// These are the types with a deterministic reference quantizer: the float rows, the
-    /// legacy 32-element formats and the activation formats Q8_1 and Q8_K. K-quant and
-    /// IQ weights are produced offline by llama.cpp's search-based quantizers.
+    /// legacy 32-element formats and the activation formats Q8_1 and Q8_K (when this build
+    /// includes them). K-quant and IQ weights are produced offline by llama.cpp's
+    /// search-based quantizers.
     pub const fn can_quantize(self) -> bool {
         use TensorType::*;
-        matches!(
-            self,
-            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q8_K
-        )
+        self.format_enabled()
+            && matches!(
+                self,
+                F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q8_K
+            )
     }
 
     /// The type activations are quantized to for a dot product with a row of this type,
     /// as ggml's CPU backend pairs them (`vec_dot_type`), or `None` when no dot product
-    /// is implemented for this type.
+    /// is implemented for this type (or its format is not in this build).
     ///
     /// Float rows are paired with F32 activations (ggml rounds activations to F16/BF16
-    /// first; keeping them in f32 costs nothing here and loses nothing).
+    /// first; keeping them in f32 costs nothing here and loses nothing). Each format's
+    /// feature turns on its activation format's too.
     pub const fn activation_type(self) -> Option<TensorType> {
         use TensorType::*;
+        if !self.format_enabled() {
+            return None;
+        }
         match self {
             F32 | F16 | BF16 => Some(F32),
             Q4_0 | Q5_0 | Q8_0 | IQ4_NL => Some(Q8_0),
@@ -309,26 +331,43 @@ impl TensorType {
 /// blocks. Results are bit-identical to gguf-py 0.19's numpy `dequantize`.
 pub fn dequantize_row(ty: TensorType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     use TensorType::*;
+    // Formats left out of the build (see `TensorType::format_enabled`) fall to the last
+    // arm, so their code is not linked.
     match ty {
         F32 => float::dequantize_row_f32(src, dst),
+        #[cfg(feature = "f16")]
         F16 => float::dequantize_row_f16(src, dst),
+        #[cfg(feature = "bf16")]
         BF16 => float::dequantize_row_bf16(src, dst),
+        #[cfg(feature = "q4_0")]
         Q4_0 => q4_0::dequantize_row(src, dst),
+        #[cfg(feature = "q4_1")]
         Q4_1 => q4_1::dequantize_row(src, dst),
+        #[cfg(feature = "q5_0")]
         Q5_0 => q5_0::dequantize_row(src, dst),
+        #[cfg(feature = "q5_1")]
         Q5_1 => q5_1::dequantize_row(src, dst),
+        #[cfg(feature = "q8_0")]
         Q8_0 => q8_0::dequantize_row(src, dst),
+        #[cfg(feature = "q8_1")]
         Q8_1 => q8_1::dequantize_row(src, dst),
+        #[cfg(feature = "q2_k")]
         Q2_K => q2_k::dequantize_row(src, dst),
+        #[cfg(feature = "q3_k")]
         Q3_K => q3_k::dequantize_row(src, dst),
+        #[cfg(feature = "q4_k")]
         Q4_K => q4_k::dequantize_row(src, dst),
+        #[cfg(feature = "q5_k")]
         Q5_K => q5_k::dequantize_row(src, dst),
+        #[cfg(feature = "q6_k")]
         Q6_K => q6_k::dequantize_row(src, dst),
+        #[cfg(feature = "q8_k")]
         Q8_K => q8_k::dequantize_row(src, dst),
+        #[cfg(feature = "iq4_nl")]
         IQ4_NL => iq4_nl::dequantize_row(src, dst),
+        #[cfg(feature = "iq4_xs")]
         IQ4_XS => iq4_xs::dequantize_row(src, dst),
-        IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S | IQ1_M | I8 | I16 | I32 | I64 | F64
-        | TQ1_0 | TQ2_0 | MXFP4 | NVFP4 | Q1_0 => Err(Error::UnsupportedType { ty }),
+        _ => Err(Error::UnsupportedType { ty }),
     }
 }
 
@@ -341,14 +380,23 @@ pub fn quantize_row(ty: TensorType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     use TensorType::*;
     match ty {
         F32 => float::quantize_row_f32(src, dst),
+        #[cfg(feature = "f16")]
         F16 => float::quantize_row_f16(src, dst),
+        #[cfg(feature = "bf16")]
         BF16 => float::quantize_row_bf16(src, dst),
+        #[cfg(feature = "q4_0")]
         Q4_0 => q4_0::quantize_row(src, dst),
+        #[cfg(feature = "q4_1")]
         Q4_1 => q4_1::quantize_row(src, dst),
+        #[cfg(feature = "q5_0")]
         Q5_0 => q5_0::quantize_row(src, dst),
+        #[cfg(feature = "q5_1")]
         Q5_1 => q5_1::quantize_row(src, dst),
+        #[cfg(feature = "q8_0")]
         Q8_0 => q8_0::quantize_row(src, dst),
+        #[cfg(feature = "q8_1")]
         Q8_1 => q8_1::quantize_row(src, dst),
+        #[cfg(feature = "q8_k")]
         Q8_K => q8_k::quantize_row(src, dst),
         _ => Err(Error::UnsupportedType { ty }),
     }
