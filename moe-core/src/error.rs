@@ -270,6 +270,18 @@ pub enum Error {
         /// The type asked for.
         ty: TensorType,
     },
+    /// A PEER layer whose expert count is not a perfect square: product keys need
+    /// N = n · n.
+    ExpertCountNotSquare {
+        /// The expert count found.
+        n_expert: u64,
+    },
+    /// A PEER layer configuration that cannot run (k = 0, a per-half top-k above the
+    /// sub-key count, an unknown score function, …).
+    InvalidPeerConfig {
+        /// What is wrong, in words.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -414,6 +426,13 @@ impl fmt::Display for Error {
             }
             Error::UnsupportedType { ty } => {
                 write!(f, "operation not supported for tensor type {}", ty.name())
+            }
+            Error::ExpertCountNotSquare { n_expert } => write!(
+                f,
+                "PEER expert count {n_expert} is not a perfect square (product keys need N = n * n)"
+            ),
+            Error::InvalidPeerConfig { reason } => {
+                write!(f, "invalid PEER layer configuration: {reason}")
             }
         }
     }

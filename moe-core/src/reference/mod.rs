@@ -3,4 +3,5 @@
 //! its twin here, and users can do the same with their own builds.
 
 pub mod moe;
+pub mod peer;
 pub mod router;
