@@ -8,11 +8,13 @@
 //! Also here: the reports behind `moe inspect` ([`inspect`]) and `moe dequant`
 //! ([`dequant`]), and the `moe` command-line tool itself (`src/bin/moe.rs`).
 #![warn(missing_docs)]
-// The one hand-written `unsafe` is `Mmap::map` in `GgufFile::open`, allowed there alone.
+// The hand-written `unsafe`: `Mmap::map` in `GgufFile::open` and the kernel table built
+// after CPU-feature detection in `kernels::with_level`, each allowed there alone.
 #![deny(unsafe_code)]
 
 pub mod dequant;
 pub mod inspect;
+pub mod kernels;
 
 use std::fmt;
 use std::fs;

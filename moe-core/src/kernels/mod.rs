@@ -7,5 +7,318 @@
 //! by one float multiply-add per block (or sub-block). `scalar` is the portable
 //! specification; every SIMD kernel is tested against it, and [`scalar::dot`] is the
 //! checked entry point that takes raw bytes.
+//!
+//! A [`Kernels`] table picks the instruction-set [`Level`] once; everything downstream
+//! calls through its function pointers and never checks CPU features itself:
+//!
+//! - [`Kernels::scalar`]: the portable specification, on every target.
+//! - [`Kernels::compiled`]: the best level the build's `target_feature`s allow (no_std,
+//!   no run-time detection: `-C target-cpu=native` or `-C target-feature=+avx2,+fma,+f16c`).
+//! - [`Kernels::with_level_unchecked`]: any level, on the caller's promise that the CPU
+//!   has its features; `moe_std::kernels::detect()` makes that promise after run-time
+//!   detection.
+//! - [`Kernels::at_most`]: the same table capped at a lower level (tests, benchmarks,
+//!   working around a suspect kernel).
+//!
+//! On x86-64 the levels are [`Level::Avx2`] (AVX2 + FMA + F16C: Q4_0, Q8_0, Q4_K, Q6_K,
+//! F16 and F32 rows) and [`Level::Avx512`] (adds AVX-512 F/BW/VL/VNNI: `vpdpbusd` for
+//! Q4_0 and Q8_0); other weight types fall back to the specification at every level.
+//! Quantized kernels return the same bits as the specification (exact integer block
+//! sums, the same float operations in the same order); float kernels differ only in
+//! summation order.
+// The one module of the crate that may use `unsafe`: SIMD intrinsics and the table's
+// feature proof. Every unsafe fn has a `# Safety` section, every block a `// SAFETY:`.
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use core::fmt;
+
+use crate::{Error, Result, TensorType};
+
+/// The dot product of one weight row with one activation row, both raw bytes: the
+/// signature of [`scalar::dot`] and of every table entry.
+pub type DotKernel = fn(TensorType, &[u8], &[u8]) -> Result<f32>;
+
+/// An instruction-set level a [`Kernels`] table can be built for, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Level {
+    /// Portable Rust: the specification.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX2 + FMA + F16C and AVX-512 F, BW, VL and VNNI.
+    Avx512,
+}
+
+impl Level {
+    /// Every level, lowest first.
+    pub const ALL: [Level; 3] = [Level::Scalar, Level::Avx2, Level::Avx512];
+
+    /// The level's name as `MOE_KERNELS` spells it: `scalar`, `avx2`, `avx512`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// The level named `name` (as [`Level::name`] spells it), if any.
+    pub fn from_name(name: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.name() == name)
+    }
+
+    /// The CPU features the level needs, as `target_feature` names.
+    pub const fn features(self) -> &'static [&'static str] {
+        match self {
+            Level::Scalar => &[],
+            Level::Avx2 => &["avx2", "fma", "f16c"],
+            Level::Avx512 => &[
+                "avx2",
+                "fma",
+                "f16c",
+                "avx512f",
+                "avx512bw",
+                "avx512vl",
+                "avx512vnni",
+            ],
+        }
+    }
+
+    /// Whether this build has kernels for the level (x86-64 levels exist only on x86-64).
+    pub const fn is_built(self) -> bool {
+        match self {
+            Level::Scalar => true,
+            Level::Avx2 | Level::Avx512 => cfg!(target_arch = "x86_64"),
+        }
+    }
+
+    /// The best level the compile-time `target_feature`s guarantee.
+    pub const fn compiled() -> Level {
+        if cfg!(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c",
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vl",
+            target_feature = "avx512vnni"
+        )) {
+            Level::Avx512
+        } else if cfg!(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        )) {
+            Level::Avx2
+        } else {
+            Level::Scalar
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A table of kernels for one instruction-set [`Level`], chosen once.
+///
+/// Holding a table is the proof that the CPU has the level's features: every constructor
+/// either needs none ([`scalar`](Kernels::scalar)), checks them at compile time
+/// ([`compiled`](Kernels::compiled)) or is `unsafe`
+/// ([`with_level_unchecked`](Kernels::with_level_unchecked)). Calls through the table are
+/// therefore safe and check nothing.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    level: Level,
+    dot: DotKernel,
+}
+
+impl fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernels")
+            .field("level", &self.level)
+            .finish()
+    }
+}
+
+impl Default for Kernels {
+    /// [`Kernels::scalar`].
+    fn default() -> Self {
+        Kernels::scalar()
+    }
+}
+
+impl Kernels {
+    /// The portable specification.
+    pub const fn scalar() -> Kernels {
+        Kernels {
+            level: Level::Scalar,
+            dot: scalar::dot,
+        }
+    }
+
+    /// The best table the compile-time `target_feature`s allow ([`Level::compiled`]);
+    /// needs no run-time detection, so it is the choice for no_std builds.
+    pub const fn compiled() -> Kernels {
+        // SAFETY: `Level::compiled` returns only levels whose features are all enabled at
+        // compile time, which the compiler requires the target CPU to have.
+        unsafe { Kernels::with_level_unchecked(Level::compiled()) }
+    }
+
+    /// The table for `level`, without checking the CPU.
+    ///
+    /// A level this build has no kernels for ([`Level::is_built`] false: x86 levels on
+    /// another architecture) gives the scalar table.
+    ///
+    /// # Safety
+    ///
+    /// The CPU that runs the table's kernels must support every feature in
+    /// [`level.features()`](Level::features) (for example as reported by
+    /// `is_x86_feature_detected!`; `moe_std::kernels::detect()` does this). Executing an
+    /// instruction the CPU lacks is undefined behaviour.
+    pub const unsafe fn with_level_unchecked(level: Level) -> Kernels {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => Kernels {
+                level,
+                dot: x86::avx2::dot,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => Kernels {
+                level,
+                dot: x86::avx512::dot,
+            },
+            _ => Kernels::scalar(),
+        }
+    }
+
+    /// The same table capped at `level`: this table if it is already at or below it.
+    pub const fn at_most(self, level: Level) -> Kernels {
+        if (level as u8) < (self.level as u8) {
+            // SAFETY: `Level`s are ordered by inclusion of their feature sets (each level's
+            // features contain the lower ones'), and `self` proves the CPU has the
+            // features of `self.level`, hence of the lower `level`.
+            unsafe { Kernels::with_level_unchecked(level) }
+        } else {
+            self
+        }
+    }
+
+    /// The table's level.
+    pub const fn level(&self) -> Level {
+        self.level
+    }
+
+    /// The row dot product as a plain function pointer, for code that stores one (such
+    /// as [`MoeLayer::with_kernels`](crate::moe::MoeLayer::with_kernels)).
+    pub const fn dot_kernel(&self) -> DotKernel {
+        self.dot
+    }
+
+    /// The dot product of a row of `weight_type` with a row of its
+    /// [`activation_type`](TensorType::activation_type), as [`scalar::dot`] defines it
+    /// (same errors on wrong lengths or types, never a panic).
+    pub fn dot(&self, weight_type: TensorType, weights: &[u8], activations: &[u8]) -> Result<f32> {
+        (self.dot)(weight_type, weights, activations)
+    }
+
+    /// Matrix × vector: `out[r]` is the dot product of row `r` of `weights` (`out.len()`
+    /// rows of `weight_type`, each as long as `activations`) with `activations` (one row
+    /// of the activation type).
+    ///
+    /// `weights` must hold exactly `out.len()` rows; anything else is an error.
+    pub fn matvec(
+        &self,
+        weight_type: TensorType,
+        weights: &[u8],
+        activations: &[u8],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let n_blocks = check_row_activations(weight_type, activations.len())?;
+        let row_bytes =
+            n_blocks
+                .checked_mul(weight_type.block_bytes())
+                .ok_or(Error::LengthMismatch {
+                    expected: usize::MAX,
+                    actual: weights.len(),
+                })?;
+        let expected = row_bytes.checked_mul(out.len());
+        if expected != Some(weights.len()) {
+            return Err(Error::LengthMismatch {
+                expected: expected.unwrap_or(usize::MAX),
+                actual: weights.len(),
+            });
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            // In bounds: `weights.len() == row_bytes · out.len()` was checked above.
+            let row = weights
+                .get(r * row_bytes..(r + 1) * row_bytes)
+                .unwrap_or_default();
+            *o = (self.dot)(weight_type, row, activations)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks an activation row's length for `weight_type` and returns its block count.
+fn check_row_activations(weight_type: TensorType, activations: usize) -> Result<usize> {
+    let Some(act_type) = weight_type.activation_type() else {
+        return Err(Error::UnsupportedType { ty: weight_type });
+    };
+    let act_bytes = act_type.block_bytes();
+    if !activations.is_multiple_of(act_bytes) {
+        return Err(Error::LengthMismatch {
+            expected: activations / act_bytes * act_bytes,
+            actual: activations,
+        });
+    }
+    Ok(activations / act_bytes)
+}
+
+/// The checks of [`scalar::dot`]: a supported weight type, whole weight blocks and
+/// exactly as many activation blocks.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn check_row(weight_type: TensorType, weights: usize, activations: usize) -> Result<()> {
+    let Some(act_type) = weight_type.activation_type() else {
+        return Err(Error::UnsupportedType { ty: weight_type });
+    };
+    let block_bytes = weight_type.block_bytes();
+    let n_blocks = weights / block_bytes;
+    if !weights.is_multiple_of(block_bytes) {
+        return Err(Error::LengthMismatch {
+            expected: n_blocks * block_bytes,
+            actual: weights,
+        });
+    }
+    let expected = n_blocks.saturating_mul(act_type.block_bytes());
+    if activations != expected {
+        return Err(Error::LengthMismatch {
+            expected,
+            actual: activations,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that the weight and activation rows have the same number of blocks.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn same_blocks(weights: usize, activations: usize) -> Result<()> {
+    if weights == activations {
+        Ok(())
+    } else {
+        Err(Error::LengthMismatch {
+            expected: weights,
+            actual: activations,
+        })
+    }
+}

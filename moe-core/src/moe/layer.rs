@@ -137,6 +137,14 @@ impl<'a> MoeLayer<'a> {
         self
     }
 
+    /// The same layer computing its dot products through `kernels` (chosen once, for
+    /// example by `moe_std::kernels::detect()`; [`Kernels::scalar`] by default).
+    ///
+    /// [`Kernels::scalar`]: crate::kernels::Kernels::scalar
+    pub fn with_kernels(self, kernels: &crate::kernels::Kernels) -> Self {
+        self.with_dot_kernel(kernels.dot_kernel())
+    }
+
     /// The routed experts.
     pub fn experts(&self) -> &ExpertStack<'a> {
         &self.experts

@@ -1,0 +1,126 @@
+//! AVX-512 VNNI dot products (x86-64): `vpdpbusd` on 256-bit vectors (AVX-512 VL) for
+//! the 32-quant blocks; every other type uses the AVX2 kernels.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes and adds groups of four into `i32`
+//! lanes without saturation, so the block sums are exact; the float scaling is the
+//! specification's, so results are bit-identical to it.
+
+use core::arch::asm;
+use core::arch::x86_64::*;
+
+use super::avx2;
+use crate::kernels::{check_row, same_blocks};
+use crate::quant::{q4_0, q8_0};
+use crate::{Result, TensorType};
+
+/// The table entry: AVX-512 VNNI kernels for Q4_0 and Q8_0, the AVX2 ones otherwise.
+///
+/// Private to `kernels`: only [`Kernels`](crate::kernels::Kernels) constructors that hold
+/// proof of the [`Level::Avx512`](crate::kernels::Level::Avx512) features store it.
+pub(in crate::kernels) fn dot(weight_type: TensorType, w: &[u8], a: &[u8]) -> Result<f32> {
+    // SAFETY: reachable only through a `Kernels` table at `Level::Avx512`, whose every
+    // constructor requires proof of AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    unsafe { dot_unchecked(weight_type, w, a) }
+}
+
+/// [`dot`] without the table's proof.
+///
+/// # Safety
+///
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F, BW, VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_unchecked(weight_type: TensorType, w: &[u8], a: &[u8]) -> Result<f32> {
+    check_row(weight_type, w.len(), a.len())?;
+    match weight_type {
+        TensorType::Q4_0 => dot_q4_0_q8_0(w.as_chunks().0, a.as_chunks().0),
+        TensorType::Q8_0 => dot_q8_0_q8_0(w.as_chunks().0, a.as_chunks().0),
+        // SAFETY: the caller guarantees a superset of the AVX2 level's features.
+        _ => unsafe { avx2::dot_unchecked(weight_type, w, a) },
+    }
+}
+
+/// The exact sum of the eight `i32` lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// `vpdpbusd`: `acc + Σ` over each group of four bytes of `u · s` (`u` unsigned, `s`
+/// signed), exact in `i32`. Inline assembly because the intrinsic needs Rust 1.89.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: the enclosing function's target features include AVX-512 VNNI and VL, the
+    // instruction's requirements; it reads and writes registers only.
+    unsafe {
+        asm!(
+            "vpdpbusd {acc}, {u}, {s}",
+            acc = inout(ymm_reg) acc,
+            u = in(ymm_reg) u,
+            s = in(ymm_reg) s,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
+/// Loads 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load32(bytes: &[u8; 32]) -> __m256i {
+    // SAFETY: the reference covers 32 readable bytes; unaligned loads are allowed.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// Loads 16 bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load16(bytes: &[u8; 16]) -> __m128i {
+    // SAFETY: the reference covers 16 readable bytes; unaligned loads are allowed.
+    unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }
+}
+
+/// Q8_0 · Q8_0: `Σ w a = Σ (w + 128) a − 128 Σ a`, both sums by `vpdpbusd`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dot_q8_0_q8_0(w: &[q8_0::Block], a: &[q8_0::Block]) -> Result<f32> {
+    same_blocks(w.len(), a.len())?;
+    let bias = _mm256_set1_epi8(i8::MIN);
+    let zero = _mm256_setzero_si256();
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        let qw = load32(&wb[2..].as_chunks().0[0]);
+        let qa = load32(&ab[2..].as_chunks().0[0]);
+        // `w ^ 0x80` is `w + 128` read as unsigned.
+        let shifted = dpbusd(zero, _mm256_xor_si256(qw, bias), qa);
+        let offset = dpbusd(zero, bias, qa);
+        let sumi = hsum_i32(_mm256_sub_epi32(shifted, offset));
+        sum += sumi as f32 * (q8_0::d(wb) * q8_0::d(ab));
+    }
+    Ok(sum)
+}
+
+/// Q4_0 · Q8_0: `Σ (n − 8) a = Σ n a − Σ 8 a`, both sums by `vpdpbusd`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dot_q4_0_q8_0(w: &[q4_0::Block], a: &[q8_0::Block]) -> Result<f32> {
+    same_blocks(w.len(), a.len())?;
+    let mask = _mm256_set1_epi8(0x0f);
+    let eight = _mm256_set1_epi8(8);
+    let zero = _mm256_setzero_si256();
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        let packed = load16(&wb[2..].as_chunks().0[0]);
+        let n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
+        let qa = load32(&ab[2..].as_chunks().0[0]);
+        let sumi = hsum_i32(_mm256_sub_epi32(
+            dpbusd(zero, n, qa),
+            dpbusd(zero, eight, qa),
+        ));
+        sum += sumi as f32 * (q4_0::d(wb) * q8_0::d(ab));
+    }
+    Ok(sum)
+}

@@ -1,0 +1,7 @@
+//! x86-64 kernels, one file per instruction-set level.
+//!
+//! Each file's `dot` is a table entry: a safe function whose soundness rests on the
+//! [`Kernels`](super::Kernels) constructors, the only places that store it.
+
+pub(super) mod avx2;
+pub(super) mod avx512;
