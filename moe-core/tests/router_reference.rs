@@ -5,6 +5,7 @@
 #[path = "router_support.rs"]
 mod support;
 
+use moe_core::Error;
 use moe_core::TensorType;
 use moe_core::reference::router as reference;
 use moe_core::router::{Method, Router, RouterConfig, Selection};
@@ -48,6 +49,34 @@ proptest! {
         if case.config.needs_logits() {
             prop_assert!(report.nan_scores >= nan_logits);
         }
+    }
+
+    /// `Router::token_choice` builds the very router `Router::new` builds for top-k and
+    /// greedy configs (bit for bit, reports included) and refuses the other methods.
+    #[test]
+    fn token_choice_routers_equal_new_ones(n_expert in n_expert(), seed in any::<u64>()) {
+        let case = random_case(n_expert, seed);
+        let built = Router::token_choice(case.config);
+        if !matches!(case.config.method, Method::TopK | Method::Greedy) {
+            let refused = matches!(built, Err(Error::InvalidRouterConfig { .. }));
+            prop_assert!(refused, "{:?}", case.config.method);
+            return Ok(());
+        }
+        let t = case.tensors();
+        let (general, special) = (case.router(&t), case.router_from(&t, built.unwrap()));
+        let route = |router: &Router| {
+            let mut scratch = vec![f32::NAN; router.logits_scratch_len(case.n_tokens)];
+            let mut out = vec![Selection::new(); case.n_tokens];
+            let report = router
+                .route_logits(&case.logits, &case.token_ids, &mut scratch, &mut out, None)
+                .unwrap();
+            let bits: Vec<Vec<(u32, u32)>> = out
+                .iter()
+                .map(|s| s.iter().map(|c| (c.expert, c.weight.to_bits())).collect())
+                .collect();
+            (bits, report)
+        };
+        prop_assert_eq!(route(&general), route(&special));
     }
 
     /// Routing from hidden states (logits computed from a quantized or float router

@@ -252,8 +252,12 @@ impl Case {
 
     /// The fast router of this case (no weight: it routes precomputed logits).
     pub fn router<'a>(&'a self, t: &'a Tensors) -> Router<'a> {
+        self.router_from(t, Router::new(self.config).unwrap())
+    }
+
+    /// [`router`](Self::router) starting from `r`, a router for this case's config.
+    pub fn router_from<'a>(&'a self, t: &'a Tensors, mut r: Router<'a>) -> Router<'a> {
         let e = self.config.n_expert as u64;
-        let mut r = Router::new(self.config).unwrap();
         r = r.with_mask(self.mask()).unwrap();
         if let Some(b) = &t.bias {
             r = r

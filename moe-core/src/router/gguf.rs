@@ -129,14 +129,16 @@ impl RouterConfig {
 impl<'a> Router<'a> {
     /// The router of layer `layer`: [`RouterConfig::from_gguf`] plus its weight
     /// `blk.N.ffn_gate_inp.weight` and, when present, its selection bias
-    /// `blk.N.exp_probs_b.bias`.
+    /// `blk.N.exp_probs_b.bias`. Built with [`Router::token_choice`], so loading a router
+    /// from a GGUF file links no S-BASE or hash-routing code.
     pub fn from_gguf(file: &File<'a>, layer: usize) -> Result<Self> {
         let config = RouterConfig::from_gguf(file, layer)?;
         let gate_name = key(format_args!("blk.{layer}.ffn_gate_inp.weight"));
         let gate = file.tensor(&gate_name).ok_or(Error::MissingTensor {
             tensor: name_of(&gate_name),
         })?;
-        let mut router = Router::new(config)?.with_weight(gate.view)?;
+        // Every router read here is token-choice top-k.
+        let mut router = Router::token_choice(config)?.with_weight(gate.view)?;
         if let Some(bias) = file.tensor(&key(format_args!("blk.{layer}.exp_probs_b.bias"))) {
             router = router.with_bias(bias.view)?;
         }

@@ -5,8 +5,17 @@
 //! logits `l` (NaN → -inf) → scores `s` → selection keys `c = s + bias` → group limit →
 //! top-k of `c` (higher first, then lower index) → weights from `s`, never from the bias
 //! → renormalisation → routed scaling factor.
+//!
+//! The code only some routers need is chosen once, when the router is built, and kept as
+//! function pointers (as kernels are): S-BASE's Sinkhorn balancing and hash routing by
+//! [`Router::new`] from the method, the noise of noisy gating by
+//! [`Router::with_noise_weight`]. A router built by [`Router::token_choice`] (as
+//! [`Router::from_gguf`] builds every router) never names them, so firmware that routes
+//! with one does not link them.
 
-use super::config::{GroupScore, HashGate, LOGIT_ROWS, Method, RouterConfig, ScoreFunc};
+use super::config::{
+    GroupScore, HashGate, LOGIT_ROWS, Method, NoisyGating, RouterConfig, ScoreFunc,
+};
 use super::hash::{HashTable, seeded_experts};
 use super::mask::ExpertMask;
 use super::noise::{noisy_logit, standard_normal};
@@ -41,9 +50,126 @@ pub struct Router<'a> {
     config: RouterConfig,
     weight: Option<TensorView<'a>>,
     bias: Option<TensorView<'a>>,
-    noise_weight: Option<TensorView<'a>>,
+    noise: Option<NoiseWeight<'a>>,
     hash_table: Option<HashTable<'a>>,
     mask: ExpertMask<'a>,
+    method: MethodCode,
+}
+
+/// The noise weight of noisy gating, with the code that draws and adds the noise: only a
+/// router given a noise weight reaches the normal generator.
+#[derive(Clone, Copy, Debug)]
+struct NoiseWeight<'a> {
+    view: TensorView<'a>,
+    /// The noisy logit of expert `e` for token `t` from its clean and raw-noise logits.
+    add: fn(NoisyGating, usize, usize, f32, f32) -> f32,
+}
+
+/// `clean + N(0,1) · (softplus(raw) + ε)` with the draw of `(seed, t, e)`.
+fn add_noise(nz: NoisyGating, t: usize, e: usize, clean: f32, raw: f32) -> f32 {
+    let draw = standard_normal(nz.seed, t as u64, e as u64);
+    noisy_logit(clean, raw, nz.epsilon, draw)
+}
+
+/// What one token's routing reads, for a method's own choice routine.
+struct Token<'x> {
+    /// The token id (0 when the caller gave none).
+    id: u32,
+    /// Its logits.
+    row: &'x [f32],
+    /// Its scores.
+    scores: &'x [f32],
+    /// S-BASE's column scales `log d1` (empty for other methods).
+    log_d1: &'x [f32],
+}
+
+/// The code S-BASE and hash routing add to token-choice routing, chosen from the method
+/// when the router is built.
+#[derive(Clone, Copy, Debug)]
+struct MethodCode {
+    /// A pass over the whole batch before any token chooses: S-BASE's Sinkhorn balancing,
+    /// writing `log d0` (`n_tokens`) and `log d1` (`n_expert`) with `n_expert` of work.
+    balance: Option<BalanceFn>,
+    /// One token's choice, for the methods [`Router::top_k`] does not cover.
+    choose: Option<ChooseFn>,
+}
+
+type ChooseFn = fn(&Router<'_>, Token<'_>, &mut Selection) -> Result<()>;
+type BalanceFn =
+    fn(&Router<'_>, &[f32], &mut [f32], &mut [f32], &mut [f32]) -> Result<SinkhornReport>;
+
+impl MethodCode {
+    /// Top-k and greedy: everything is in [`Router::top_k`].
+    const TOKEN_CHOICE: MethodCode = MethodCode {
+        balance: None,
+        choose: None,
+    };
+
+    /// The code of `method`.
+    fn of(method: Method) -> MethodCode {
+        match method {
+            Method::TopK | Method::Greedy => Self::TOKEN_CHOICE,
+            Method::SBase { .. } => MethodCode {
+                balance: Some(sbase_balance),
+                choose: Some(|router, token, sel| {
+                    router.sbase_token(token.row, token.scores, token.log_d1, sel);
+                    Ok(())
+                }),
+            },
+            Method::Hash { .. } => MethodCode {
+                balance: None,
+                choose: Some(hash_choose),
+            },
+        }
+    }
+}
+
+/// S-BASE's balancing of the batch's logits (see [`balance`]).
+fn sbase_balance(
+    router: &Router<'_>,
+    logits: &[f32],
+    log_d0: &mut [f32],
+    log_d1: &mut [f32],
+    work: &mut [f32],
+) -> Result<SinkhornReport> {
+    match router.config.method {
+        Method::SBase {
+            iterations,
+            tolerance,
+        } => balance(
+            logits,
+            &router.mask,
+            iterations,
+            tolerance,
+            log_d0,
+            log_d1,
+            work,
+        ),
+        _ => Ok(SinkhornReport::default()),
+    }
+}
+
+/// Hash routing of one token: its experts from the router's table, or the seeded hash
+/// without one, weighted by the gate.
+fn hash_choose(router: &Router<'_>, token: Token<'_>, sel: &mut Selection) -> Result<()> {
+    let c = &router.config;
+    let Method::Hash { seed, gate } = c.method else {
+        return Ok(());
+    };
+    let mut ids = [0u32; MAX_K];
+    match &router.hash_table {
+        Some(table) => table.experts(token.id, &mut ids)?,
+        None => seeded_experts(seed, token.id, c.k, c.n_expert, &router.mask, &mut ids),
+    }
+    router.weigh(
+        token.row,
+        token.scores,
+        &ids[..c.k],
+        gate == HashGate::Constant,
+        true,
+        sel,
+    );
+    Ok(())
 }
 
 /// Checks that `view` is `[n_embd, n_expert]` (`role` names it in errors).
@@ -103,14 +229,33 @@ impl<'a> Router<'a> {
     /// A router for `config` with no tensors yet (hash routing with constant gates needs
     /// none); add them with the `with_*` methods.
     pub fn new(config: RouterConfig) -> Result<Self> {
+        Self::build(config, MethodCode::of(config.method))
+    }
+
+    /// [`new`](Self::new) for the token-choice methods only ([`Method::TopK`] and
+    /// [`Method::Greedy`]; others are [`Error::InvalidRouterConfig`]): the same router,
+    /// built without naming S-BASE's or hash routing's code, so firmware whose routers
+    /// are all built this way (as [`from_gguf`](Self::from_gguf) builds them) does not
+    /// link that code.
+    pub fn token_choice(config: RouterConfig) -> Result<Self> {
+        if !matches!(config.method, Method::TopK | Method::Greedy) {
+            return Err(Error::InvalidRouterConfig {
+                reason: "Router::token_choice takes top-k or greedy configs (Router::new takes any)",
+            });
+        }
+        Self::build(config, MethodCode::TOKEN_CHOICE)
+    }
+
+    fn build(config: RouterConfig, method: MethodCode) -> Result<Self> {
         config.validate()?;
         Ok(Router {
             config,
             weight: None,
             bias: None,
-            noise_weight: None,
+            noise: None,
             hash_table: None,
             mask: ExpertMask::All,
+            method,
         })
     }
 
@@ -153,7 +298,10 @@ impl<'a> Router<'a> {
             self.config.n_expert,
             "noise weight",
         )?;
-        self.noise_weight = Some(weight);
+        self.noise = Some(NoiseWeight {
+            view: weight,
+            add: add_noise,
+        });
         Ok(self)
     }
 
@@ -298,7 +446,7 @@ impl<'a> Router<'a> {
         let noise = match c.noise {
             Some(n) => Some((
                 n,
-                self.noise_weight.ok_or_else(|| Error::MissingTensor {
+                self.noise.ok_or_else(|| Error::MissingTensor {
                     tensor: name_of("noise weight"),
                 })?,
             )),
@@ -320,7 +468,7 @@ impl<'a> Router<'a> {
                 dequantize_row(weight.ty(), row_of(&weight, e, "ffn_gate_inp.weight")?, dst)?;
                 if let Some((_, w)) = noise {
                     let dst = &mut noise_rows[j * n_embd..(j + 1) * n_embd];
-                    dequantize_row(w.ty(), row_of(&w, e, "noise weight")?, dst)?;
+                    dequantize_row(w.view.ty(), row_of(&w.view, e, "noise weight")?, dst)?;
                 }
             }
             for t in 0..n_tokens {
@@ -328,10 +476,9 @@ impl<'a> Router<'a> {
                 let out = &mut logits[t * n_expert..(t + 1) * n_expert];
                 for (j, &e) in ids[..n].iter().enumerate() {
                     let mut l = dot(&w_rows[j * n_embd..(j + 1) * n_embd], x);
-                    if let Some((nz, _)) = noise {
+                    if let Some((nz, w)) = noise {
                         let raw = dot(&noise_rows[j * n_embd..(j + 1) * n_embd], x);
-                        let draw = standard_normal(nz.seed, t as u64, e as u64);
-                        l = noisy_logit(l, raw, nz.epsilon, draw);
+                        l = (w.add)(nz, t, e, l, raw);
                     }
                     out[e] = l;
                 }
@@ -403,22 +550,10 @@ impl<'a> Router<'a> {
             ..RouteReport::default()
         };
         let mut log_d1: &[f32] = &[];
-        if let Method::SBase {
-            iterations,
-            tolerance,
-        } = c.method
-        {
+        if let Some(balance) = self.method.balance {
             let (d0, rest) = rest.split_at_mut(n_tokens);
             let d1 = &mut rest[..n_expert];
-            report.sinkhorn = Some(balance(
-                &logits[..n_tokens * n_expert],
-                &self.mask,
-                iterations,
-                tolerance,
-                d0,
-                d1,
-                keys,
-            )?);
+            report.sinkhorn = Some(balance(self, &logits[..n_tokens * n_expert], d0, d1, keys)?);
             log_d1 = d1;
         }
         let scored = c.needs_logits();
@@ -433,23 +568,19 @@ impl<'a> Router<'a> {
             match c.method {
                 Method::TopK => self.top_k(row, scores, keys, c.k, true, sel, &mut report),
                 Method::Greedy => self.top_k(row, scores, keys, 1, false, sel, &mut report),
-                Method::SBase { .. } => self.sbase_token(row, scores, log_d1, sel),
-                Method::Hash { seed, gate } => {
-                    let mut ids = [0u32; MAX_K];
-                    match &self.hash_table {
-                        Some(table) => table.experts(token_ids[t], &mut ids)?,
-                        None => {
-                            seeded_experts(seed, token_ids[t], c.k, n_expert, &self.mask, &mut ids)
-                        }
-                    }
-                    self.weigh(
+                Method::SBase { .. } | Method::Hash { .. } => {
+                    // Set for these methods by `Router::new`; `token_choice` refuses them.
+                    let choose = self.method.choose.ok_or(Error::InvalidRouterConfig {
+                        reason: "the router was built without its method's code",
+                    })?;
+                    let id = token_ids.get(t).copied().unwrap_or(0);
+                    let token = Token {
+                        id,
                         row,
                         scores,
-                        &ids[..c.k],
-                        gate == HashGate::Constant,
-                        true,
-                        sel,
-                    );
+                        log_d1,
+                    };
+                    choose(self, token, sel)?;
                 }
             }
             if sel.len() < c.experts_per_token() {
