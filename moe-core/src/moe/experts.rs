@@ -45,6 +45,8 @@ pub struct ExpertStack<'a> {
     up: Part<'a>,
     down: Part<'a>,
     activation: Activation,
+    /// `activation` as a function, picked once ([`Activation::function`]).
+    act: fn(f32) -> f32,
     n_embd: usize,
     n_ff: usize,
     n_expert: usize,
@@ -130,6 +132,7 @@ impl<'a> ExpertStack<'a> {
             up,
             down,
             activation,
+            act: activation.function(),
             n_embd: up.view.ne(0) as usize,
             n_ff: up.rows,
             n_expert: up.view.ne(2) as usize,
@@ -152,11 +155,12 @@ impl<'a> ExpertStack<'a> {
                 n_expert: self.n_expert as u64,
             });
         }
-        Ffn::new(
+        Ffn::with_function(
             self.gate.map(|g| g.matrix(e)).transpose()?,
             self.up.matrix(e)?,
             self.down.matrix(e)?,
             self.activation,
+            self.act,
         )
     }
 

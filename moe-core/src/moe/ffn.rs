@@ -38,17 +38,43 @@ impl Activation {
     #[inline]
     pub fn apply(self, z: f32) -> f32 {
         match self {
-            Activation::Silu => z * sigmoid(z),
-            Activation::Gelu => {
-                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-                0.5 * z * (1.0 + libm::tanhf(SQRT_2_OVER_PI * (z + 0.044_715 * z * z * z)))
-            }
-            Activation::GeluErf => {
-                0.5 * z * (1.0 + libm::erff(z * core::f32::consts::FRAC_1_SQRT_2))
-            }
-            Activation::Relu => z.max(0.0),
+            Activation::Silu => silu(z),
+            Activation::Gelu => gelu(z),
+            Activation::GeluErf => gelu_erf(z),
+            Activation::Relu => relu(z),
         }
     }
+
+    /// [`apply`](Self::apply) as a function, picked once when an FFN or expert stack is
+    /// built, so the forward pass calls it without matching and a program links only
+    /// the activations it builds layers with (firmware loading a GGUF model gets SiLU
+    /// alone: neither `erff` nor `tanhf`).
+    #[inline(always)]
+    pub(crate) fn function(self) -> fn(f32) -> f32 {
+        match self {
+            Activation::Silu => silu,
+            Activation::Gelu => gelu,
+            Activation::GeluErf => gelu_erf,
+            Activation::Relu => relu,
+        }
+    }
+}
+
+fn silu(z: f32) -> f32 {
+    z * sigmoid(z)
+}
+
+fn gelu(z: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * z * (1.0 + libm::tanhf(SQRT_2_OVER_PI * (z + 0.044_715 * z * z * z)))
+}
+
+fn gelu_erf(z: f32) -> f32 {
+    0.5 * z * (1.0 + libm::erff(z * core::f32::consts::FRAC_1_SQRT_2))
+}
+
+fn relu(z: f32) -> f32 {
+    z.max(0.0)
 }
 
 /// The logistic function, in the form that neither overflows nor cancels.
@@ -79,6 +105,8 @@ pub struct Ffn<'a> {
     up: TensorView<'a>,
     down: TensorView<'a>,
     activation: Activation,
+    /// `activation` as a function ([`Activation::function`]).
+    act: fn(f32) -> f32,
 }
 
 impl<'a> Ffn<'a> {
@@ -89,6 +117,18 @@ impl<'a> Ffn<'a> {
         up: TensorView<'a>,
         down: TensorView<'a>,
         activation: Activation,
+    ) -> Result<Self> {
+        Self::with_function(gate, up, down, activation, activation.function())
+    }
+
+    /// [`new`](Self::new) with the activation's function already picked (an expert
+    /// stack picks it once for all its experts).
+    pub(crate) fn with_function(
+        gate: Option<TensorView<'a>>,
+        up: TensorView<'a>,
+        down: TensorView<'a>,
+        activation: Activation,
+        act: fn(f32) -> f32,
     ) -> Result<Self> {
         let (n_embd, n_ff) = (up.ne(0), up.ne(1));
         check_matrix(&up, "ffn_up", n_embd, n_ff)?;
@@ -101,6 +141,7 @@ impl<'a> Ffn<'a> {
             up,
             down,
             activation,
+            act,
         })
     }
 
@@ -286,7 +327,7 @@ impl Ffn<'_> {
                         let t = entry(i).0;
                         let g = dot(gate.ty(), g_row, acts.row(gate_act, t))?;
                         let u = dot(self.up.ty(), u_row, acts.row(up_act, t))?;
-                        hidden.set_f32(i * n_ff + r, self.activation.apply(g) * u);
+                        hidden.set_f32(i * n_ff + r, (self.act)(g) * u);
                     }
                 }
             }
@@ -294,7 +335,7 @@ impl Ffn<'_> {
                 for (r, u_row) in up_rows.enumerate() {
                     for i in 0..m {
                         let u = dot(self.up.ty(), u_row, acts.row(up_act, entry(i).0))?;
-                        hidden.set_f32(i * n_ff + r, self.activation.apply(u));
+                        hidden.set_f32(i * n_ff + r, (self.act)(u));
                     }
                 }
             }
