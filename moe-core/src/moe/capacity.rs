@@ -104,6 +104,17 @@ impl CapacityPolicy {
     }
 }
 
+/// How a layer turns its policy into a capacity: [`CapacityPolicy::limit`], or [`no_limit`]
+/// for a layer that was never given a policy. Picked once when the layer is built, so a
+/// dropless layer never reaches the formulas (and their `f64` arithmetic, which is
+/// software on a single-precision FPU).
+pub(crate) type LimitFn = fn(&CapacityPolicy, usize, usize, usize) -> Result<Option<usize>>;
+
+/// The capacity of a dropless layer: no limit.
+pub(crate) fn no_limit(_: &CapacityPolicy, _: usize, _: usize, _: usize) -> Result<Option<usize>> {
+    Ok(None)
+}
+
 /// A capacity factor must be a positive finite number.
 fn check(factor: f32) -> Result<f64> {
     if factor.is_finite() && factor > 0.0 {

@@ -13,7 +13,7 @@
 //! A dropped pair contributes zero to its token's output; the token's surviving weights
 //! are never renormalised (Mesh-TF, GShard; HF Switch's `p · x` for drops was a bug).
 
-use super::capacity::{CapacityPolicy, DropPriority};
+use super::capacity::{CapacityPolicy, DropPriority, LimitFn};
 use crate::router::Selection;
 use crate::workspace::{Carver, Layout, Words, mul};
 use crate::{Error, Result};
@@ -105,6 +105,20 @@ impl<'w> Dispatch<'w> {
         k: usize,
         policy: &CapacityPolicy,
         workspace: &'w mut [u8],
+        on_drop: impl FnMut(u32),
+    ) -> Result<Self> {
+        let limit: LimitFn = CapacityPolicy::limit;
+        Self::plan_with(selections, n_expert, k, policy, limit, workspace, on_drop)
+    }
+
+    /// [`plan`](Self::plan) with the capacity computed by `limit` (a layer's choice).
+    pub(crate) fn plan_with(
+        selections: &[Selection],
+        n_expert: usize,
+        k: usize,
+        policy: &CapacityPolicy,
+        limit: LimitFn,
+        workspace: &'w mut [u8],
         mut on_drop: impl FnMut(u32),
     ) -> Result<Self> {
         let n_tokens = selections.len();
@@ -133,7 +147,7 @@ impl<'w> Dispatch<'w> {
                 actual: workspace.len(),
             });
         }
-        let capacity = policy.limit(n_tokens, k, n_expert)?;
+        let capacity = limit(policy, n_tokens, k, n_expert)?;
 
         let [r_expert, r_weight, r_order, r_fill, r_offsets, r_grouped] =
             regions(n_tokens, k, n_expert);

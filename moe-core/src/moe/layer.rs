@@ -8,7 +8,7 @@
 //! tokens. Per token the routed contributions are added in ascending expert id, so a
 //! token's output does not depend on the rest of the batch (unless capacity drops it).
 
-use super::capacity::CapacityPolicy;
+use super::capacity::{CapacityPolicy, LimitFn, no_limit};
 use super::dispatch::{Dispatch, DispatchReport, MAX_EXPERTS};
 use super::experts::ExpertStack;
 use super::ffn::{
@@ -38,6 +38,10 @@ pub struct MoeLayer<'a> {
     shared: SharedExpert<'a>,
     k: usize,
     capacity: CapacityPolicy,
+    /// How `capacity` becomes a number: [`no_limit`] until
+    /// [`with_capacity`](Self::with_capacity), so a dropless layer links no capacity
+    /// formula.
+    limit: LimitFn,
     dot: DotKernel,
 }
 
@@ -70,6 +74,7 @@ impl<'a> MoeLayer<'a> {
             shared: SharedExpert::None,
             k,
             capacity: CapacityPolicy::DROPLESS,
+            limit: no_limit,
             dot: crate::kernels::scalar::dot,
         })
     }
@@ -127,6 +132,7 @@ impl<'a> MoeLayer<'a> {
     /// The same layer with a capacity limit.
     pub fn with_capacity(mut self, capacity: CapacityPolicy) -> Self {
         self.capacity = capacity;
+        self.limit = CapacityPolicy::limit;
         self
     }
 
@@ -296,11 +302,12 @@ impl<'a> MoeLayer<'a> {
             quantized: carver.bytes(r.quantized)?,
         };
 
-        let dispatch = Dispatch::plan(
+        let dispatch = Dispatch::plan_with(
             selections,
             self.experts.n_expert(),
             self.k,
             &self.capacity,
+            self.limit,
             dispatch_ws,
             on_drop,
         )?;
