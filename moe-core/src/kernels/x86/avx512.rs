@@ -8,7 +8,7 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use super::avx2;
+use super::avx2::{self, f16_at};
 use crate::kernels::{check_row, same_blocks};
 use crate::quant::{q4_0, q8_0};
 use crate::{Result, TensorType};
@@ -99,7 +99,7 @@ fn dot_q8_0_q8_0(w: &[q8_0::Block], a: &[q8_0::Block]) -> Result<f32> {
         let shifted = dpbusd(zero, _mm256_xor_si256(qw, bias), qa);
         let offset = dpbusd(zero, bias, qa);
         let sumi = hsum_i32(_mm256_sub_epi32(shifted, offset));
-        sum += sumi as f32 * (q8_0::d(wb) * q8_0::d(ab));
+        sum += sumi as f32 * (f16_at(wb, 0) * f16_at(ab, 0));
     }
     Ok(sum)
 }
@@ -120,7 +120,7 @@ fn dot_q4_0_q8_0(w: &[q4_0::Block], a: &[q8_0::Block]) -> Result<f32> {
             dpbusd(zero, n, qa),
             dpbusd(zero, eight, qa),
         ));
-        sum += sumi as f32 * (q4_0::d(wb) * q8_0::d(ab));
+        sum += sumi as f32 * (f16_at(wb, 0) * f16_at(ab, 0));
     }
     Ok(sum)
 }

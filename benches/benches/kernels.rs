@@ -1,0 +1,147 @@
+//! Kernel tables: matrix × vector at Mixtral 8x7B expert shapes (gate/up 14336 × 4096,
+//! down 4096 × 14336) for Q4_0, Q8_0, Q4_K and Q6_K, at every kernel level this CPU
+//! supports, as GB/s of weight bytes; and a memory-bandwidth probe (a summing read and a
+//! `copy_from_slice`) over a buffer that fits the last-level cache and one that does not,
+//! so kernel throughput can be stated as a fraction of what memory delivers.
+//!
+//! One thread. Each matrix is read once per iteration; the same matrix is reused, so it
+//! stays in the last-level cache when that is larger than the matrix (compare with the
+//! in-cache probe).
+//!
+//! Run: `cargo bench -p moe-benches --bench kernels` (`-- probe` for the probe alone).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use moe_core::TensorType;
+use moe_core::kernels::{Kernels, Level};
+use moe_core::quant::quantize_row;
+
+/// (rows, columns): Mixtral's `ffn_gate/up` (14336 × 4096) and `ffn_down` (4096 × 14336).
+const SHAPES: [(usize, usize); 2] = [(14336, 4096), (4096, 14336)];
+const TYPES: [TensorType; 4] = [
+    TensorType::Q4_0,
+    TensorType::Q8_0,
+    TensorType::Q4_K,
+    TensorType::Q6_K,
+];
+
+/// Deterministic pseudo-random bytes.
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 56) as u8
+        })
+        .collect()
+}
+
+/// Random quants with finite, moderate scales (f16 1/64 for every `d`/`dmin`).
+fn weights(ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
+    let bb = ty.block_bytes();
+    let mut w = bytes(rows * cols / ty.block_len() * bb, 7);
+    let scale = 0x2400u16.to_le_bytes();
+    let offsets: &[usize] = match ty {
+        TensorType::Q4_K => &[0, 2],
+        TensorType::Q6_K => &[208],
+        _ => &[0],
+    };
+    for block in w.chunks_exact_mut(bb) {
+        for &o in offsets {
+            block[o..o + 2].copy_from_slice(&scale);
+        }
+    }
+    w
+}
+
+fn activations(ty: TensorType, cols: usize) -> Vec<u8> {
+    let act = ty.activation_type().unwrap();
+    let x: Vec<f32> = bytes(cols, 3)
+        .into_iter()
+        .map(|b| (f32::from(b) - 127.5) / 64.0)
+        .collect();
+    let mut a = vec![0u8; cols / act.block_len() * act.block_bytes()];
+    quantize_row(act, &x, &mut a).unwrap();
+    a
+}
+
+fn tables() -> Vec<Kernels> {
+    Level::ALL
+        .into_iter()
+        .filter_map(|l| {
+            let k = moe_std::kernels::with_level(l);
+            if k.is_none() {
+                eprintln!("skipping kernel level {l}: not supported by this CPU");
+            }
+            k
+        })
+        .collect()
+}
+
+fn matvec(c: &mut Criterion) {
+    let tables = tables();
+    for ty in TYPES {
+        for (rows, cols) in SHAPES {
+            let w = weights(ty, rows, cols);
+            let a = activations(ty, cols);
+            let mut out = vec![0f32; rows];
+            let mut group = c.benchmark_group(format!("matvec/{ty}/{rows}x{cols}"));
+            group.throughput(Throughput::Bytes(w.len() as u64));
+            for k in &tables {
+                group.bench_function(BenchmarkId::from_parameter(k.level()), |b| {
+                    b.iter(|| {
+                        k.matvec(ty, black_box(&w), black_box(&a), &mut out)
+                            .unwrap();
+                        black_box(&out);
+                    })
+                });
+            }
+            group.finish();
+        }
+    }
+}
+
+/// Sums a buffer as `u64` words (eight independent lanes, so the loop is load-bound).
+fn read_sum(buf: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    for c in buf.chunks_exact(8) {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(*v);
+        }
+    }
+    acc.iter().fold(0, |s, v| s.wrapping_add(*v))
+}
+
+fn probe(c: &mut Criterion) {
+    // 32 MiB: about one Mixtral Q4_0 expert matrix (fits a large last-level cache);
+    // 1 GiB: larger than any last-level cache, so it streams from DRAM.
+    for mib in [32usize, 1024] {
+        let words = mib << 17;
+        let src: Vec<u64> = (0..words as u64).collect();
+        let mut dst = vec![0u64; words];
+        let mut group = c.benchmark_group(format!("probe/{mib}MiB"));
+        group.throughput(Throughput::Bytes((words * 8) as u64));
+        group.bench_function("read", |b| b.iter(|| black_box(read_sum(black_box(&src)))));
+        group.bench_function("copy (bytes read)", |b| {
+            b.iter(|| {
+                dst.copy_from_slice(black_box(&src));
+                black_box(&dst);
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    targets = probe, matvec
+}
+criterion_main!(benches);
