@@ -171,7 +171,8 @@ impl<'a> PeerLayer<'a> {
         check_shape(&t.keys, "peer_keys.weight", [dk, 2, n, c.key_sets() as u64])?;
         check_dot_type(&t.down)?;
         check_shape(&t.down, "peer_down.weight", [d, rows, 1, 1])?;
-        if !t.up.ty().can_dequantize() {
+        // v rows are dequantized through a stack buffer of CHUNK elements.
+        if !t.up.ty().can_dequantize() || t.up.ty().block_len() > CHUNK {
             return Err(Error::UnsupportedType { ty: t.up.ty() });
         }
         check_shape(&t.up, "peer_up.weight", [d, rows, 1, 1])?;
