@@ -95,8 +95,37 @@ fn load16(bytes: &[u8; 16]) -> __m128i {
 pub(super) fn f16_at(block: &[u8], at: usize) -> f32 {
     let lo = block.get(at).copied().unwrap_or(0);
     let hi = block.get(at + 1).copied().unwrap_or(0);
-    let bits = i32::from(u16::from_le_bytes([lo, hi]));
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+    // A broadcast, not `_mm_cvtsi32_si128`: LLVM lowers that to an insert into whatever
+    // register is free, often the running sum, which chains every block to the last.
+    let bits = i16::from_le_bytes([lo, hi]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(bits)))
+}
+
+/// `d_w · d_a` for up to eight block pairs whose f16 scale leads each block (Q4_0, Q8_0),
+/// by one F16C conversion per side: the same products as the specification's per-block
+/// `d(w) * d(a)` (IEEE multiplication is lane-wise), computed off the sum's dependency
+/// chain. Lanes past the slices' length are 0.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub(super) fn scale_products<const W: usize, const A: usize>(
+    w: &[[u8; W]],
+    a: &[[u8; A]],
+) -> [f32; 8] {
+    let mut dw = [0u16; 8];
+    let mut da = [0u16; 8];
+    for ((dw, da), (wb, ab)) in dw.iter_mut().zip(&mut da).zip(w.iter().zip(a)) {
+        *dw = u16::from_le_bytes([wb[0], wb[1]]);
+        *da = u16::from_le_bytes([ab[0], ab[1]]);
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: each pointer covers 16 readable (or 32 writable) bytes; unaligned access is
+    // allowed.
+    unsafe {
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(dw.as_ptr().cast()));
+        let da = _mm256_cvtph_ps(_mm_loadu_si128(da.as_ptr().cast()));
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(dw, da));
+    }
+    out
 }
 
 /// The 32 quants of a Q8_0 block.
@@ -117,8 +146,9 @@ pub(in crate::kernels) unsafe fn dot_q8_0_q8_0(
 ) -> Result<f32> {
     crate::kernels::same_blocks(w.len(), a.len())?;
     let mut sum = 0.0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        let sumi = {
+    for (wc, ac) in w.chunks(8).zip(a.chunks(8)) {
+        let d = scale_products(wc, ac);
+        for ((wb, ab), d) in wc.iter().zip(ac).zip(d) {
             let (qw, qa) = (load32(q8_0_qs(wb)), load32(q8_0_qs(ab)));
             let lo = _mm256_madd_epi16(
                 _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qw)),
@@ -128,9 +158,9 @@ pub(in crate::kernels) unsafe fn dot_q8_0_q8_0(
                 _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(qw)),
                 _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(qa)),
             );
-            hsum_i32(_mm256_add_epi32(lo, hi))
-        };
-        sum += sumi as f32 * (f16_at(wb, 0) * f16_at(ab, 0));
+            let sumi = hsum_i32(_mm256_add_epi32(lo, hi));
+            sum += sumi as f32 * d;
+        }
     }
     Ok(sum)
 }
@@ -150,15 +180,16 @@ pub(in crate::kernels) unsafe fn dot_q4_0_q8_0(
     let mut sum = 0.0f32;
     let mask = _mm256_set1_epi8(0x0f);
     let eight = _mm256_set1_epi8(8);
-    for (wb, ab) in w.iter().zip(a) {
-        let sumi = {
+    for (wc, ac) in w.chunks(8).zip(a.chunks(8)) {
+        let d = scale_products(wc, ac);
+        for ((wb, ab), d) in wc.iter().zip(ac).zip(d) {
             let packed = load16(&wb[2..].as_chunks().0[0]);
             // Low nibbles are elements 0..16, high nibbles 16..32.
             let n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
             let qa = load32(q8_0_qs(ab));
-            hsum_i32(_mm256_sub_epi32(dot_u7_i8(n, qa), dot_u7_i8(eight, qa)))
-        };
-        sum += sumi as f32 * (f16_at(wb, 0) * f16_at(ab, 0));
+            let sumi = hsum_i32(_mm256_sub_epi32(dot_u7_i8(n, qa), dot_u7_i8(eight, qa)));
+            sum += sumi as f32 * d;
+        }
     }
     Ok(sum)
 }

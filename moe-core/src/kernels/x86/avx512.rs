@@ -8,7 +8,7 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use super::avx2::{self, f16_at};
+use super::avx2::{self, scale_products};
 use crate::kernels::{check_row, same_blocks};
 use crate::quant::{q4_0, q8_0};
 use crate::{Result, TensorType};
@@ -92,14 +92,17 @@ fn dot_q8_0_q8_0(w: &[q8_0::Block], a: &[q8_0::Block]) -> Result<f32> {
     let bias = _mm256_set1_epi8(i8::MIN);
     let zero = _mm256_setzero_si256();
     let mut sum = 0.0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        let qw = load32(&wb[2..].as_chunks().0[0]);
-        let qa = load32(&ab[2..].as_chunks().0[0]);
-        // `w ^ 0x80` is `w + 128` read as unsigned.
-        let shifted = dpbusd(zero, _mm256_xor_si256(qw, bias), qa);
-        let offset = dpbusd(zero, bias, qa);
-        let sumi = hsum_i32(_mm256_sub_epi32(shifted, offset));
-        sum += sumi as f32 * (f16_at(wb, 0) * f16_at(ab, 0));
+    for (wc, ac) in w.chunks(8).zip(a.chunks(8)) {
+        let d = scale_products(wc, ac);
+        for ((wb, ab), d) in wc.iter().zip(ac).zip(d) {
+            let qw = load32(&wb[2..].as_chunks().0[0]);
+            let qa = load32(&ab[2..].as_chunks().0[0]);
+            // `w ^ 0x80` is `w + 128` read as unsigned.
+            let shifted = dpbusd(zero, _mm256_xor_si256(qw, bias), qa);
+            let offset = dpbusd(zero, bias, qa);
+            let sumi = hsum_i32(_mm256_sub_epi32(shifted, offset));
+            sum += sumi as f32 * d;
+        }
     }
     Ok(sum)
 }
@@ -112,15 +115,18 @@ fn dot_q4_0_q8_0(w: &[q4_0::Block], a: &[q8_0::Block]) -> Result<f32> {
     let eight = _mm256_set1_epi8(8);
     let zero = _mm256_setzero_si256();
     let mut sum = 0.0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        let packed = load16(&wb[2..].as_chunks().0[0]);
-        let n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
-        let qa = load32(&ab[2..].as_chunks().0[0]);
-        let sumi = hsum_i32(_mm256_sub_epi32(
-            dpbusd(zero, n, qa),
-            dpbusd(zero, eight, qa),
-        ));
-        sum += sumi as f32 * (f16_at(wb, 0) * f16_at(ab, 0));
+    for (wc, ac) in w.chunks(8).zip(a.chunks(8)) {
+        let d = scale_products(wc, ac);
+        for ((wb, ab), d) in wc.iter().zip(ac).zip(d) {
+            let packed = load16(&wb[2..].as_chunks().0[0]);
+            let n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
+            let qa = load32(&ab[2..].as_chunks().0[0]);
+            let sumi = hsum_i32(_mm256_sub_epi32(
+                dpbusd(zero, n, qa),
+                dpbusd(zero, eight, qa),
+            ));
+            sum += sumi as f32 * d;
+        }
     }
     Ok(sum)
 }
