@@ -8,12 +8,13 @@
 //! scales). One u/v buffer per d_model is shared by every N (a table of N rows is a
 //! prefix of the 2^20-row one): 2 × 2^20 × 1088 B ≈ 2.3 GiB at d_model 1024.
 //!
-//! Benchmarks: `peer/layer/d{D}` (one token through `PeerLayer::forward`),
-//! `peer/retrieval/d{D}` (one head's product-key retrieval: 2·n sub-key dots, the two
-//! bounded top-16 and the candidate scan) and `peer/brute_force/d512` (one head scoring
-//! all N = 2^20 full keys with the same dot kernel, keeping the top 16). Before them a
-//! table gives the weight bytes each token reads and, with `--bench`, the product-key
-//! vs brute-force speedup from plain medians.
+//! Benchmarks, each with the scalar kernels and with the best table this CPU runs
+//! (`moe_std::kernels::detect()`): `peer/layer/{kernels}/d{D}` (one token through
+//! `PeerLayer::forward`), `peer/retrieval/{kernels}/d{D}` (one head's product-key
+//! retrieval: 2·n sub-key dots, the two bounded top-16 and the candidate scan) and
+//! `peer/brute_force/{kernels}/d512` (one head scoring all N = 2^20 full keys with the same
+//! dot kernel, keeping the top 16). First a table gives the weight bytes each token reads;
+//! with `--bench`, the product-key vs brute-force speedup from plain medians follows.
 //!
 //! `MOE_PEER_DMODELS` (default `512,1024`) and `MOE_PEER_MAX_LOG2N` (default 20) shrink the
 //! sweep.
@@ -21,9 +22,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use moe_core::TensorType;
-use moe_core::kernels::scalar::dot;
+use moe_core::kernels::{DotKernel, Kernels};
 use moe_core::moe::Activation;
 use moe_core::peer::{
     IndexMajor, PeerConfig, PeerLayer, PeerTensors, ScoreActivation, TopList, product_key_topk,
@@ -166,7 +167,7 @@ fn query_halves(d: usize) -> [Vec<u8>; 2] {
 
 /// Head 0's product-key retrieval: every sub-key of both halves, the two top-k lists,
 /// the candidate scan.
-fn product_key(keys: &TensorView, n: usize, q: &[Vec<u8>; 2]) -> TopList {
+fn product_key(dot: DotKernel, keys: &TensorView, n: usize, q: &[Vec<u8>; 2]) -> TopList {
     let mut halves = [TopList::new(K); 2];
     for i in 0..n {
         for (half, top) in halves.iter_mut().enumerate() {
@@ -179,7 +180,7 @@ fn product_key(keys: &TensorView, n: usize, q: &[Vec<u8>; 2]) -> TopList {
 
 /// Head 0's brute force: all N = n² full keys, each a dot product over both halves
 /// (2·d_key multiply-adds, nothing shared between keys), top 16 kept.
-fn brute_force(keys: &TensorView, n: usize, q: &[Vec<u8>; 2]) -> TopList {
+fn brute_force(dot: DotKernel, keys: &TensorView, n: usize, q: &[Vec<u8>; 2]) -> TopList {
     let mut top = TopList::new(K);
     for a in 0..n {
         let first = keys.row((a * 2) as u64).unwrap();
@@ -215,6 +216,12 @@ fn peer(c: &mut Criterion) {
         let args: Vec<String> = std::env::args().collect();
         args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test")
     };
+    // The portable specification and the best table this CPU runs.
+    let best = moe_std::kernels::detect();
+    let mut tables_of_kernels = vec![("scalar".to_string(), Kernels::scalar())];
+    if best.level() != Kernels::scalar().level() {
+        tables_of_kernels.push((format!("{:?}", best.level()).to_lowercase(), best));
+    }
     for d in d_models() {
         let tables = Tables::new(d, max_n);
         eprintln!(
@@ -225,15 +232,9 @@ fn peer(c: &mut Criterion) {
             "{:>8} {:>12} {:>12} {:>12} {:>12}",
             "N", "query", "sub-keys", "experts", "total"
         );
-        let mut group = c.benchmark_group(format!("peer/layer/d{d}"));
-        group
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(1));
         for &l in &log2_ns {
             let n_expert = 1usize << l;
-            let n = 1usize << (l / 2);
-            let keys = keys(d, n);
+            let keys = keys(d, 1usize << (l / 2));
             let layer = tables.layer(n_expert, &keys);
             let t = layer.tensors();
             let experts = HEADS * K * (t.down.row_bytes() + t.up.row_bytes());
@@ -245,76 +246,90 @@ fn peer(c: &mut Criterion) {
                 mib(experts),
                 mib(layer.weight_bytes_per_token()),
             );
-            let mut rng = Rng(7);
-            let hidden: Vec<f32> = (0..d).map(|_| rng.uniform(-1.0, 1.0)).collect();
-            let mut ws = vec![0u8; layer.workspace_bytes(1)];
-            let mut out = vec![0.0f32; d];
-            group.bench_with_input(BenchmarkId::from_parameter(format!("2^{l}")), &l, |b, _| {
-                b.iter(|| {
-                    layer
-                        .forward(black_box(&hidden), &mut out, &mut ws)
-                        .unwrap();
-                    black_box(&out);
-                })
-            });
         }
-        group.finish();
-
         let q = query_halves(d);
-        let mut group = c.benchmark_group(format!("peer/retrieval/d{d}"));
-        group
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(1));
-        for &l in &log2_ns {
-            let n = 1usize << (l / 2);
-            let keys = keys(d, n);
-            let dk = (d / 2) as u64;
-            let view = TensorView::new(KEY_TYPE, &[dk, 2, n as u64, HEADS as u64], &keys).unwrap();
-            group.bench_with_input(BenchmarkId::from_parameter(format!("2^{l}")), &l, |b, _| {
-                b.iter(|| black_box(product_key(&view, n, black_box(&q))))
-            });
-        }
-        group.finish();
+        for (name, kernels) in &tables_of_kernels {
+            let mut group = c.benchmark_group(format!("peer/layer/{name}/d{d}"));
+            group
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_secs(1));
+            for &l in &log2_ns {
+                let keys = keys(d, 1usize << (l / 2));
+                let layer = tables.layer(1usize << l, &keys).with_kernels(kernels);
+                let mut rng = Rng(7);
+                let hidden: Vec<f32> = (0..d).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                let mut ws = vec![0u8; layer.workspace_bytes(1)];
+                let mut out = vec![0.0f32; d];
+                group.bench_function(format!("2^{l}"), |b| {
+                    b.iter(|| {
+                        layer
+                            .forward(black_box(&hidden), &mut out, &mut ws)
+                            .unwrap();
+                        black_box(&out);
+                    })
+                });
+            }
+            group.finish();
 
-        // Brute force at the largest N, one head, d_model 512 only (it takes seconds).
-        if d == 512 {
+            let dot = kernels.dot_kernel();
+            let mut group = c.benchmark_group(format!("peer/retrieval/{name}/d{d}"));
+            group
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_secs(1));
+            for &l in &log2_ns {
+                let n = 1usize << (l / 2);
+                let keys = keys(d, n);
+                let dk = (d / 2) as u64;
+                let view =
+                    TensorView::new(KEY_TYPE, &[dk, 2, n as u64, HEADS as u64], &keys).unwrap();
+                group.bench_function(format!("2^{l}"), |b| {
+                    b.iter(|| black_box(product_key(dot, &view, n, black_box(&q))))
+                });
+            }
+            group.finish();
+
+            // Brute force at the largest N, one head, d_model 512 only (it takes seconds).
+            if d != 512 {
+                continue;
+            }
             let l = log2_ns.last().copied().unwrap_or(10);
             let n = 1usize << (l / 2);
             let keys = keys(d, n);
             let dk = (d / 2) as u64;
             let view = TensorView::new(KEY_TYPE, &[dk, 2, n as u64, HEADS as u64], &keys).unwrap();
-            let fast = product_key(&view, n, &q);
-            let slow = brute_force(&view, n, &q);
+            let fast = product_key(dot, &view, n, &q);
+            let slow = brute_force(dot, &view, n, &q);
             assert_eq!(
                 fast.as_slice(),
                 slow.as_slice(),
                 "product key != brute force"
             );
-            let mut group = c.benchmark_group("peer/brute_force/d512");
+            let mut group = c.benchmark_group(format!("peer/brute_force/{name}/d512"));
             group
                 .sample_size(10)
                 .warm_up_time(Duration::from_millis(1))
                 .measurement_time(Duration::from_secs(5));
             group.bench_function(format!("2^{l}"), |b| {
-                b.iter(|| black_box(brute_force(&view, n, black_box(&q))))
+                b.iter(|| black_box(brute_force(dot, &view, n, black_box(&q))))
             });
             group.finish();
             if summary {
                 let pk = median(
                     || {
-                        black_box(product_key(&view, n, &q));
+                        black_box(product_key(dot, &view, n, &q));
                     },
                     21,
                 );
                 let bf = median(
                     || {
-                        black_box(brute_force(&view, n, &q));
+                        black_box(brute_force(dot, &view, n, &q));
                     },
                     3,
                 );
                 eprintln!(
-                    "peer: one head at N = 2^{l}, d_key {dk}: product key {pk:?}, brute force {bf:?}, speedup {:.0}x (same top-16)",
+                    "peer ({name}): one head at N = 2^{l}, d_key {dk}: product key {pk:?}, brute force {bf:?}, speedup {:.0}x (same top-16)",
                     bf.as_secs_f64() / pk.as_secs_f64()
                 );
             }

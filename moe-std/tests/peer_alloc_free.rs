@@ -1,7 +1,8 @@
 //! Zero allocation is a property we test: a counting global allocator watches
 //! `PeerLayer::forward` on the peer-pytorch fixtures (F32; F16/Q8_0 with a BatchNorm; a
-//! pre-norm with separate expert sets) and on a quantized layer built here, and any heap
-//! allocation on the calling thread during a forward pass fails the test.
+//! pre-norm with separate expert sets) and on a quantized layer built here, with the
+//! scalar kernels and with the detected SIMD table, and any heap allocation on the calling
+//! thread during a forward pass fails the test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -63,7 +64,7 @@ fn allocations_in<R>(f: impl FnOnce() -> R) -> (usize, R) {
 }
 
 /// Runs `layer` on `t` tokens, asserting no allocation and a non-zero output.
-fn check(layer: &PeerLayer, t: usize) {
+fn check(layer: &PeerLayer, t: usize) -> Vec<f32> {
     let hidden: Vec<f32> = (0..t * layer.n_embd())
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
         .collect();
@@ -80,6 +81,7 @@ fn check(layer: &PeerLayer, t: usize) {
         t * layer.config().n_head * layer.config().experts_per_head
     );
     assert!(out.iter().any(|&v| v != 0.0));
+    out
 }
 
 #[test]
@@ -101,6 +103,15 @@ fn forward_allocates_nothing_on_the_peer_pytorch_fixtures() {
         let layer = PeerLayer::from_gguf(&file, 0).unwrap();
         check(&layer, 1);
         check(&layer, 5);
+        // The best kernels this CPU runs: no allocation either, and the same output as
+        // the scalar specification to float rounding (no fixture sits on a near-tie).
+        let best = layer.with_kernels(&moe_std::kernels::detect());
+        let scalar = check(&layer, 5);
+        let simd = check(&best, 5);
+        let scale = scalar.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (a, b) in simd.iter().zip(&scalar) {
+            assert!((a - b).abs() <= 1e-4 * scale, "{name}: {a} vs {b}");
+        }
     }
 }
 
@@ -149,4 +160,5 @@ fn forward_allocates_nothing_with_quantized_tables() {
     let layer = PeerLayer::new(config, tensors).unwrap();
     check(&layer, 1);
     check(&layer, 9);
+    check(&layer.with_kernels(&moe_std::kernels::detect()), 9);
 }

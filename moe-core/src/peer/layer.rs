@@ -190,6 +190,14 @@ impl<'a> PeerLayer<'a> {
         self
     }
 
+    /// The same layer computing its dot products through `kernels` (chosen once, for
+    /// example by `moe_std::kernels::detect()`; [`Kernels::scalar`] by default).
+    ///
+    /// [`Kernels::scalar`]: crate::kernels::Kernels::scalar
+    pub fn with_kernels(self, kernels: &crate::kernels::Kernels) -> Self {
+        self.with_dot_kernel(kernels.dot_kernel())
+    }
+
     /// The configuration.
     pub fn config(&self) -> &PeerConfig {
         &self.config
