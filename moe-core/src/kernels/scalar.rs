@@ -308,6 +308,7 @@ pub fn dot(weight_type: TensorType, weights: &[u8], activations: &[u8]) -> Resul
         Q6_K => dot_q6_k_q8_k(w.as_chunks().0, a.as_chunks().0),
         #[cfg(feature = "iq4_xs")]
         IQ4_XS => dot_iq4_xs_q8_k(w.as_chunks().0, a.as_chunks().0),
+        #[cfg(feature = "f32")]
         F32 => Ok(float_dot(
             w.as_chunks().0.iter().map(f32_at),
             a.as_chunks().0.iter().map(f32_at),

@@ -246,11 +246,17 @@ impl core::fmt::Display for TensorType {
 }
 
 impl TensorType {
-    /// Whether this build of the crate includes this type's block format: F32 always,
-    /// every other decodable format through its cargo feature (`q8_0`, `q4_k`, `f16`, …;
-    /// the default feature `all-formats` turns them all on). Firmware enables only the
-    /// formats its model uses and so links only their code; a tensor of a format left out
-    /// is [`Error::UnsupportedType`] when a layer or router is built from it.
+    /// Whether this build of the crate includes this type as a weight format, through its
+    /// cargo feature (`q8_0`, `q4_k`, `f16`, `f32`, …; the default feature `all-formats`
+    /// turns them all on). Firmware enables only the formats its model's weights use and
+    /// so links only their code; a tensor of a format left out is
+    /// [`Error::UnsupportedType`] when a layer or router is built from it.
+    ///
+    /// F32 rows always decode and encode ([`can_dequantize`](Self::can_dequantize)): a
+    /// router reads its F32 weight that way, and F32 is an activation format. The `f32`
+    /// feature adds F32 *weights* to the dot products (float FFN matrices, the F32 gate of
+    /// a shared expert), whose exact `f64` accumulation a single-precision FPU does in
+    /// software.
     ///
     /// The block modules themselves ([`q4_k`], …) are always there for direct calls; the
     /// features decide what [`dequantize_row`], [`quantize_row`],
@@ -258,7 +264,7 @@ impl TensorType {
     pub const fn format_enabled(self) -> bool {
         use TensorType::*;
         match self {
-            F32 => true,
+            F32 => cfg!(feature = "f32"),
             F16 => cfg!(feature = "f16"),
             BF16 => cfg!(feature = "bf16"),
             Q4_0 => cfg!(feature = "q4_0"),
@@ -280,12 +286,12 @@ impl TensorType {
         }
     }
 
-    /// Whether [`dequantize_row`] decodes this type: the formats this build includes
-    /// ([`format_enabled`](Self::format_enabled)).
+    /// Whether [`dequantize_row`] decodes this type: F32, and the formats this build
+    /// includes ([`format_enabled`](Self::format_enabled)).
     ///
     /// The IQ1/IQ2/IQ3 grids, the ternary, FP4 and integer types are not decoded yet.
     pub const fn can_dequantize(self) -> bool {
-        self.format_enabled()
+        matches!(self, TensorType::F32) || self.format_enabled()
     }
 
     /// Whether [`quantize_row`] encodes this type.
@@ -296,7 +302,7 @@ impl TensorType {
     /// search-based quantizers.
     pub const fn can_quantize(self) -> bool {
         use TensorType::*;
-        self.format_enabled()
+        self.can_dequantize()
             && matches!(
                 self,
                 F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q8_K

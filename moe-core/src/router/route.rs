@@ -194,7 +194,8 @@ fn check_matrix(view: &TensorView, n_embd: usize, n_expert: usize, role: &str) -
             });
         }
     }
-    if view.ty().activation_type().is_none() {
+    // Router rows are decoded to f32 (no dot kernel of the weight type is used).
+    if !view.ty().can_dequantize() {
         return Err(Error::UnsupportedType { ty: view.ty() });
     }
     Ok(())
