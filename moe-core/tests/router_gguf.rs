@@ -204,3 +204,25 @@ fn bad_metadata_is_an_error() {
         Err(Error::InvalidRouterConfig { .. })
     ));
 }
+
+#[test]
+fn the_scale_reads_any_number_type() {
+    const FLOAT64: u32 = 12;
+    let scale = |value: Vec<u8>| {
+        let bytes = file("deepseek2", 16, 2, vec![value], false);
+        RouterConfig::from_gguf(&File::parse(&bytes).unwrap(), 0).map(|c| c.scale)
+    };
+    let key = "deepseek2.expert_weights_scale";
+    assert_eq!(scale(kv(key, FLOAT32, &2.5f32.to_le_bytes())), Ok(2.5));
+    assert_eq!(scale(kv(key, FLOAT64, &2.5f64.to_le_bytes())), Ok(2.5));
+    // An f64 rounds to the nearest f32.
+    let third = scale(kv(key, FLOAT64, &(1.0f64 / 3.0).to_le_bytes()));
+    assert_eq!(third, Ok(1.0f32 / 3.0));
+    assert_eq!(scale(kv_u32(key, 3)), Ok(3.0));
+    // 0 means unset: 1.
+    assert_eq!(scale(kv_u32(key, 0)), Ok(1.0));
+    assert!(matches!(
+        scale(kv(key, BOOL, &[1])),
+        Err(Error::WrongValueType { .. })
+    ));
+}

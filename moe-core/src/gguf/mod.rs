@@ -11,6 +11,7 @@
 //! alignment, then the tensor data. Tensor offsets are relative to the data start.
 
 mod cursor;
+pub(crate) mod names;
 mod unique;
 mod value;
 

@@ -178,6 +178,22 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// A float value rounded to `f32`, or an integer converted to `f32` (rounded once): what
+    /// an `f32` model parameter reads, without the `f64` arithmetic of [`as_f64`]
+    /// (software on a single-precision FPU).
+    ///
+    /// [`as_f64`]: Self::as_f64
+    pub fn as_f32(&self) -> Option<f32> {
+        match *self {
+            Value::F32(v) => Some(v),
+            Value::F64(v) => Some(v as f32),
+            _ => match self.as_i64() {
+                Some(v) => Some(v as f32),
+                None => self.as_u64().map(|v| v as f32),
+            },
+        }
+    }
+
     /// The value if it is a boolean.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {

@@ -8,35 +8,27 @@
 //! answer. Every MoE architecture llama.cpp ships uses SiLU experts (SwiGLU when a gate
 //! stack exists, `silu(up·x)` without one).
 
-use core::fmt::Write;
-
 use super::experts::ExpertStack;
 use super::ffn::{Activation, Ffn};
 use super::layer::MoeLayer;
 use super::shared::SharedExpert;
 use crate::error::name_of;
 use crate::gguf::File;
+use crate::gguf::names::{Name, arch_key, layer_tensor};
 use crate::router::Router;
 use crate::tensor::TensorView;
 use crate::{Error, Result};
 
-/// A tensor or key name built without allocating.
-type Name = heapless::String<128>;
-
 /// `blk.{layer}.{suffix}`.
 fn tensor_name(layer: usize, suffix: &str) -> Result<Name> {
-    let mut name = Name::new();
-    write!(name, "blk.{layer}.{suffix}").map_err(|_| Error::MissingTensor {
+    layer_tensor(layer, suffix).ok_or_else(|| Error::MissingTensor {
         tensor: name_of(suffix),
-    })?;
-    Ok(name)
+    })
 }
 
 /// `{arch}.{key}`.
 fn key_name(arch: &str, key: &str) -> Result<Name> {
-    let mut name = Name::new();
-    write!(name, "{arch}.{key}").map_err(|_| Error::MissingKey { key: name_of(key) })?;
-    Ok(name)
+    arch_key(arch, key).ok_or_else(|| Error::MissingKey { key: name_of(key) })
 }
 
 /// Reads layer tensors and `{arch}.*` keys of one file.

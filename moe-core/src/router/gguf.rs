@@ -1,33 +1,65 @@
 //! Reading a [`RouterConfig`] and a [`Router`] from GGUF metadata and tensors, with
 //! llama.cpp's key names and per-architecture defaults.
 
-use core::fmt::Write;
-
 use super::config::{
     GroupLimit, GroupScore, LLAMA_CPP_MIN_WEIGHT_SUM, Method, Normalize, RouterConfig, ScoreFunc,
 };
 use super::route::Router;
 use crate::error::{Error, Result, name_of};
-use crate::gguf::{ARCHITECTURE_KEY, File, Value};
+use crate::gguf::names::{Name, arch_key, layer_tensor};
+use crate::gguf::{ARCHITECTURE_KEY, File, TensorInfo, Value};
 
-/// A key or tensor name built without allocating (`{arch}.expert_count`, `blk.N.…`).
-type Key = heapless::String<96>;
+/// Metadata `{arch}.{suffix}`: its key (for errors) and value. A key too long to build
+/// cannot be in a file we read: absent, and named by its suffix.
+fn arch_value<'a>(file: &File<'a>, arch: &str, suffix: &str) -> (Name, Option<Value<'a>>) {
+    match arch_key(arch, suffix) {
+        Some(key) => {
+            let value = file.get(&key);
+            (key, value)
+        }
+        None => (short_name(suffix), None),
+    }
+}
 
-fn key(args: core::fmt::Arguments) -> Key {
-    let mut k = Key::new();
-    // Longer names cannot exist in a file we could read; a truncated key finds nothing.
-    let _ = k.write_fmt(args);
-    k
+/// Tensor `blk.{layer}.{suffix}`: its name (for errors) and info, absent as above.
+fn layer_tensor_info<'a>(
+    file: &File<'a>,
+    layer: usize,
+    suffix: &str,
+) -> (Name, Option<TensorInfo<'a>>) {
+    match layer_tensor(layer, suffix) {
+        Some(name) => {
+            let info = file.tensor(&name);
+            (name, info)
+        }
+        None => (short_name(suffix), None),
+    }
+}
+
+fn short_name(s: &str) -> Name {
+    let mut name = Name::new();
+    let _ = name.push_str(s);
+    name
 }
 
 fn wrong(key: &str) -> Error {
     Error::WrongValueType { key: name_of(key) }
 }
 
-fn get_u64(file: &File, key: &str) -> Result<Option<u64>> {
-    file.get(key)
-        .map(|v: Value| v.as_u64().ok_or_else(|| wrong(key)))
+/// `{arch}.{suffix}` as a non-negative integer, if present.
+fn get_u64(file: &File, arch: &str, suffix: &str) -> Result<Option<u64>> {
+    let (key, value) = arch_value(file, arch, suffix);
+    value
+        .map(|v| v.as_u64().ok_or_else(|| wrong(&key)))
         .transpose()
+}
+
+/// The router weight `blk.{layer}.ffn_gate_inp.weight`, which must exist.
+fn gate_weight<'a>(file: &File<'a>, layer: usize) -> Result<TensorInfo<'a>> {
+    let (name, gate) = layer_tensor_info(file, layer, "ffn_gate_inp.weight");
+    gate.ok_or_else(|| Error::MissingTensor {
+        tensor: name_of(&name),
+    })
 }
 
 /// Whether llama.cpp renormalises the top-k weights of `arch` when the file does not
@@ -54,31 +86,25 @@ impl RouterConfig {
             key: name_of(ARCHITECTURE_KEY),
         })?;
         let required = |suffix: &str| -> Result<u64> {
-            let k = key(format_args!("{arch}.{suffix}"));
-            get_u64(file, &k)?.ok_or(Error::MissingKey { key: name_of(&k) })
+            get_u64(file, arch, suffix)?.ok_or_else(|| Error::MissingKey {
+                key: name_of(&arch_value(file, arch, suffix).0),
+            })
         };
-        let optional = |suffix: &str| -> Result<Option<u64>> {
-            get_u64(file, &key(format_args!("{arch}.{suffix}")))
-        };
+        let optional = |suffix: &str| get_u64(file, arch, suffix);
         let n_expert = required("expert_count")?;
         let k = required("expert_used_count")?;
-        let gate_name = key(format_args!("blk.{layer}.ffn_gate_inp.weight"));
-        let gate = file.tensor(&gate_name).ok_or(Error::MissingTensor {
-            tensor: name_of(&gate_name),
-        })?;
+        let gate = gate_weight(file, layer)?;
         let score = ScoreFunc::from_gguf(optional("expert_gating_func")?.unwrap_or(0))?;
-        let norm_key = key(format_args!("{arch}.expert_weights_norm"));
-        let renormalise = match file.get(&norm_key) {
-            Some(v) => v.as_bool().ok_or_else(|| wrong(&norm_key))?,
-            None => renormalises_by_default(arch),
+        let renormalise = match arch_value(file, arch, "expert_weights_norm") {
+            (key, Some(v)) => v.as_bool().ok_or_else(|| wrong(&key))?,
+            (_, None) => renormalises_by_default(arch),
         };
-        let scale_key = key(format_args!("{arch}.expert_weights_scale"));
-        let scale = match file.get(&scale_key) {
-            Some(v) => v.as_f64().ok_or_else(|| wrong(&scale_key))? as f32,
-            None => 0.0,
+        let scale = match arch_value(file, arch, "expert_weights_scale") {
+            (key, Some(v)) => v.as_f32().ok_or_else(|| wrong(&key))?,
+            (_, None) => 0.0,
         };
-        let has_bias = file
-            .tensor(&key(format_args!("blk.{layer}.exp_probs_b.bias")))
+        let has_bias = layer_tensor_info(file, layer, "exp_probs_b.bias")
+            .1
             .is_some();
         let n_group = optional("expert_group_count")?.unwrap_or(0);
         let groups = if n_group > 1 {
@@ -133,13 +159,10 @@ impl<'a> Router<'a> {
     /// from a GGUF file links no S-BASE or hash-routing code.
     pub fn from_gguf(file: &File<'a>, layer: usize) -> Result<Self> {
         let config = RouterConfig::from_gguf(file, layer)?;
-        let gate_name = key(format_args!("blk.{layer}.ffn_gate_inp.weight"));
-        let gate = file.tensor(&gate_name).ok_or(Error::MissingTensor {
-            tensor: name_of(&gate_name),
-        })?;
+        let gate = gate_weight(file, layer)?;
         // Every router read here is token-choice top-k.
         let mut router = Router::token_choice(config)?.with_weight(gate.view)?;
-        if let Some(bias) = file.tensor(&key(format_args!("blk.{layer}.exp_probs_b.bias"))) {
+        if let (_, Some(bias)) = layer_tensor_info(file, layer, "exp_probs_b.bias") {
             router = router.with_bias(bias.view)?;
         }
         Ok(router)
