@@ -42,6 +42,19 @@ impl From<fmt::Error> for Failure {
     }
 }
 
+impl Failure {
+    /// A short name for the failure, for firmware that prints no formatted messages (the
+    /// host twin runs the same demo on the same model and prints the whole message).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Engine(_) => "engine",
+            Failure::WorkspaceSize { .. } => "workspace-size",
+            Failure::TooWide(_) => "too-wide",
+            Failure::Report => "report",
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

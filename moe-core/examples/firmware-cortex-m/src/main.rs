@@ -14,7 +14,6 @@ use cortex_m_rt::{ExceptionFrame, entry, exception};
 use cortex_m_semihosting::{debug, hio};
 use moe_core::moe::Workspace;
 use moe_core::router::Selection;
-use panic_semihosting as _;
 
 // The build script uses `workspace_size`, the firmware only `run` (and the baseline build
 // neither).
@@ -63,7 +62,12 @@ fn run(model: &[u8], workspace: &mut Workspace<'_>, out: &mut impl Write) -> boo
     match demo::run(model, workspace, out) {
         Ok(()) => true,
         Err(e) => {
-            let _ = writeln!(out, "error: {e}");
+            // The kind only: formatting the engine's error messages would link a few KiB
+            // of `core::fmt` for a path that never runs. `firmware_host` on the same model
+            // prints the whole message.
+            let _ = out.write_str("error: ");
+            let _ = out.write_str(e.kind());
+            let _ = out.write_str("\n");
             false
         }
     }
@@ -112,6 +116,22 @@ fn exit(ok: bool) -> ! {
     });
     #[allow(clippy::empty_loop)]
     loop {}
+}
+
+/// The engine never panics on input; should a bug make it, say where and exit with
+/// failure. Only the location is printed: formatting the message would link more of
+/// `core::fmt` than the rest of the firmware's printing.
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    if let Ok(mut out) = hio::hstdout() {
+        let _ = out.write_str("panic");
+        if let Some(at) = info.location() {
+            let _ = out.write_str(" at ");
+            let _ = out.write_str(at.file());
+            let _ = writeln!(out, ":{}", at.line());
+        }
+    }
+    exit(false)
 }
 
 #[exception]
