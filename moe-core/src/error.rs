@@ -38,18 +38,22 @@ impl fmt::Display for Section {
 /// A tensor or key name kept inside an error (truncated to 48 bytes at a character
 /// boundary), so errors can name what they are about without borrowing the file. 48 bytes
 /// hold every tensor name and key llama.cpp writes while keeping `Error` small.
-pub type Name = heapless::String<48>;
+pub type Name = heapless::String<NAME_BYTES>;
 
 /// Copies `s` into a [`Name`], truncating at a character boundary if it is too long.
 pub(crate) fn name_of(s: &str) -> Name {
-    let mut name = Name::new();
-    for c in s.chars() {
-        if name.push(c).is_err() {
-            break;
-        }
+    let mut end = s.len().min(NAME_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
+    let mut name = Name::new();
+    // Cannot fail: at most NAME_BYTES bytes.
+    let _ = name.push_str(&s[..end]);
     name
 }
+
+/// The capacity of a [`Name`].
+const NAME_BYTES: usize = 48;
 
 /// Everything that can go wrong in `moe-core`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -439,3 +443,33 @@ impl fmt::Display for Error {
 }
 
 impl core::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_keep_the_longest_whole_character_prefix() {
+        assert_eq!(
+            name_of("blk.0.ffn_up_exps.weight"),
+            "blk.0.ffn_up_exps.weight"
+        );
+        let ascii = [b'a'; 60];
+        let ascii = core::str::from_utf8(&ascii).unwrap();
+        assert_eq!(name_of(ascii), &ascii[..48]);
+        // 47 ASCII bytes, then a 2-byte 'é' across the 48-byte line: it is dropped whole.
+        let mut mixed = heapless::String::<64>::new();
+        for _ in 0..47 {
+            mixed.push('a').unwrap();
+        }
+        mixed.push_str("éz").unwrap();
+        assert_eq!(name_of(&mixed), &mixed[..47]);
+        // Exactly 48 bytes ending in a 2-byte character stays whole.
+        let mut exact = heapless::String::<64>::new();
+        for _ in 0..46 {
+            exact.push('a').unwrap();
+        }
+        exact.push('é').unwrap();
+        assert_eq!(name_of(&exact), exact.as_str());
+    }
+}
