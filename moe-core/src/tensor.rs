@@ -71,7 +71,7 @@ impl<'a> TensorView<'a> {
     /// Bytes per row.
     pub fn row_bytes(&self) -> usize {
         // ne[0] is a whole number of blocks and the whole tensor fits in `data`.
-        (self.row_len() / self.ty.block_len() as u64) as usize * self.ty.block_bytes()
+        (self.row_len() >> self.ty.block_shift()) as usize * self.ty.block_bytes()
     }
 
     /// All of the tensor's bytes.
@@ -97,7 +97,7 @@ pub(crate) fn tensor_bytes(ty: TensorType, dims: &[u64], name: &str) -> Result<u
         });
     }
     let row_len = dims.first().copied().unwrap_or(1);
-    if row_len % ty.block_len() as u64 != 0 {
+    if row_len & ((1 << ty.block_shift()) - 1) != 0 {
         return Err(Error::RowNotBlockMultiple {
             tensor: name_of(name),
             row_len,

@@ -129,7 +129,10 @@ impl<'a> File<'a> {
         };
         let data_end = file.check_tensor_infos(&mut cursor)?;
 
-        let data_offset = (cursor.pos() as u64).next_multiple_of(alignment);
+        // The alignment is a power of two (checked in `check_metadata`): round up by mask.
+        let data_offset = (cursor.pos() as u64)
+            .checked_add(alignment - 1)
+            .map_or(u64::MAX, |end| end & !(alignment - 1));
         if tensor_count > 0 && data_offset > bytes.len() as u64 {
             return Err(Error::Truncated {
                 section: Section::Data,
@@ -351,7 +354,8 @@ fn read_tensor_info<'a>(cursor: &mut Cursor<'a>, alignment: u64) -> Result<RawTe
     let ty = TensorType::from_id(cursor.u32()?)?;
     let offset = cursor.u64()?;
     let size = tensor_bytes(ty, &dims[..n_dims], name)?;
-    if offset % alignment != 0 {
+    // A power of two (checked when read), so this is `offset % alignment`.
+    if offset & (alignment - 1) != 0 {
         return Err(Error::MisalignedOffset {
             tensor: name_of(name),
             offset,

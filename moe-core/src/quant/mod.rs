@@ -228,16 +228,30 @@ impl TensorType {
         }
     }
 
+    /// `log2` of [`block_len`](Self::block_len): every block length is a power of two, so
+    /// block counts are shifts, not the 64-bit divisions a 32-bit core does in software.
+    pub(crate) const fn block_shift(self) -> u32 {
+        self.block_len().trailing_zeros()
+    }
+
     /// Bytes taken by `n_elements` elements laid out as whole blocks, or `None` when
     /// `n_elements` is not a multiple of the block length or the size overflows.
     pub const fn bytes_for(self, n_elements: u64) -> Option<u64> {
-        let block_len = self.block_len() as u64;
-        if !n_elements.is_multiple_of(block_len) {
+        let shift = self.block_shift();
+        if n_elements & ((1 << shift) - 1) != 0 {
             return None;
         }
-        (n_elements / block_len).checked_mul(self.block_bytes() as u64)
+        (n_elements >> shift).checked_mul(self.block_bytes() as u64)
     }
 }
+
+const _: () = {
+    let mut i = 0;
+    while i < ALL_TYPES.len() {
+        assert!(ALL_TYPES[i].block_len().is_power_of_two());
+        i += 1;
+    }
+};
 
 impl core::fmt::Display for TensorType {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
