@@ -160,7 +160,7 @@ impl<'a> File<'a> {
         let start = cursor.pos();
         let keys = |long_arrays| {
             let cursor = Cursor::new(bytes, start, Section::Metadata);
-            MetadataIter::raw(cursor, count, long_arrays).keys()
+            RawNames::Keys(MetadataIter::raw(cursor, count, long_arrays))
         };
         for index in 0..count {
             let key = cursor.string()?;
@@ -183,7 +183,7 @@ impl<'a> File<'a> {
                 return Err(Error::DuplicateKey { key: name_of(key) });
             }
         }
-        if let Some(key) = find_duplicate(count, CHUNK, || keys(long_arrays))? {
+        if let Some(key) = find_duplicate(count, CHUNK, &|| keys(long_arrays))? {
             return Err(Error::DuplicateKey { key: name_of(key) });
         }
         Ok((alignment, long_arrays))
@@ -211,7 +211,7 @@ impl<'a> File<'a> {
                 data_end = data_end.max(info.offset + info.size);
             }
         }
-        if let Some(name) = find_duplicate(self.tensor_count, CHUNK, || self.raw_names())? {
+        if let Some(name) = find_duplicate(self.tensor_count, CHUNK, &|| self.raw_names())? {
             return Err(Error::DuplicateTensorName {
                 tensor: name_of(name),
             });
@@ -232,8 +232,12 @@ impl<'a> File<'a> {
         (0..self.tensor_count).map(move |_| read_tensor_info(&mut cursor, alignment))
     }
 
-    fn raw_names(&self) -> impl Iterator<Item = Result<&'a str>> + use<'a> {
-        self.raw_infos().map(|info| info.map(|info| info.name))
+    fn raw_names(&self) -> RawNames<'a> {
+        RawNames::Tensors {
+            cursor: Cursor::new(self.bytes, self.tensors_start, Section::TensorInfo),
+            left: self.tensor_count,
+            alignment: self.alignment,
+        }
     }
 
     fn raw_extents(&self) -> impl Iterator<Item = Result<Extent>> + use<'a> {
@@ -427,10 +431,37 @@ impl<'a> MetadataIter<'a> {
         }
         Some(pair)
     }
+}
 
-    /// The keys, passing errors through (used while validating).
-    fn keys(mut self) -> impl Iterator<Item = Result<&'a str>> {
-        core::iter::from_fn(move || self.raw_next()).map(|pair| pair.map(|(key, _)| key))
+/// The metadata keys or the tensor names of a file as read, errors passed through (used
+/// while validating): one type for both, so the duplicate checks are compiled once.
+enum RawNames<'a> {
+    Keys(MetadataIter<'a>),
+    Tensors {
+        cursor: Cursor<'a>,
+        left: usize,
+        alignment: u64,
+    },
+}
+
+impl<'a> Iterator for RawNames<'a> {
+    type Item = Result<&'a str>;
+
+    fn next(&mut self) -> Option<Result<&'a str>> {
+        match self {
+            RawNames::Keys(pairs) => pairs.raw_next().map(|pair| pair.map(|(key, _)| key)),
+            RawNames::Tensors {
+                cursor,
+                left,
+                alignment,
+            } => {
+                if *left == 0 {
+                    return None;
+                }
+                *left -= 1;
+                Some(read_tensor_info(cursor, *alignment).map(|info| info.name))
+            }
+        }
     }
 }
 

@@ -69,7 +69,7 @@ impl HashSet {
 pub(crate) fn find_duplicate<'a, I>(
     count: usize,
     from: usize,
-    walk: impl Fn() -> I,
+    walk: &dyn Fn() -> I,
 ) -> Result<Option<&'a str>>
 where
     I: Iterator<Item = Result<&'a str>>,
