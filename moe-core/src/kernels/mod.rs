@@ -22,7 +22,9 @@
 //!
 //! On x86-64 the levels are [`Level::Avx2`] (AVX2 + FMA + F16C: Q4_0, Q8_0, Q4_K, Q6_K,
 //! F16 and F32 rows) and [`Level::Avx512`] (adds AVX-512 F/BW/VL/VNNI: `vpdpbusd` for
-//! Q4_0 and Q8_0); other weight types fall back to the specification at every level.
+//! Q4_0 and Q8_0, measured no faster than AVX2 so far, so `moe_std::kernels::detect()`
+//! uses it only when asked); other weight types fall back to the specification at every
+//! level.
 //! Quantized kernels return the same bits as the specification (exact integer block
 //! sums, the same float operations in the same order); float kernels differ only in
 //! summation order.

@@ -102,30 +102,70 @@ pub(super) fn f16_at(block: &[u8], at: usize) -> f32 {
 }
 
 /// `d_w · d_a` for up to eight block pairs whose f16 scale leads each block (Q4_0, Q8_0),
-/// by one F16C conversion per side: the same products as the specification's per-block
-/// `d(w) * d(a)` (IEEE multiplication is lane-wise), computed off the sum's dependency
-/// chain. Lanes past the slices' length are 0.
+/// by one F16C conversion per side: lane-wise the same products as the specification's
+/// per-block `d(w) * d(a)`. Lanes past the slices' length are 0.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-pub(super) fn scale_products<const W: usize, const A: usize>(
-    w: &[[u8; W]],
-    a: &[[u8; A]],
-) -> [f32; 8] {
+fn scale_products<const W: usize, const A: usize>(w: &[[u8; W]], a: &[[u8; A]]) -> __m256 {
     let mut dw = [0u16; 8];
     let mut da = [0u16; 8];
     for ((dw, da), (wb, ab)) in dw.iter_mut().zip(&mut da).zip(w.iter().zip(a)) {
         *dw = u16::from_le_bytes([wb[0], wb[1]]);
         *da = u16::from_le_bytes([ab[0], ab[1]]);
     }
-    let mut out = [0f32; 8];
-    // SAFETY: each pointer covers 16 readable (or 32 writable) bytes; unaligned access is
-    // allowed.
-    unsafe {
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(dw.as_ptr().cast()));
-        let da = _mm256_cvtph_ps(_mm_loadu_si128(da.as_ptr().cast()));
-        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(dw, da));
+    // SAFETY: each pointer covers 16 readable bytes; unaligned loads are allowed.
+    let (dw, da) = unsafe {
+        (
+            _mm_loadu_si128(dw.as_ptr().cast()),
+            _mm_loadu_si128(da.as_ptr().cast()),
+        )
+    };
+    _mm256_mul_ps(_mm256_cvtph_ps(dw), _mm256_cvtph_ps(da))
+}
+
+/// Lane `i` is the exact sum of the eight `i32` lanes of `v[i]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum8(v: [__m256i; 8]) -> __m256i {
+    let t0 = _mm256_hadd_epi32(v[0], v[1]);
+    let t1 = _mm256_hadd_epi32(v[2], v[3]);
+    let t2 = _mm256_hadd_epi32(v[4], v[5]);
+    let t3 = _mm256_hadd_epi32(v[6], v[7]);
+    // Per 128-bit half: partial sums of v0..v3 (u0) and v4..v7 (u1).
+    let u0 = _mm256_hadd_epi32(t0, t1);
+    let u1 = _mm256_hadd_epi32(t2, t3);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(u0, u1),
+        _mm256_permute2x128_si256::<0x31>(u0, u1),
+    )
+}
+
+/// `Σ_b sumi_b as f32 · (d_w · d_a)_b` over block pairs whose f16 scale leads each block,
+/// added in block order exactly as the specification does; `block_sum` returns a vector
+/// whose lanes add up to the pair's exact integer sum. Eight blocks share one horizontal
+/// reduction, one conversion and one multiply.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub(super) fn sum_scaled<const W: usize, const A: usize>(
+    w: &[[u8; W]],
+    a: &[[u8; A]],
+    block_sum: impl Fn(&[u8; W], &[u8; A]) -> __m256i,
+) -> f32 {
+    let mut sum = 0.0f32;
+    for (wc, ac) in w.chunks(8).zip(a.chunks(8)) {
+        let mut v = [_mm256_setzero_si256(); 8];
+        for ((v, wb), ab) in v.iter_mut().zip(wc).zip(ac) {
+            *v = block_sum(wb, ab);
+        }
+        let terms = _mm256_mul_ps(_mm256_cvtepi32_ps(hsum8(v)), scale_products(wc, ac));
+        let mut t = [0f32; 8];
+        // SAFETY: the pointer covers 32 writable bytes; unaligned stores are allowed.
+        unsafe { _mm256_storeu_ps(t.as_mut_ptr(), terms) };
+        for t in t.iter().take(wc.len().min(ac.len())) {
+            sum += t;
+        }
     }
-    out
+    sum
 }
 
 /// The 32 quants of a Q8_0 block.
@@ -145,24 +185,18 @@ pub(in crate::kernels) unsafe fn dot_q8_0_q8_0(
     a: &[q8_0::Block],
 ) -> Result<f32> {
     crate::kernels::same_blocks(w.len(), a.len())?;
-    let mut sum = 0.0f32;
-    for (wc, ac) in w.chunks(8).zip(a.chunks(8)) {
-        let d = scale_products(wc, ac);
-        for ((wb, ab), d) in wc.iter().zip(ac).zip(d) {
-            let (qw, qa) = (load32(q8_0_qs(wb)), load32(q8_0_qs(ab)));
-            let lo = _mm256_madd_epi16(
-                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qw)),
-                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qa)),
-            );
-            let hi = _mm256_madd_epi16(
-                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(qw)),
-                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(qa)),
-            );
-            let sumi = hsum_i32(_mm256_add_epi32(lo, hi));
-            sum += sumi as f32 * d;
-        }
-    }
-    Ok(sum)
+    Ok(sum_scaled(w, a, |wb, ab| {
+        let (qw, qa) = (load32(q8_0_qs(wb)), load32(q8_0_qs(ab)));
+        let lo = _mm256_madd_epi16(
+            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qw)),
+            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qa)),
+        );
+        let hi = _mm256_madd_epi16(
+            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(qw)),
+            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(qa)),
+        );
+        _mm256_add_epi32(lo, hi)
+    }))
 }
 
 /// Q4_0 · Q8_0: `Σ (n − 8) a = Σ n a − 8 Σ a` with the nibbles `n` in `0..=15`, both
@@ -177,21 +211,15 @@ pub(in crate::kernels) unsafe fn dot_q4_0_q8_0(
     a: &[q8_0::Block],
 ) -> Result<f32> {
     crate::kernels::same_blocks(w.len(), a.len())?;
-    let mut sum = 0.0f32;
     let mask = _mm256_set1_epi8(0x0f);
     let eight = _mm256_set1_epi8(8);
-    for (wc, ac) in w.chunks(8).zip(a.chunks(8)) {
-        let d = scale_products(wc, ac);
-        for ((wb, ab), d) in wc.iter().zip(ac).zip(d) {
-            let packed = load16(&wb[2..].as_chunks().0[0]);
-            // Low nibbles are elements 0..16, high nibbles 16..32.
-            let n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
-            let qa = load32(q8_0_qs(ab));
-            let sumi = hsum_i32(_mm256_sub_epi32(dot_u7_i8(n, qa), dot_u7_i8(eight, qa)));
-            sum += sumi as f32 * d;
-        }
-    }
-    Ok(sum)
+    Ok(sum_scaled(w, a, |wb, ab| {
+        let packed = load16(&wb[2..].as_chunks().0[0]);
+        // Low nibbles are elements 0..16, high nibbles 16..32.
+        let n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
+        let qa = load32(q8_0_qs(ab));
+        _mm256_sub_epi32(dot_u7_i8(n, qa), dot_u7_i8(eight, qa))
+    }))
 }
 
 /// The 256 quants of a Q8_K block, in eight loads of 32.

@@ -8,7 +8,7 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use super::avx2::{self, scale_products};
+use super::avx2::{self, sum_scaled};
 use crate::kernels::{check_row, same_blocks};
 use crate::quant::{q4_0, q8_0};
 use crate::{Result, TensorType};
@@ -37,16 +37,6 @@ unsafe fn dot_unchecked(weight_type: TensorType, w: &[u8], a: &[u8]) -> Result<f
         // SAFETY: the caller guarantees a superset of the AVX2 level's features.
         _ => unsafe { avx2::dot_unchecked(weight_type, w, a) },
     }
-}
-
-/// The exact sum of the eight `i32` lanes.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
 }
 
 /// `vpdpbusd`: `acc + Σ` over each group of four bytes of `u · s` (`u` unsigned, `s`
@@ -91,20 +81,13 @@ fn dot_q8_0_q8_0(w: &[q8_0::Block], a: &[q8_0::Block]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
     let bias = _mm256_set1_epi8(i8::MIN);
     let zero = _mm256_setzero_si256();
-    let mut sum = 0.0f32;
-    for (wc, ac) in w.chunks(8).zip(a.chunks(8)) {
-        let d = scale_products(wc, ac);
-        for ((wb, ab), d) in wc.iter().zip(ac).zip(d) {
-            let qw = load32(&wb[2..].as_chunks().0[0]);
-            let qa = load32(&ab[2..].as_chunks().0[0]);
-            // `w ^ 0x80` is `w + 128` read as unsigned.
-            let shifted = dpbusd(zero, _mm256_xor_si256(qw, bias), qa);
-            let offset = dpbusd(zero, bias, qa);
-            let sumi = hsum_i32(_mm256_sub_epi32(shifted, offset));
-            sum += sumi as f32 * d;
-        }
-    }
-    Ok(sum)
+    Ok(sum_scaled(w, a, |wb, ab| {
+        let qw = load32(&wb[2..].as_chunks().0[0]);
+        let qa = load32(&ab[2..].as_chunks().0[0]);
+        // `w ^ 0x80` is `w + 128` read as unsigned.
+        let shifted = dpbusd(zero, _mm256_xor_si256(qw, bias), qa);
+        _mm256_sub_epi32(shifted, dpbusd(zero, bias, qa))
+    }))
 }
 
 /// Q4_0 · Q8_0: `Σ (n − 8) a = Σ n a − Σ 8 a`, both sums by `vpdpbusd`.
@@ -114,19 +97,10 @@ fn dot_q4_0_q8_0(w: &[q4_0::Block], a: &[q8_0::Block]) -> Result<f32> {
     let mask = _mm256_set1_epi8(0x0f);
     let eight = _mm256_set1_epi8(8);
     let zero = _mm256_setzero_si256();
-    let mut sum = 0.0f32;
-    for (wc, ac) in w.chunks(8).zip(a.chunks(8)) {
-        let d = scale_products(wc, ac);
-        for ((wb, ab), d) in wc.iter().zip(ac).zip(d) {
-            let packed = load16(&wb[2..].as_chunks().0[0]);
-            let n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
-            let qa = load32(&ab[2..].as_chunks().0[0]);
-            let sumi = hsum_i32(_mm256_sub_epi32(
-                dpbusd(zero, n, qa),
-                dpbusd(zero, eight, qa),
-            ));
-            sum += sumi as f32 * d;
-        }
-    }
-    Ok(sum)
+    Ok(sum_scaled(w, a, |wb, ab| {
+        let packed = load16(&wb[2..].as_chunks().0[0]);
+        let n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
+        let qa = load32(&ab[2..].as_chunks().0[0]);
+        _mm256_sub_epi32(dpbusd(zero, n, qa), dpbusd(zero, eight, qa))
+    }))
 }
