@@ -104,4 +104,35 @@ mod tests {
         // With or without MOE_KERNELS set, detection gives a level this CPU supports.
         assert!(cpu_has(detect().level()));
     }
+
+    /// Run as a child by `moe_kernels_env_var_is_read`: checks `detect()` against
+    /// `MOE_KERNELS_EXPECT` (a level name); does nothing when that is unset.
+    #[test]
+    fn child_detect_reads_env() {
+        if let Ok(expect) = std::env::var("MOE_KERNELS_EXPECT") {
+            assert_eq!(detect().level().name(), expect);
+        }
+    }
+
+    #[test]
+    fn moe_kernels_env_var_is_read() {
+        let exe = std::env::current_exe().unwrap();
+        let mut cases = vec![("scalar", Level::Scalar), ("nonsense", best_level())];
+        for level in [Level::Avx2, Level::Avx512] {
+            cases.push((level.name(), best_at_most(level)));
+        }
+        for (value, expect) in cases {
+            let status = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "kernels::tests::child_detect_reads_env",
+                    "--quiet",
+                ])
+                .env(ENV_VAR, value)
+                .env("MOE_KERNELS_EXPECT", expect.name())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{ENV_VAR}={value} should give {expect}");
+        }
+    }
 }
