@@ -11,7 +11,12 @@
 //!    and runs it on the mmapped model file, and compares: identical model and workspace
 //!    sizes, identical selected experts, outputs within 1e-5.
 //! 4. Prints `.text`, `.rodata` (of which model), `.data` + `.bss` (of which workspace)
-//!    and the stack high-water mark the firmware measured by stack painting.
+//!    and the stack high-water mark the firmware measured by stack painting, and fails
+//!    when the engine's share of `.text` at opt-level "s" (the firmware minus the
+//!    baseline) exceeds [`ENGINE_TEXT_BUDGET`]: a size budget, not a timing.
+//! 5. Runs `moe-core/tests/formats.rs` with only the firmware's block formats
+//!    ([`FIRMWARE_FEATURES`]): the formats it leaves out are `UnsupportedType` errors at
+//!    load, never panics.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,6 +33,12 @@ const BIN: &str = "moe-firmware-cortex-m";
 const QEMU_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest allowed difference between a firmware and a host output value.
 const TOLERANCE: f32 = 1e-5;
+/// The most `.text` the engine may add to a firmware for one MoE layer forward with Q8_0
+/// weights at opt-level "s" (model bytes are `.rodata`, not counted): issue 8's target.
+const ENGINE_TEXT_BUDGET: u64 = 48 * 1024;
+/// The moe-core features the firmware builds with (its Cargo.toml:
+/// `default-features = false, features = ["q8_0"]`).
+const FIRMWARE_FEATURES: &str = "q8_0";
 
 /// One build of the firmware: cargo profile, optional feature, and what to call it.
 struct Build {
@@ -108,10 +119,39 @@ pub fn run() -> Result {
     }
     let engine_text = rows[0].1.text.saturating_sub(rows[2].1.text);
     println!(
-        "engine code for one MoE layer forward (.text at opt-level s minus baseline): {engine_text} bytes ({:.1} KiB)",
-        engine_text as f64 / 1024.0
+        "engine code for one MoE layer forward (.text at opt-level s minus baseline): {engine_text} bytes ({:.1} KiB; budget {} KiB)",
+        engine_text as f64 / 1024.0,
+        ENGINE_TEXT_BUDGET / 1024
     );
-    Ok(())
+    if engine_text > ENGINE_TEXT_BUDGET {
+        return Err(format!(
+            "the engine's code is {engine_text} bytes at opt-level s, over the budget of \
+             {ENGINE_TEXT_BUDGET} bytes (see `arm-none-eabi-nm -S --size-sort -C` of {})",
+            root()
+                .join("target/firmware")
+                .join(TARGET)
+                .join("release")
+                .join(format!("{BIN}-opt-level_s"))
+                .display()
+        ));
+    }
+
+    step(&format!(
+        "firmware: moe-core with only the firmware's formats ({FIRMWARE_FEATURES}): the others are typed errors"
+    ));
+    let mut formats = cargo_cmd();
+    formats.args([
+        "test",
+        "--quiet",
+        "-p",
+        "moe-core",
+        "--no-default-features",
+        "--features",
+        FIRMWARE_FEATURES,
+        "--test",
+        "formats",
+    ]);
+    status(&mut formats)
 }
 
 /// Installs QEMU and the ARM binutils when missing (Debian package names).

@@ -18,16 +18,17 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ci [--fuzz-seconds N]      fmt --check, clippy -D warnings, cargo test --workspace,
-                             nostd, then a fuzz smoke of gguf_parse (N seconds, default 60,
-                             or $MOE_FUZZ_SECONDS)
+                             nostd, firmware, then a fuzz smoke of gguf_parse (N seconds,
+                             default 60, or $MOE_FUZZ_SECONDS)
   nostd                      build moe-core for bare-metal targets and prove that neither
                              std nor alloc is linked
   fuzz <target> [--seconds N]
                              run a cargo-fuzz target on stable (-s none) for N seconds
                              (default 60), seeded with moe-core/tests/fixtures/*.gguf
   firmware                   build the Cortex-M4F example firmware (opt-level s and 3),
-                             run it under QEMU (mps2-an386), compare it with the host
-                             and print its size table
+                             run it under QEMU (mps2-an386), compare it with the host,
+                             print its size table and fail if the engine's code at
+                             opt-level s is over its 48 KiB budget
   bench [ARGS...]            cargo bench --workspace [ARGS...]
 ";
 
