@@ -32,11 +32,12 @@ const MODEL_LEN: usize = include_bytes!("../model.gguf").len();
 /// The model, in flash, read in place.
 static MODEL: Aligned<MODEL_LEN> = Aligned(*include_bytes!("../model.gguf"));
 /// All scratch memory of the forward pass, in `.bss`: one routing result per token, the
-/// router's f32 scratch, and bytes for dispatch, quantized activations and FFN rows.
+/// router's f32 scratch, and bytes for dispatch, quantized activations and FFN rows (any
+/// alignment: the engine reads and writes them as bytes). Exactly the computed sizes.
 static mut WORKSPACE_SELECTIONS: [Selection; demo::N_TOKENS] =
     [const { Selection::new() }; demo::N_TOKENS];
 static mut WORKSPACE_ROUTER: [f32; ROUTER_F32] = [0.0; ROUTER_F32];
-static mut WORKSPACE_BYTES_: Aligned<WORKSPACE_BYTES> = Aligned([0; WORKSPACE_BYTES]);
+static mut WORKSPACE_BYTES_: [u8; WORKSPACE_BYTES] = [0; WORKSPACE_BYTES];
 
 #[entry]
 fn main() -> ! {
@@ -49,7 +50,7 @@ fn main() -> ! {
         Workspace {
             selections: &mut *core::ptr::addr_of_mut!(WORKSPACE_SELECTIONS),
             router: &mut *core::ptr::addr_of_mut!(WORKSPACE_ROUTER),
-            bytes: &mut (*core::ptr::addr_of_mut!(WORKSPACE_BYTES_)).0,
+            bytes: &mut *core::ptr::addr_of_mut!(WORKSPACE_BYTES_),
         }
     };
     let ok = run(&MODEL.0, &mut workspace, &mut out);
