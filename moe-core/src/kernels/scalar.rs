@@ -216,11 +216,31 @@ pub fn dot_iq4_xs_q8_k(w: &[iq4_xs::Block], a: &[q8_k::Block]) -> Result<f32> {
     Ok(sum)
 }
 
-/// The dot product of two float rows: exact f64 products summed in f64, rounded once.
+/// The dot product of two float rows: f32 products summed with Neumaier's compensated
+/// summation, so the sum adds no error beyond the products' own roundings: to first order
+/// `|error| ≤ 2^-24 (Σ|w·a| + |result|)`, where a plain f32 sum can lose
+/// `n · 2^-24 Σ|w·a|`. All in f32, because a single-precision FPU (Cortex-M4F) does f64
+/// in software. A sum that overflows returns the plain sum (±inf or NaN, as the terms
+/// say).
 fn float_dot(w: impl Iterator<Item = f32>, a: impl Iterator<Item = f32>) -> f32 {
-    w.zip(a)
-        .map(|(w, a)| f64::from(w) * f64::from(a))
-        .sum::<f64>() as f32
+    let (mut sum, mut carry) = (0.0f32, 0.0f32);
+    for (w, a) in w.zip(a) {
+        let p = w * a;
+        let t = sum + p;
+        // What `sum + p` dropped, exactly (Fast2Sum, the larger magnitude first).
+        carry += if sum.abs() >= p.abs() {
+            (sum - t) + p
+        } else {
+            (p - t) + sum
+        };
+        sum = t;
+    }
+    let compensated = sum + carry;
+    if compensated.is_finite() {
+        compensated
+    } else {
+        sum
+    }
 }
 
 fn f32_at(bytes: &[u8; 4]) -> f32 {
@@ -340,6 +360,22 @@ mod tests {
                 assert!(act.can_quantize(), "{ty}");
             }
         }
+    }
+
+    fn f32_row(v: &[f32]) -> heapless::Vec<[u8; 4], 8> {
+        v.iter().map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn float_rows_keep_small_terms_next_to_large_ones() {
+        // 1e8 + 1 - 1e8 + 0.5: a plain f32 sum gives 0.5; the compensated sum 1.5.
+        let w = f32_row(&[1e8, 1.0, -1e8, 0.5]);
+        assert_eq!(dot_f32(&w, &[1.0; 4]), Ok(1.5));
+        // Overflow stays infinite (no NaN from the compensation), NaN stays NaN.
+        let big = f32_row(&[f32::MAX, f32::MAX]);
+        assert_eq!(dot_f32(&big, &[2.0, 2.0]), Ok(f32::INFINITY));
+        let nan = f32_row(&[f32::NAN, 1.0]);
+        assert!(dot_f32(&nan, &[1.0, 1.0]).unwrap().is_nan());
     }
 
     #[test]

@@ -269,8 +269,7 @@ impl TensorType {
     /// F32 rows always decode and encode ([`can_dequantize`](Self::can_dequantize)): a
     /// router reads its F32 weight that way, and F32 is an activation format. The `f32`
     /// feature adds F32 *weights* to the dot products (float FFN matrices, the F32 gate of
-    /// a shared expert), whose exact `f64` accumulation a single-precision FPU does in
-    /// software.
+    /// a shared expert), like every other format's feature.
     ///
     /// The block modules themselves ([`q4_k`], …) are always there for direct calls; the
     /// features decide what [`dequantize_row`], [`quantize_row`],
