@@ -122,8 +122,15 @@ proptest! {
         let mut scratch = vec![0.0; router.scratch_len(case.n_tokens)];
         let mut out = vec![Selection::new(); case.n_tokens];
         router.route(&hidden, &case.token_ids, &mut scratch, &mut out, None).unwrap();
+        // The fast path and the reference sum the 256 products of a logit in different
+        // orders: they may differ by up to about 2·n·ε·Σ|w·x| = 2·256·2^-24·(256·0.2·1)
+        // ≈ 1.6e-3, which moves a softmax or sigmoid score by at most that much
+        // relatively. Rankings closer than that may legitimately differ, and weights may
+        // differ by that much; the selection logic itself is held to 1e-6 from identical
+        // logits in `fast_equals_reference`.
+        const SUMMATION_BOUND: f32 = 2e-3;
         for t in 0..case.n_tokens {
-            if let Err(msg) = check_same(&out[t], &reference[t], &ranked[t], 1e-5, 1e-5) {
+            if let Err(msg) = check_same(&out[t], &reference[t], &ranked[t], SUMMATION_BOUND, SUMMATION_BOUND) {
                 prop_assert!(false, "token {t}: {msg}");
             }
         }
