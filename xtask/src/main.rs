@@ -18,8 +18,9 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ci [--fuzz-seconds N]      fmt --check, clippy -D warnings, cargo test --workspace,
-                             nostd, firmware, then a fuzz smoke of gguf_parse (N seconds,
-                             default 60, or $MOE_FUZZ_SECONDS)
+                             nostd, firmware, then fuzz smokes of gguf_parse and
+                             layer_from_gguf (N seconds each, default 45, or
+                             $MOE_FUZZ_SECONDS)
   nostd                      build moe-core for bare-metal targets and prove that neither
                              std nor alloc is linked
   fuzz <target> [--seconds N]
@@ -32,8 +33,12 @@ tasks:
   bench [ARGS...]            cargo bench --workspace [ARGS...]
 ";
 
-/// Seconds the fuzz smoke of `cargo xtask ci` runs when nothing else is asked for.
-const DEFAULT_FUZZ_SECONDS: u64 = 60;
+/// Seconds each fuzz smoke of `cargo xtask ci` runs when nothing else is asked for.
+const DEFAULT_FUZZ_SECONDS: u64 = 45;
+
+/// The fuzz targets `cargo xtask ci` smoke-tests: the GGUF reader, and the layers built
+/// from GGUF metadata (`from_gguf` of MoE and PEER layers, then one forward pass).
+const FUZZ_TARGETS: [&str; 2] = ["gguf_parse", "layer_from_gguf"];
 
 /// What a task returns: `Err` carries the message printed before exiting with status 1.
 type Result<T = (), E = String> = std::result::Result<T, E>;
@@ -130,8 +135,10 @@ fn ci(args: &[String]) -> Result {
     step("firmware under emulation");
     firmware::run()?;
 
-    step(&format!("fuzz smoke: gguf_parse for {fuzz_seconds} s"));
-    fuzz::run("gguf_parse", fuzz_seconds)?;
+    for target in FUZZ_TARGETS {
+        step(&format!("fuzz smoke: {target} for {fuzz_seconds} s"));
+        fuzz::run(target, fuzz_seconds)?;
+    }
 
     step("ci passed");
     Ok(())

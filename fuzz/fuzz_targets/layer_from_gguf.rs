@@ -1,0 +1,72 @@
+//! Builds MoE and PEER layers from arbitrary GGUF bytes, and runs one forward pass through
+//! every layer that builds: the configuration and shape checks of `from_gguf` must turn
+//! any file into a typed error or a layer that runs without panicking or reading out of
+//! bounds. Seeded with the fixtures (including the Hugging Face and peer-pytorch ones).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use moe_core::gguf::File;
+use moe_core::moe::{MoeLayer, Workspace};
+use moe_core::peer::PeerLayer;
+use moe_core::router::Selection;
+
+/// Layers tried per file.
+const LAYERS: usize = 2;
+/// Largest model width and workspace a run is given (keeps each execution fast).
+const MAX_EMBD: usize = 4096;
+const MAX_WORKSPACE: usize = 1 << 24;
+const N_TOKENS: usize = 2;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(file) = File::parse(data) else {
+        return;
+    };
+    for layer in 0..LAYERS {
+        if let Ok(moe) = MoeLayer::from_gguf(&file, layer) {
+            run_moe(&moe);
+        }
+        if let Ok(peer) = PeerLayer::from_gguf(&file, layer) {
+            run_peer(&peer);
+        }
+    }
+});
+
+/// A fixed, finite input of `N_TOKENS` rows.
+fn input(n_embd: usize) -> Vec<f32> {
+    (0..N_TOKENS * n_embd)
+        .map(|i| (i % 7) as f32 * 0.25 - 0.75)
+        .collect()
+}
+
+fn run_moe(layer: &MoeLayer<'_>) {
+    let n_embd = layer.n_embd();
+    let size = layer.workspace_size(N_TOKENS);
+    if n_embd > MAX_EMBD || size.bytes > MAX_WORKSPACE || size.router > MAX_WORKSPACE {
+        return;
+    }
+    let mut selections = vec![Selection::new(); size.selections];
+    let mut router = vec![0f32; size.router];
+    let mut bytes = vec![0u8; size.bytes];
+    let mut workspace = Workspace {
+        selections: &mut selections,
+        router: &mut router,
+        bytes: &mut bytes,
+    };
+    let hidden = input(n_embd);
+    let mut out = vec![0f32; hidden.len()];
+    let token_ids = [0u32, 1];
+    // Errors are fine (for example a hash router without a table); panics are not.
+    let _ = layer.forward(&hidden, &token_ids, &mut out, &mut workspace);
+}
+
+fn run_peer(layer: &PeerLayer<'_>) {
+    let n_embd = layer.n_embd();
+    let bytes = layer.workspace_bytes(N_TOKENS);
+    if n_embd > MAX_EMBD || bytes > MAX_WORKSPACE {
+        return;
+    }
+    let mut workspace = vec![0u8; bytes];
+    let hidden = input(n_embd);
+    let mut out = vec![0f32; hidden.len()];
+    let _ = layer.forward(&hidden, &mut out, &mut workspace);
+}
