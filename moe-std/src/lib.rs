@@ -6,15 +6,19 @@
 //! are read straight from the page cache and never copied.
 //!
 //! Also here: the reports behind `moe inspect` ([`inspect`]) and `moe dequant`
-//! ([`dequant`]), and the `moe` command-line tool itself (`src/bin/moe.rs`).
+//! ([`dequant`]), the thread pool that runs the core's independent ranges ([`pool`]), and
+//! the `moe` command-line tool itself (`src/bin/moe.rs`).
 #![warn(missing_docs)]
-// The hand-written `unsafe`: `Mmap::map` in `GgufFile::open` and the kernel table built
-// after CPU-feature detection in `kernels::with_level`, each allowed there alone.
+// The hand-written `unsafe`: `Mmap::map` in `GgufFile::open`, the kernel table built
+// after CPU-feature detection in `kernels::with_level`, and the pool's lifetime-erased job
+// closure in `pool` (its `Send` impl, the erasure and the workers' dereference), each
+// allowed there alone.
 #![deny(unsafe_code)]
 
 pub mod dequant;
 pub mod inspect;
 pub mod kernels;
+pub mod pool;
 
 use std::fmt;
 use std::fs;
