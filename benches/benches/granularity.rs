@@ -15,6 +15,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use moe_benches::random::Rng;
 use moe_core::TensorType;
 use moe_core::moe::{Activation, ExpertStack, MoeLayer, Workspace};
 use moe_core::quant::float::f32_to_f16;
@@ -27,23 +28,6 @@ const COARSE_EXPERTS: usize = 8;
 const COARSE_K: usize = 2;
 const GRANULARITIES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 const WEIGHT_TYPE: TensorType = TensorType::Q4_0;
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-}
 
 /// `n_elements` of random Q4_0: random nibbles, scales around 0.01.
 fn random_q4_0(rng: &mut Rng, n_elements: usize) -> Vec<u8> {

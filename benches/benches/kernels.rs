@@ -14,9 +14,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use moe_benches::random::{matvec_activations, matvec_weights};
 use moe_core::TensorType;
 use moe_core::kernels::{Kernels, Level};
-use moe_core::quant::quantize_row;
 
 /// (rows, columns): Mixtral's `ffn_gate/up` (14336 × 4096) and `ffn_down` (4096 × 14336).
 const SHAPES: [(usize, usize); 2] = [(14336, 4096), (4096, 14336)];
@@ -26,48 +26,6 @@ const TYPES: [TensorType; 4] = [
     TensorType::Q4_K,
     TensorType::Q6_K,
 ];
-
-/// Deterministic pseudo-random bytes.
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 56) as u8
-        })
-        .collect()
-}
-
-/// Random quants with finite, moderate scales (f16 1/64 for every `d`/`dmin`).
-fn weights(ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
-    let bb = ty.block_bytes();
-    let mut w = bytes(rows * cols / ty.block_len() * bb, 7);
-    let scale = 0x2400u16.to_le_bytes();
-    let offsets: &[usize] = match ty {
-        TensorType::Q4_K => &[0, 2],
-        TensorType::Q6_K => &[208],
-        _ => &[0],
-    };
-    for block in w.chunks_exact_mut(bb) {
-        for &o in offsets {
-            block[o..o + 2].copy_from_slice(&scale);
-        }
-    }
-    w
-}
-
-fn activations(ty: TensorType, cols: usize) -> Vec<u8> {
-    let act = ty.activation_type().unwrap();
-    let x: Vec<f32> = bytes(cols, 3)
-        .into_iter()
-        .map(|b| (f32::from(b) - 127.5) / 64.0)
-        .collect();
-    let mut a = vec![0u8; cols / act.block_len() * act.block_bytes()];
-    quantize_row(act, &x, &mut a).unwrap();
-    a
-}
 
 fn tables() -> Vec<Kernels> {
     Level::ALL
@@ -86,8 +44,8 @@ fn matvec(c: &mut Criterion) {
     let tables = tables();
     for ty in TYPES {
         for (rows, cols) in SHAPES {
-            let w = weights(ty, rows, cols);
-            let a = activations(ty, cols);
+            let w = matvec_weights(ty, rows, cols);
+            let a = matvec_activations(ty, cols);
             let mut out = vec![0f32; rows];
             let mut group = c.benchmark_group(format!("matvec/{ty}/{rows}x{cols}"));
             group.throughput(Throughput::Bytes(w.len() as u64));

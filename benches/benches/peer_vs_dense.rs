@@ -28,6 +28,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use moe_benches::random::Rng;
 use moe_core::TensorType;
 use moe_core::kernels::Kernels;
 use moe_core::moe::{Activation, ExpertStack, MoeLayer, Workspace};
@@ -44,23 +45,6 @@ const MOE_EXPERTS: usize = 8;
 const MOE_K: usize = 2;
 const WEIGHT_TYPE: TensorType = TensorType::Q8_0;
 const KEY_TYPE: TensorType = TensorType::F16;
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-}
 
 /// `n_elements` uniform in `[-scale, scale)`, quantized to `ty` 4096 elements at a time.
 fn random_weights(rng: &mut Rng, ty: TensorType, n_elements: usize, scale: f32) -> Vec<u8> {

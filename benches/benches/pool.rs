@@ -10,53 +10,19 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use moe_benches::random::{matvec_activations, matvec_weights};
 use moe_core::TensorType;
-use moe_core::quant::quantize_row;
 use moe_std::pool::{ThreadPool, matvec_parallel};
 
 const ROWS: usize = 4096;
 const COLS: usize = 14336;
 
-/// Deterministic pseudo-random bytes.
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 56) as u8
-        })
-        .collect()
-}
-
-/// Random quants with every block's f16 scale set to 1/64.
-fn weights(ty: TensorType) -> Vec<u8> {
-    let bb = ty.block_bytes();
-    let mut w = bytes(ROWS * COLS / ty.block_len() * bb, 7);
-    for block in w.chunks_exact_mut(bb) {
-        block[..2].copy_from_slice(&0x2400u16.to_le_bytes());
-    }
-    w
-}
-
-fn activations(ty: TensorType) -> Vec<u8> {
-    let act = ty.activation_type().unwrap();
-    let x: Vec<f32> = bytes(COLS, 3)
-        .into_iter()
-        .map(|b| (f32::from(b) - 127.5) / 64.0)
-        .collect();
-    let mut a = vec![0u8; COLS / act.block_len() * act.block_bytes()];
-    quantize_row(act, &x, &mut a).unwrap();
-    a
-}
-
 fn matvec(c: &mut Criterion) {
     let k = moe_std::kernels::detect();
     let pools = [ThreadPool::new(1), ThreadPool::new(2)];
     for ty in [TensorType::Q4_0, TensorType::Q8_0] {
-        let w = weights(ty);
-        let a = activations(ty);
+        let w = matvec_weights(ty, ROWS, COLS);
+        let a = matvec_activations(ty, COLS);
         let mut out = vec![0f32; ROWS];
         let mut group = c.benchmark_group(format!("pool_matvec/{ty}/{ROWS}x{COLS}/{}", k.level()));
         group.throughput(Throughput::Bytes(w.len() as u64));

@@ -1,9 +1,12 @@
-//! Shared helpers for the benchmarks: writing synthetic GGUF files.
+//! Shared helpers for the benchmarks: deterministic random inputs ([`random`]) and
+//! synthetic GGUF files.
 //!
 //! [`SparseGguf`] writes the header, metadata and tensor table of a file of any size and
 //! extends it with `set_len`, so the tensor data are holes: a "10 GiB" model takes a few
 //! kilobytes of disk and is created in milliseconds, and opening it measures exactly what
 //! opening a real checkpoint costs before any weight is read.
+
+pub mod random;
 
 use std::fs;
 use std::io::{self, Write};
