@@ -12,10 +12,11 @@
 //! `MOE_GRANULARITY_TOKENS` (default 1) sets the batch; per-token times divide by it.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use moe_benches::random::Rng;
+use moe_benches::timing::median_seconds;
 use moe_core::TensorType;
 use moe_core::moe::{Activation, ExpertStack, MoeLayer, Workspace};
 use moe_core::quant::float::f32_to_f16;
@@ -187,8 +188,8 @@ fn granularity(c: &mut Criterion) {
         for g in granularities() {
             let layer = layer(&w, g);
             let mut mem = Memory::new(&layer, t);
-            let layer_s = median(5, || mem.forward(&layer, &w.hidden));
-            let route_s = median(21, || mem.route(&layer, &w.hidden));
+            let layer_s = median_seconds(5, || mem.forward(&layer, &w.hidden));
+            let route_s = median_seconds(21, || mem.route(&layer, &w.hidden));
             println!(
                 "{g:>4} {:>5} {:>4} {:>5} {:>15.2} {:>15.4} {:>11.3}%",
                 COARSE_EXPERTS * g,
@@ -200,20 +201,6 @@ fn granularity(c: &mut Criterion) {
             );
         }
     }
-}
-
-/// Median wall time of `runs` calls, in seconds.
-fn median(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[runs / 2]
 }
 
 criterion_group!(benches, granularity);

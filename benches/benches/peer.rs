@@ -20,10 +20,11 @@
 //! sweep.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use moe_benches::random::Rng;
+use moe_benches::timing::median_seconds;
 use moe_core::TensorType;
 use moe_core::kernels::{DotKernel, Kernels};
 use moe_core::moe::Activation;
@@ -177,18 +178,6 @@ fn brute_force(dot: DotKernel, keys: &TensorView, n: usize, q: &[Vec<u8>; 2]) ->
     top
 }
 
-fn median(mut f: impl FnMut(), runs: usize) -> Duration {
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[runs / 2]
-}
-
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -300,18 +289,12 @@ fn peer(c: &mut Criterion) {
             });
             group.finish();
             if summary {
-                let pk = median(
-                    || {
-                        black_box(product_key(dot, &view, n, &q));
-                    },
-                    21,
-                );
-                let bf = median(
-                    || {
-                        black_box(brute_force(dot, &view, n, &q));
-                    },
-                    3,
-                );
+                let pk = Duration::from_secs_f64(median_seconds(21, || {
+                    black_box(product_key(dot, &view, n, &q));
+                }));
+                let bf = Duration::from_secs_f64(median_seconds(3, || {
+                    black_box(brute_force(dot, &view, n, &q));
+                }));
                 eprintln!(
                     "peer ({name}): one head at N = 2^{l}, d_key {dk}: product key {pk:?}, brute force {bf:?}, speedup {:.0}x (same top-16)",
                     bf.as_secs_f64() / pk.as_secs_f64()

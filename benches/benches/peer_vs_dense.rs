@@ -25,10 +25,11 @@
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use moe_benches::random::Rng;
+use moe_benches::timing::median_seconds;
 use moe_core::TensorType;
 use moe_core::kernels::Kernels;
 use moe_core::moe::{Activation, ExpertStack, MoeLayer, Workspace};
@@ -335,20 +336,6 @@ fn ffn_bytes(layer: &MoeLayer, e: usize) -> usize {
         .sum()
 }
 
-/// Median wall time of `runs` calls, in seconds.
-fn median(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[runs / 2]
-}
-
 const LAYERS: [&str; 3] = ["peer", "dense", "moe"];
 
 fn peer_vs_dense(c: &mut Criterion) {
@@ -436,7 +423,7 @@ fn peer_vs_dense(c: &mut Criterion) {
                 for which in LAYERS {
                     let mut r = Runner::new(&w, which, kernels, t);
                     let (hidden, out) = (&hidden[..t * D], &mut out[..t * D]);
-                    let s = median(11, || r.forward(hidden, out));
+                    let s = median_seconds(11, || r.forward(hidden, out));
                     print!(" {:>12.1}", s * 1e6 / t as f64);
                 }
                 println!();

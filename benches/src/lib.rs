@@ -1,5 +1,5 @@
-//! Shared helpers for the benchmarks: deterministic random inputs ([`random`]) and
-//! synthetic GGUF files.
+//! Shared helpers for the benchmarks: deterministic random inputs ([`random`]), a
+//! median timer ([`timing`]) and synthetic GGUF files.
 //!
 //! [`SparseGguf`] writes the header, metadata and tensor table of a file of any size and
 //! extends it with `set_len`, so the tensor data are holes: a "10 GiB" model takes a few
@@ -7,6 +7,7 @@
 //! opening a real checkpoint costs before any weight is read.
 
 pub mod random;
+pub mod timing;
 
 use std::fs;
 use std::io::{self, Write};
