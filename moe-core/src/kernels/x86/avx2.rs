@@ -48,7 +48,8 @@ pub(in crate::kernels) unsafe fn dot_unchecked(
             Q6_K => dot_q6_k_q8_k(w.as_chunks().0, a.as_chunks().0),
             F32 => Ok(dot_f32(w, a)),
             F16 => Ok(dot_f16(w, a)),
-            _ => crate::kernels::scalar::dot(weight_type, w, a),
+            _ => super::avx2_more::dot_more(weight_type, w, a)
+                .unwrap_or_else(|| crate::kernels::scalar::dot(weight_type, w, a)),
         }
     }
 }
@@ -56,7 +57,7 @@ pub(in crate::kernels) unsafe fn dot_unchecked(
 /// The exact sum of the eight `i32` lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn hsum_i32(v: __m256i) -> i32 {
+pub(super) fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
@@ -67,14 +68,14 @@ fn hsum_i32(v: __m256i) -> i32 {
 /// pairs cannot saturate (2 · 127 · 128 < 2^15), and `madd` widens to `i32`.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn dot_u7_i8(u: __m256i, a: __m256i) -> __m256i {
+pub(super) fn dot_u7_i8(u: __m256i, a: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1))
 }
 
 /// Loads 32 bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn load32(bytes: &[u8; 32]) -> __m256i {
+pub(super) fn load32(bytes: &[u8; 32]) -> __m256i {
     // SAFETY: the reference covers 32 readable bytes; unaligned loads are allowed.
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
 }
@@ -82,7 +83,7 @@ fn load32(bytes: &[u8; 32]) -> __m256i {
 /// Loads 16 bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn load16(bytes: &[u8; 16]) -> __m128i {
+pub(super) fn load16(bytes: &[u8; 16]) -> __m128i {
     // SAFETY: the reference covers 16 readable bytes; unaligned loads are allowed.
     unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }
 }
@@ -126,7 +127,7 @@ fn scale_products<const W: usize, const A: usize>(w: &[[u8; W]], a: &[[u8; A]]) 
 /// Lane `i` is the exact sum of the eight `i32` lanes of `v[i]`.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn hsum8(v: [__m256i; 8]) -> __m256i {
+pub(super) fn hsum8(v: [__m256i; 8]) -> __m256i {
     let t0 = _mm256_hadd_epi32(v[0], v[1]);
     let t1 = _mm256_hadd_epi32(v[2], v[3]);
     let t2 = _mm256_hadd_epi32(v[4], v[5]);
@@ -224,7 +225,7 @@ pub(in crate::kernels) unsafe fn dot_q4_0_q8_0(
 
 /// The 256 quants of a Q8_K block, in eight loads of 32.
 #[inline]
-fn q8_k_qs(b: &q8_k::Block) -> &[[u8; 32]] {
+pub(super) fn q8_k_qs(b: &q8_k::Block) -> &[[u8; 32]] {
     b[4..260].as_chunks().0
 }
 
@@ -334,7 +335,7 @@ pub(in crate::kernels) unsafe fn dot_q6_k_q8_k(
 /// Eight `f32` products widened to `f64` and added to two accumulators.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn fma_f64(acc: &mut [__m256d; 2], w: __m256, a: __m256) {
+pub(super) fn fma_f64(acc: &mut [__m256d; 2], w: __m256, a: __m256) {
     acc[0] = _mm256_fmadd_pd(
         _mm256_cvtps_pd(_mm256_castps256_ps128(w)),
         _mm256_cvtps_pd(_mm256_castps256_ps128(a)),
@@ -350,7 +351,7 @@ fn fma_f64(acc: &mut [__m256d; 2], w: __m256, a: __m256) {
 /// The sum of two `f64x4` accumulators.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn hsum_f64(acc: [__m256d; 2]) -> f64 {
+pub(super) fn hsum_f64(acc: [__m256d; 2]) -> f64 {
     let v = _mm256_add_pd(acc[0], acc[1]);
     let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
     _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))

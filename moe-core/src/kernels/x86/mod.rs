@@ -4,4 +4,5 @@
 //! [`Kernels`](super::Kernels) constructors, the only places that store it.
 
 pub(super) mod avx2;
+pub(super) mod avx2_more;
 pub(super) mod avx512;
