@@ -1,11 +1,13 @@
 //! Shared helpers for the benchmarks: deterministic random inputs ([`random`]), a
-//! median timer ([`timing`]) and synthetic GGUF files.
+//! median timer ([`timing`]), a memory-bandwidth probe ([`bandwidth`]) and synthetic GGUF
+//! files.
 //!
 //! [`SparseGguf`] writes the header, metadata and tensor table of a file of any size and
 //! extends it with `set_len`, so the tensor data are holes: a "10 GiB" model takes a few
 //! kilobytes of disk and is created in milliseconds, and opening it measures exactly what
 //! opening a real checkpoint costs before any weight is read.
 
+pub mod bandwidth;
 pub mod random;
 pub mod timing;
 

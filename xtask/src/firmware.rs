@@ -164,16 +164,7 @@ fn ensure_tools() -> Result {
     if !have("arm-none-eabi-size") {
         missing.push("binutils-arm-none-eabi");
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    status(Command::new("apt-get").args(["update", "-q"]))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::apt_install(&missing)
 }
 
 fn build_firmware(dir: &Path, build: &Build) -> Result<PathBuf> {

@@ -4,6 +4,7 @@
 //! [`std::process::Command`]; no product logic lives here. Tasks fail fast: the first step
 //! that fails stops the task with a non-zero exit status and says which command failed.
 
+mod bench;
 mod firmware;
 mod fuzz;
 mod nostd;
@@ -30,7 +31,14 @@ tasks:
                              run it under QEMU (mps2-an386), compare it with the host,
                              print its size table and fail if the engine's code at
                              opt-level s is over its 48 KiB budget
-  bench [ARGS...]            cargo bench --workspace [ARGS...]
+  bench [--quick] [--llamacpp PYTHON] [FILTER]
+                             run the roofline (bandwidth probe, matrix x vector streamed
+                             from DRAM) and kernels benches, print GB/s, GFLOP/s and the
+                             ratio to the probe; save target/moe-bench/*.{json,md};
+                             --llamacpp adds llama.cpp's kernels (needs llama-cpp-python)
+  bench --target aarch64-unknown-linux-gnu (--runner qemu | --remote USER@HOST [--dry-run])
+                             cross-build; smoke-run under qemu-aarch64 (timings mean
+                             nothing), or copy to HOST with scp and run over ssh
 ";
 
 /// Seconds each fuzz smoke of `cargo xtask ci` runs when nothing else is asked for.
@@ -76,12 +84,7 @@ fn run(args: &[String]) -> Result {
             no_extra_args(rest)?;
             firmware::run()
         }
-        "bench" => cargo(
-            ["bench", "--workspace"]
-                .iter()
-                .map(OsStr::new)
-                .chain(rest.iter().map(OsStr::new)),
-        ),
+        "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -225,6 +228,20 @@ fn output(cmd: &mut Command) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs Debian `packages` with apt-get (nothing when the list is empty).
+fn apt_install(packages: &[&str]) -> Result {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    status(Command::new("apt-get").args(["update", "-q"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// A command as a shell line, for logs.
