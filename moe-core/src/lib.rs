@@ -15,6 +15,7 @@ pub mod error;
 pub mod gguf;
 pub mod kernels;
 pub mod moe;
+pub mod parallel;
 pub mod peer;
 pub mod quant;
 pub mod reference;

@@ -85,6 +85,16 @@ impl<'a> TensorView<'a> {
         let start = index.checked_mul(self.row_bytes())?;
         self.data.get(start..start.checked_add(self.row_bytes())?)
     }
+
+    /// The bytes of `count` consecutive rows from row `first`, or an empty slice where the
+    /// tensor has fewer rows (a batch kernel then reports the length mismatch).
+    pub fn rows(&self, first: usize, count: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        let range = first
+            .checked_mul(rb)
+            .and_then(|start| Some(start..start.checked_add(count.checked_mul(rb)?)?));
+        range.and_then(|r| self.data.get(r)).unwrap_or(&[])
+    }
 }
 
 /// Size in bytes of a tensor of type `ty` and shape `dims`, with every check GGUF needs:

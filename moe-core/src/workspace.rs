@@ -137,6 +137,11 @@ impl<'w> Words<'w> {
         self.words.fill(v.to_ne_bytes());
     }
 
+    /// The words as bytes, for splitting into pieces of whole rows.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.words.as_flattened_mut()
+    }
+
     /// The raw words, for sorting and bulk copies.
     pub fn raw_mut(&mut self) -> &mut [[u8; 4]] {
         self.words

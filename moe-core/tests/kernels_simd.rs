@@ -13,27 +13,8 @@ use moe_core::quant::{ALL_TYPES, quantize_row};
 use moe_core::{Error, TensorType};
 use proptest::prelude::*;
 
-/// Whether this CPU has every feature of `level`.
-fn cpu_has(level: Level) -> bool {
-    match level {
-        Level::Scalar => true,
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        }
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => {
-            cpu_has(Level::Avx2)
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512vnni")
-        }
-        _ => false,
-    }
-}
+mod kernel_levels;
+use kernel_levels::supported_levels;
 
 /// Every table to test: scalar, compiled, each supported level and its caps.
 fn tables() -> Vec<(String, Kernels)> {
@@ -44,12 +25,8 @@ fn tables() -> Vec<(String, Kernels)> {
             Kernels::compiled(),
         ),
     ];
-    for level in Level::ALL {
-        if !level.is_built() || !cpu_has(level) {
-            eprintln!("skipping kernel level {level}: not built for or not supported by this CPU");
-            continue;
-        }
-        // SAFETY: `cpu_has` checked every feature of `level` on this CPU just above.
+    for level in supported_levels() {
+        // SAFETY: `supported_levels` checked every feature of `level` on this CPU.
         let k = unsafe { Kernels::with_level_unchecked(level) };
         assert_eq!(k.level(), level);
         for cap in Level::ALL.into_iter().filter(|&c| c < level) {
@@ -234,6 +211,73 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Matrix × batch: every output is the pair's dot product through the same table,
+    /// bit for bit, for partial row groups (rows not a multiple of 8), batches past one
+    /// chunk of accumulators (more than 16 rows) and arbitrary weight bytes.
+    #[test]
+    fn matmul_is_pairs_of_dots(
+        rows in 0usize..20,
+        tokens in 0usize..36,
+        n in 0usize..4,
+        seed in proptest::collection::vec(any::<u8>(), 1..400),
+        vals in proptest::collection::vec(-2.0f32..2.0, 1..100),
+    ) {
+        let tables = tables();
+        for ty in dot_types() {
+            let row_bytes = n * ty.block_bytes();
+            let w = weights(ty, n * rows.max(1), &seed);
+            let w = &w[..row_bytes * rows];
+            let acts: Vec<Vec<u8>> = (0..tokens)
+                .map(|t| {
+                    let v: Vec<f32> = vals.iter().map(|x| x * (1.0 + t as f32 * 0.25)).collect();
+                    activations(ty, n, &v)
+                })
+                .collect();
+            let act_refs: Vec<&[u8]> = acts.iter().map(Vec::as_slice).collect();
+            for (name, k) in &tables {
+                let mut out = vec![f32::NAN; rows * tokens];
+                k.matmul(ty, w, &act_refs, &mut out).unwrap();
+                for (t, a) in act_refs.iter().enumerate() {
+                    for r in 0..rows {
+                        let d = k.dot(ty, &w[r * row_bytes..(r + 1) * row_bytes], a).unwrap();
+                        let o = out[t * rows + r];
+                        prop_assert!(same(o, d), "{} {} row {} token {}: {} vs {}", name, ty, r, t, o, d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shapes that do not fit are typed errors at every level: ragged activation rows,
+    /// an output that is not a whole number of rows per activation, too few weights.
+    #[test]
+    fn matmul_shape_errors(rows in 1usize..12, tokens in 1usize..6, n in 1usize..3) {
+        for (name, k) in &tables() {
+            for ty in [TensorType::Q4_0, TensorType::Q8_0, TensorType::Q4_K, TensorType::F32] {
+                let act = ty.activation_type().unwrap();
+                let w = vec![0u8; rows * n * ty.block_bytes()];
+                let a = vec![0u8; n * act.block_bytes()];
+                let short = vec![0u8; (n - 1) * act.block_bytes()];
+                let mut refs: Vec<&[u8]> = vec![&a; tokens];
+                let mut out = vec![0.0f32; rows * tokens];
+                prop_assert!(k.matmul(ty, &w, &refs, &mut out).is_ok(), "{} {}", name, ty);
+                let mut longer = vec![0.0f32; rows * tokens + 1];
+                let res = k.matmul(ty, &w, &refs, &mut longer);
+                prop_assert!(matches!(res, Err(Error::LengthMismatch { .. })), "{} {} out", name, ty);
+                let res = k.matmul(ty, &w[1..], &refs, &mut out);
+                prop_assert!(matches!(res, Err(Error::LengthMismatch { .. })), "{} {} weights", name, ty);
+                refs.push(&short);
+                let mut out = vec![0.0f32; rows * refs.len()];
+                let res = k.matmul(ty, &w, &refs, &mut out);
+                prop_assert!(matches!(res, Err(Error::LengthMismatch { .. })), "{} {} ragged", name, ty);
+            }
+        }
+    }
+}
+
 #[test]
 fn integer_block_sums_are_exact() {
     // Unit scales make every block's contribution an exact integer in f32: any lost or
@@ -250,6 +294,12 @@ fn integer_block_sums_are_exact() {
                 }
                 let s = scalar::dot(ty, &w, &a).unwrap();
                 assert_eq!(k.dot(ty, &w, &a).unwrap(), s, "{name} {ty} fill {fill:#x}");
+                // The batch kernels too: 9 rows (a partial group) × 17 activation rows.
+                let (rows, tokens) = (9, 17);
+                let matrix = w.repeat(rows);
+                let mut out = vec![0.0f32; rows * tokens];
+                k.matmul(ty, &matrix, &vec![&a[..]; tokens], &mut out).unwrap();
+                assert!(out.iter().all(|&o| o == s), "{name} {ty} fill {fill:#x} batch");
             }
         }
     }
@@ -260,14 +310,25 @@ fn levels_and_caps() {
     assert_eq!(Kernels::scalar().level(), Level::Scalar);
     assert_eq!(Kernels::default().level(), Level::Scalar);
     assert_eq!(Kernels::compiled().level(), Level::compiled());
+    let compiled = Level::compiled();
     for level in Level::ALL {
         assert_eq!(Level::from_name(level.name()), Some(level));
-        assert_eq!(
-            Kernels::compiled().at_most(level).level(),
-            Level::compiled().min(level)
-        );
+        // `includes` is exactly inclusion of the feature lists.
+        for lower in Level::ALL {
+            let subset = lower.features().iter().all(|f| level.features().contains(f));
+            assert_eq!(level.includes(lower), subset, "{level} includes {lower}");
+        }
+        // A cap keeps the table within its own features and the cap's: the highest
+        // level of the table's architecture the cap allows, else scalar.
+        let capped = Kernels::compiled().at_most(level).level();
+        let expected = Level::ALL
+            .into_iter()
+            .rev()
+            .find(|&l| compiled.includes(l) && level.includes(l))
+            .unwrap_or(Level::Scalar);
+        assert_eq!(capped, expected, "{compiled} at most {level}");
     }
-    assert_eq!(Level::from_name("neon"), None);
+    assert_eq!(Level::from_name("sse2"), None);
     // Unsupported types are errors at every level.
     for (name, k) in tables() {
         assert_eq!(
@@ -282,5 +343,27 @@ fn levels_and_caps() {
             k.matvec(TensorType::Q8_K, &[], &[], &mut out).is_err(),
             "{name}"
         );
+    }
+}
+
+/// Every level `supported_levels` reports (having enforced `MOE_REQUIRE_LEVELS` and
+/// `MOE_ABSENT_LEVELS`) builds a table of that level, which caps to each lower level of
+/// its architecture and to scalar for the other architecture's levels.
+#[test]
+fn required_levels_are_tested() {
+    for level in supported_levels() {
+        // SAFETY: `supported_levels` checked every feature of `level` on this CPU.
+        let k = unsafe { Kernels::with_level_unchecked(level) };
+        assert_eq!(k.level(), level);
+        for cap in Level::ALL {
+            let expected = if cap.includes(level) {
+                level
+            } else if level.includes(cap) {
+                cap
+            } else {
+                Level::Scalar
+            };
+            assert_eq!(k.at_most(cap).level(), expected, "{level} at most {cap}");
+        }
     }
 }

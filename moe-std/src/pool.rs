@@ -9,6 +9,8 @@
 //!   chunk has run.
 //! - [`ThreadPool::for_each_chunk_mut`] hands out disjoint `&mut` chunks of a slice.
 //! - [`matvec_parallel`] splits a matrix × vector's output rows across the pool.
+//! - As a [`Parallel`] runner (`MoeLayer::with_parallel`) it splits each expert's matrix
+//!   rows in a forward pass.
 //!
 //! Per call: no heap allocation (the job is a borrowed closure in a slot of the pool), one
 //! generation bump, and a wake-up only for workers that went to sleep. Workers spin for a
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use moe_core::TensorType;
 use moe_core::kernels::Kernels;
+use moe_core::parallel::{Parallel, RowsJob};
 
 /// How long an idle worker spins before it sleeps, by default.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
@@ -379,6 +382,44 @@ impl Drop for ThreadPool {
         for w in self.workers.drain(..) {
             // Workers catch the closures' panics, so they exit normally.
             let _ = w.join();
+        }
+    }
+}
+
+/// The core's row pieces (`MoeLayer::with_parallel`) on this pool: `data`'s whole rows
+/// are split as [`ThreadPool::for_each_range`] splits the row count, one contiguous piece
+/// per thread, and the first error any piece returns is returned.
+impl Parallel for ThreadPool {
+    fn for_each_rows(
+        &self,
+        data: &mut [u8],
+        row_bytes: usize,
+        min_rows: usize,
+        job: RowsJob<'_>,
+    ) -> moe_core::Result<()> {
+        if row_bytes == 0 {
+            return job(0, data);
+        }
+        let rows = data.len() / row_bytes;
+        let chunk_rows = self.chunk_len(rows, min_rows);
+        let pieces = Mutex::new(data.chunks_mut(chunk_rows * row_bytes).enumerate());
+        let first_error: Mutex<Option<moe_core::Error>> = Mutex::new(None);
+        self.for_each_range(rows.div_ceil(chunk_rows).max(1), 1, |claims| {
+            for _ in claims {
+                let next = lock(&pieces).next();
+                if let Some((i, piece)) = next
+                    && let Err(e) = job(i * chunk_rows, piece)
+                {
+                    lock(&first_error).get_or_insert(e);
+                }
+            }
+        });
+        match first_error
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 }

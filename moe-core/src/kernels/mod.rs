@@ -23,8 +23,10 @@
 //! On x86-64 the levels are [`Level::Avx2`] (AVX2 + FMA + F16C: Q4_0, Q8_0, Q4_K, Q6_K,
 //! F16 and F32 rows) and [`Level::Avx512`] (adds AVX-512 F/BW/VL/VNNI: `vpdpbusd` for
 //! Q4_0 and Q8_0, measured no faster than AVX2 so far, so `moe_std::kernels::detect()`
-//! uses it only when asked); other weight types fall back to the specification at every
-//! level.
+//! uses it only when asked). On AArch64 they are [`Level::Neon`] (Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, F32, F16 and BF16 rows) and [`Level::Dotprod`]
+//! (the same kernels with `sdot` for the byte products). Other weight types fall back to
+//! the specification at every level.
 //! Quantized kernels return the same bits as the specification (exact integer block
 //! sums, the same float operations in the same order); float kernels differ only in
 //! summation order.
@@ -36,6 +38,13 @@
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+// Only where NEON is compile-time (not `aarch64-unknown-none-softfloat`) and little-endian.
+#[cfg(all(
+    target_arch = "aarch64",
+    target_feature = "neon",
+    target_endian = "little"
+))]
+mod aarch64;
 
 use core::fmt;
 
@@ -44,6 +53,10 @@ use crate::{Error, Result, TensorType};
 /// The dot product of one weight row with one activation row, both raw bytes: the
 /// signature of [`scalar::dot`] and of every table entry.
 pub type DotKernel = fn(TensorType, &[u8], &[u8]) -> Result<f32>;
+
+/// Matrix × several activation rows (decode is one row, prefill many): the signature of
+/// every table's [`Kernels::matmul`] entry, with that method's contract.
+pub type MatmulKernel = fn(TensorType, &[u8], &[&[u8]], &mut [f32]) -> Result<()>;
 
 /// An instruction-set level a [`Kernels`] table can be built for, lowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -55,19 +68,45 @@ pub enum Level {
     Avx2,
     /// x86-64 AVX2 + FMA + F16C and AVX-512 F, BW, VL and VNNI.
     Avx512,
+    /// AArch64 Advanced SIMD (NEON).
+    Neon,
+    /// AArch64 NEON and the dot-product extension (`sdot`, Armv8.2+).
+    Dotprod,
 }
 
 impl Level {
-    /// Every level, lowest first.
-    pub const ALL: [Level; 3] = [Level::Scalar, Level::Avx2, Level::Avx512];
+    /// Every level, lowest first within each architecture (x86-64, then AArch64).
+    pub const ALL: [Level; 5] = [
+        Level::Scalar,
+        Level::Avx2,
+        Level::Avx512,
+        Level::Neon,
+        Level::Dotprod,
+    ];
 
-    /// The level's name as `MOE_KERNELS` spells it: `scalar`, `avx2`, `avx512`.
+    /// The level's name as `MOE_KERNELS` spells it: `scalar`, `avx2`, `avx512`, `neon`,
+    /// `dotprod`.
     pub const fn name(self) -> &'static str {
         match self {
             Level::Scalar => "scalar",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Neon => "neon",
+            Level::Dotprod => "dotprod",
         }
+    }
+
+    /// Whether every CPU feature `lower` needs is one `self` needs too, so a CPU with
+    /// `self`'s features can run `lower`'s kernels: levels of one architecture are
+    /// ordered by inclusion, and every level includes [`Level::Scalar`]. Levels of
+    /// different architectures include neither the other.
+    pub const fn includes(self, lower: Level) -> bool {
+        let same_architecture = matches!(
+            (self, lower),
+            (Level::Avx2 | Level::Avx512, Level::Avx2 | Level::Avx512)
+                | (Level::Neon | Level::Dotprod, Level::Neon | Level::Dotprod)
+        );
+        matches!(lower, Level::Scalar) || (same_architecture && lower as u8 <= self as u8)
     }
 
     /// The level named `name` (as [`Level::name`] spells it), if any.
@@ -89,14 +128,22 @@ impl Level {
                 "avx512vl",
                 "avx512vnni",
             ],
+            Level::Neon => &["neon"],
+            Level::Dotprod => &["neon", "dotprod"],
         }
     }
 
-    /// Whether this build has kernels for the level (x86-64 levels exist only on x86-64).
+    /// Whether this build has kernels for the level (x86-64 levels exist only on x86-64,
+    /// AArch64 levels only on little-endian AArch64 with NEON enabled at compile time).
     pub const fn is_built(self) -> bool {
         match self {
             Level::Scalar => true,
             Level::Avx2 | Level::Avx512 => cfg!(target_arch = "x86_64"),
+            Level::Neon | Level::Dotprod => cfg!(all(
+                target_arch = "aarch64",
+                target_feature = "neon",
+                target_endian = "little"
+            )),
         }
     }
 
@@ -120,6 +167,19 @@ impl Level {
             target_feature = "f16c"
         )) {
             Level::Avx2
+        } else if cfg!(all(
+            target_arch = "aarch64",
+            target_feature = "neon",
+            target_feature = "dotprod",
+            target_endian = "little"
+        )) {
+            Level::Dotprod
+        } else if cfg!(all(
+            target_arch = "aarch64",
+            target_feature = "neon",
+            target_endian = "little"
+        )) {
+            Level::Neon
         } else {
             Level::Scalar
         }
@@ -143,6 +203,7 @@ impl fmt::Display for Level {
 pub struct Kernels {
     level: Level,
     dot: DotKernel,
+    matmul: MatmulKernel,
 }
 
 impl fmt::Debug for Kernels {
@@ -166,6 +227,7 @@ impl Kernels {
         Kernels {
             level: Level::Scalar,
             dot: scalar::dot,
+            matmul: scalar::matmul,
         }
     }
 
@@ -179,14 +241,15 @@ impl Kernels {
 
     /// The table for `level`, without checking the CPU.
     ///
-    /// A level this build has no kernels for ([`Level::is_built`] false: x86 levels on
-    /// another architecture) gives the scalar table.
+    /// A level this build has no kernels for ([`Level::is_built`] false: another
+    /// architecture's levels) gives the scalar table.
     ///
     /// # Safety
     ///
     /// The CPU that runs the table's kernels must support every feature in
     /// [`level.features()`](Level::features) (for example as reported by
-    /// `is_x86_feature_detected!`; `moe_std::kernels::detect()` does this). Executing an
+    /// `is_x86_feature_detected!` or `is_aarch64_feature_detected!`;
+    /// `moe_std::kernels::detect()` does this). Executing an
     /// instruction the CPU lacks is undefined behaviour.
     pub const unsafe fn with_level_unchecked(level: Level) -> Kernels {
         match level {
@@ -194,26 +257,57 @@ impl Kernels {
             Level::Avx2 => Kernels {
                 level,
                 dot: x86::avx2::dot,
+                matmul: x86::batch::matmul,
             },
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => Kernels {
                 level,
                 dot: x86::avx512::dot,
+                matmul: x86::avx512::matmul,
+            },
+            #[cfg(all(
+                target_arch = "aarch64",
+                target_feature = "neon",
+                target_endian = "little"
+            ))]
+            Level::Neon => Kernels {
+                level,
+                dot: aarch64::neon::dot,
+                matmul: aarch64::neon::matmul,
+            },
+            #[cfg(all(
+                target_arch = "aarch64",
+                target_feature = "neon",
+                target_endian = "little"
+            ))]
+            Level::Dotprod => Kernels {
+                level,
+                dot: aarch64::dotprod::dot,
+                matmul: aarch64::dotprod::matmul,
             },
             _ => Kernels::scalar(),
         }
     }
 
-    /// The same table capped at `level`: this table if it is already at or below it.
-    pub const fn at_most(self, level: Level) -> Kernels {
-        if (level as u8) < (self.level as u8) {
-            // SAFETY: `Level`s are ordered by inclusion of their feature sets (each level's
-            // features contain the lower ones'), and `self` proves the CPU has the
-            // features of `self.level`, hence of the lower `level`.
-            unsafe { Kernels::with_level_unchecked(level) }
-        } else {
-            self
+    /// The same table capped at `cap`: the highest level that both this table's level
+    /// and `cap` [include](Level::includes), that is this table if `cap` includes its
+    /// level, else the highest level of its architecture below `cap`, else scalar (a cap
+    /// from another architecture).
+    pub const fn at_most(self, cap: Level) -> Kernels {
+        let mut i = Level::ALL.len();
+        while i > 0 {
+            i -= 1;
+            let level = Level::ALL[i];
+            if self.level.includes(level) && cap.includes(level) {
+                if level as u8 == self.level as u8 {
+                    return self;
+                }
+                // SAFETY: `self` proves the CPU has every feature of `self.level`, and
+                // `self.level` includes `level`: every feature of `level` is one of them.
+                return unsafe { Kernels::with_level_unchecked(level) };
+            }
         }
+        Kernels::scalar()
     }
 
     /// The table's level.
@@ -236,7 +330,7 @@ impl Kernels {
 
     /// Matrix × vector: `out[r]` is the dot product of row `r` of `weights` (`out.len()`
     /// rows of `weight_type`, each as long as `activations`) with `activations` (one row
-    /// of the activation type).
+    /// of the activation type). The same numbers as [`Kernels::dot`] row by row.
     ///
     /// `weights` must hold exactly `out.len()` rows; anything else is an error.
     pub fn matvec(
@@ -246,30 +340,105 @@ impl Kernels {
         activations: &[u8],
         out: &mut [f32],
     ) -> Result<()> {
-        let n_blocks = check_row_activations(weight_type, activations.len())?;
-        let row_bytes =
-            n_blocks
-                .checked_mul(weight_type.block_bytes())
-                .ok_or(Error::LengthMismatch {
-                    expected: usize::MAX,
-                    actual: weights.len(),
-                })?;
-        let expected = row_bytes.checked_mul(out.len());
-        if expected != Some(weights.len()) {
-            return Err(Error::LengthMismatch {
-                expected: expected.unwrap_or(usize::MAX),
-                actual: weights.len(),
-            });
-        }
-        for (r, o) in out.iter_mut().enumerate() {
-            // In bounds: `weights.len() == row_bytes · out.len()` was checked above.
-            let row = weights
-                .get(r * row_bytes..(r + 1) * row_bytes)
-                .unwrap_or_default();
-            *o = (self.dot)(weight_type, row, activations)?;
-        }
-        Ok(())
+        (self.matmul)(weight_type, weights, &[activations], out)
     }
+
+    /// Matrix × several activation rows: `out[t · rows + r]` is the dot product of weight
+    /// row `r` with `activations[t]`, where `rows = out.len() / activations.len()` and
+    /// every activation row has the same length (of the
+    /// [`activation_type`](TensorType::activation_type)).
+    ///
+    /// Each number is bit for bit [`Kernels::dot`] of that pair, whatever the batch: the
+    /// batch only lets a kernel unpack each weight block once for all rows. `weights` must
+    /// hold exactly `rows` rows and `out` a multiple of `activations.len()` numbers;
+    /// anything else is a typed error (an empty batch needs an empty `out`).
+    pub fn matmul(
+        &self,
+        weight_type: TensorType,
+        weights: &[u8],
+        activations: &[&[u8]],
+        out: &mut [f32],
+    ) -> Result<()> {
+        (self.matmul)(weight_type, weights, activations, out)
+    }
+
+    /// The batch kernel as a plain function pointer, for code that stores one.
+    pub const fn matmul_kernel(&self) -> MatmulKernel {
+        self.matmul
+    }
+}
+
+/// The shape of a [`Kernels::matmul`] call, checked: blocks per row and weight rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MatmulShape {
+    blocks: usize,
+    rows: usize,
+}
+
+/// Checks a [`Kernels::matmul`] call: a supported type, activation rows of one valid
+/// length, whole weight rows, and `rows · activations.len()` outputs.
+fn check_matmul(
+    weight_type: TensorType,
+    weights: usize,
+    activations: &[&[u8]],
+    out: usize,
+) -> Result<MatmulShape> {
+    let first = activations.first().map_or(0, |a| a.len());
+    let blocks = check_row_activations(weight_type, first)?;
+    if let Some(a) = activations.iter().find(|a| a.len() != first) {
+        return Err(Error::LengthMismatch {
+            expected: first,
+            actual: a.len(),
+        });
+    }
+    let rows = if activations.is_empty() {
+        0
+    } else {
+        out / activations.len()
+    };
+    let expected_out = rows * activations.len();
+    if out != expected_out {
+        return Err(Error::LengthMismatch {
+            expected: expected_out,
+            actual: out,
+        });
+    }
+    let expected = blocks
+        .checked_mul(weight_type.block_bytes())
+        .and_then(|row| row.checked_mul(rows));
+    if expected != Some(weights) && !(activations.is_empty() && out == 0) {
+        return Err(Error::LengthMismatch {
+            expected: expected.unwrap_or(usize::MAX),
+            actual: weights,
+        });
+    }
+    Ok(MatmulShape { blocks, rows })
+}
+
+/// [`Kernels::matmul`] through a dot product, pair by pair: the table entry for levels
+/// and types without a batch kernel.
+fn matmul_by_dot(
+    dot: DotKernel,
+    weight_type: TensorType,
+    weights: &[u8],
+    activations: &[&[u8]],
+    out: &mut [f32],
+) -> Result<()> {
+    let shape = check_matmul(weight_type, weights.len(), activations, out.len())?;
+    if shape.blocks == 0 {
+        // Empty rows: every dot product is the empty sum.
+        out.fill(0.0);
+        return Ok(());
+    }
+    let row_bytes = shape.blocks * weight_type.block_bytes();
+    for (r, row) in weights.chunks_exact(row_bytes).enumerate() {
+        for (t, act) in activations.iter().enumerate() {
+            if let Some(o) = out.get_mut(t * shape.rows + r) {
+                *o = dot(weight_type, row, act)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks an activation row's length for `weight_type` and returns its block count.
@@ -289,7 +458,17 @@ fn check_row_activations(weight_type: TensorType, activations: usize) -> Result<
 
 /// The checks of [`scalar::dot`]: a supported weight type, whole weight blocks and
 /// exactly as many activation blocks.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(
+            target_arch = "aarch64",
+            target_feature = "neon",
+            target_endian = "little"
+        )
+    )),
+    allow(dead_code)
+)]
 fn check_row(weight_type: TensorType, weights: usize, activations: usize) -> Result<()> {
     let Some(act_type) = weight_type.activation_type() else {
         return Err(Error::UnsupportedType { ty: weight_type });
@@ -313,7 +492,17 @@ fn check_row(weight_type: TensorType, weights: usize, activations: usize) -> Res
 }
 
 /// Checks that the weight and activation rows have the same number of blocks.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(
+            target_arch = "aarch64",
+            target_feature = "neon",
+            target_endian = "little"
+        )
+    )),
+    allow(dead_code)
+)]
 fn same_blocks(weights: usize, activations: usize) -> Result<()> {
     if weights == activations {
         Ok(())

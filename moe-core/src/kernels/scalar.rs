@@ -273,6 +273,17 @@ pub fn dot_bf16(w: &[[u8; 2]], a: &[f32]) -> Result<f32> {
     Ok(float_dot(w.iter().map(bf16_at), a.iter().copied()))
 }
 
+/// The batch entry of the scalar table: [`dot`] for every (weight row, activation row)
+/// pair, with [`Kernels::matmul`](super::Kernels::matmul)'s contract.
+pub fn matmul(
+    weight_type: TensorType,
+    weights: &[u8],
+    activations: &[&[u8]],
+    out: &mut [f32],
+) -> Result<()> {
+    super::matmul_by_dot(dot, weight_type, weights, activations, out)
+}
+
 /// The dot product of a row of `weight_type` with a row of its
 /// [`activation_type`](TensorType::activation_type), both as raw little-endian bytes
 /// (F32 activations for float weights).

@@ -7,18 +7,21 @@
 //! bytes once. Inputs arrive already quantized to the weight type's activation format
 //! (`ActivationRows`); the intermediate row is quantized once before `down`.
 
+use crate::kernels::Kernels;
+use crate::parallel::Parallel;
 use crate::quant::{TensorType, quantize_row};
 use crate::tensor::TensorView;
 use crate::workspace::Words;
 use crate::{Error, Result};
 
-/// A dot product of a weight row with an activation row, both as raw bytes (the weight's
-/// type, then its [`activation_type`](TensorType::activation_type)).
-///
-/// This is where the kernel table plugs in: today every layer calls
-/// [`kernels::scalar::dot`](crate::kernels::scalar::dot); once `Kernels` exists the
-/// pointer is taken from the table chosen at start-up.
-pub type DotKernel = fn(TensorType, &[u8], &[u8]) -> Result<f32>;
+pub use crate::kernels::DotKernel;
+
+/// Weight rows per batch-kernel call: the chunk stays in L1 while the tile's tokens pass.
+const CHUNK_ROWS: usize = 16;
+
+/// Tokens per batch-kernel call (the kernel outputs of one call live on the stack:
+/// `CHUNK_ROWS × CHUNK_TOKENS` floats per matrix).
+const CHUNK_TOKENS: usize = 16;
 
 /// The element-wise nonlinearity of an FFN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,66 +285,114 @@ impl<'w> ActivationRows<'w> {
 }
 
 /// Scratch for one tile of tokens: which tokens, their weights, the f32 intermediate
-/// rows and their quantized copies.
+/// rows and their quantized copies, and the `down` outputs before they are added in.
 pub(crate) struct TileScratch<'w> {
     /// `[tile]` token indices.
     pub tokens: Words<'w>,
     /// `[tile]` combine weights.
     pub weights: Words<'w>,
-    /// `[tile × max n_ff]` words.
+    /// `[max n_ff × tile]` words, feature-major (hidden unit `r` of tile entry `i` at
+    /// `r · m + i`), so a range of hidden units is one contiguous piece for a thread.
     pub hidden: Words<'w>,
     /// `[tile × max hidden_row_bytes]` bytes.
     pub quantized: &'w mut [u8],
+    /// `[n_embd × tile]` words, feature-major like `hidden`.
+    pub down: Words<'w>,
+}
+
+/// The first `len` bytes of a scratch region (sized by the layer's workspace layout, so
+/// a shorter one is a sizing bug reported as such).
+fn region(bytes: &mut [u8], len: usize) -> Result<&mut [u8]> {
+    let actual = bytes.len();
+    bytes.get_mut(..len).ok_or(Error::WorkspaceTooSmall {
+        needed: len,
+        actual,
+    })
 }
 
 impl Ffn<'_> {
     /// Adds `weights[i] · FFN(x[tokens[i]])` to `out[tokens[i]]` for the first `m` entries
     /// of the tile (`m ≤` the tile's size).
+    ///
+    /// Both matrix phases (gate/up into `hidden`, then `down`) split their output rows
+    /// across `parallel`; within a piece, [`CHUNK_ROWS`] rows at a time meet every token
+    /// of the tile (in groups of [`CHUNK_TOKENS`], through the batch kernel) before the
+    /// next rows are read, so the tile streams the expert's bytes once. The `down` outputs
+    /// are added into `out` afterwards on the calling thread, in a fixed order.
     pub(crate) fn run_tile(
         &self,
-        dot: DotKernel,
+        kernels: &Kernels,
+        parallel: &dyn Parallel,
         acts: &ActivationRows<'_>,
         m: usize,
         scratch: &mut TileScratch<'_>,
         out: &mut [f32],
     ) -> Result<()> {
         let (n_embd, n_ff) = (self.n_embd(), self.n_ff());
+        if m == 0 {
+            return Ok(());
+        }
         if m > scratch.tokens.len() {
             return Err(Error::InvalidMoeConfig {
                 reason: "tile larger than its scratch",
             });
         }
         let tokens = &scratch.tokens;
-        let entry = |i: usize| (tokens.u32(i) as usize, scratch.weights.f32(i));
-        let hidden = &mut scratch.hidden;
+        let token = |i: usize| tokens.u32(i) as usize;
+        let row_words = m * 4;
 
-        // gate/up: each row once, dotted with every token of the tile.
+        // gate/up: hidden[r · m + i] = act(gate_r · x_i) · (up_r · x_i).
         let up_act = self.up.ty().activation_type().unwrap_or(TensorType::F32);
-        let up_rows = self.up.data().chunks_exact(self.up.row_bytes());
-        match &self.gate {
-            Some(gate) => {
-                let gate_act = gate.ty().activation_type().unwrap_or(TensorType::F32);
-                let gate_rows = gate.data().chunks_exact(gate.row_bytes());
-                for (r, (g_row, u_row)) in gate_rows.zip(up_rows).enumerate() {
-                    for i in 0..m {
-                        let t = entry(i).0;
-                        let g = dot(gate.ty(), g_row, acts.row(gate_act, t))?;
-                        let u = dot(self.up.ty(), u_row, acts.row(up_act, t))?;
-                        hidden.set_f32(i * n_ff + r, (self.act)(g) * u);
+        let gate = self.gate.as_ref().map(|g| {
+            let act = g.ty().activation_type().unwrap_or(TensorType::F32);
+            (g, act)
+        });
+        let hidden = region(scratch.hidden.bytes_mut(), n_ff * row_words)?;
+        parallel.for_each_rows(hidden, row_words, CHUNK_ROWS, &|first, piece| {
+            let mut piece = Words::new(piece);
+            let n_rows = piece.len() / m;
+            let mut gate_out = [0.0f32; CHUNK_ROWS * CHUNK_TOKENS];
+            let mut up_out = [0.0f32; CHUNK_ROWS * CHUNK_TOKENS];
+            for r0 in (0..n_rows).step_by(CHUNK_ROWS) {
+                let rows = (n_rows - r0).min(CHUNK_ROWS);
+                for i0 in (0..m).step_by(CHUNK_TOKENS) {
+                    let n = (m - i0).min(CHUNK_TOKENS);
+                    let x = |act| -> [&[u8]; CHUNK_TOKENS] {
+                        core::array::from_fn(|j| {
+                            if j < n {
+                                acts.row(act, token(i0 + j))
+                            } else {
+                                &[]
+                            }
+                        })
+                    };
+                    let up_out = &mut up_out[..rows * n];
+                    let up_rows = self.up.rows(first + r0, rows);
+                    kernels.matmul(self.up.ty(), up_rows, &x(up_act)[..n], up_out)?;
+                    // Kernel outputs are token-major: entry `j` is token `j / rows`, row `j % rows`.
+                    let at = |j: usize| (r0 + j % rows) * m + i0 + j / rows;
+                    match gate {
+                        Some((gate, gate_act)) => {
+                            let gate_out = &mut gate_out[..rows * n];
+                            let gate_rows = gate.rows(first + r0, rows);
+                            kernels.matmul(gate.ty(), gate_rows, &x(gate_act)[..n], gate_out)?;
+                            for (j, (g, u)) in gate_out.iter().zip(up_out.iter()).enumerate() {
+                                piece.set_f32(at(j), (self.act)(*g) * u);
+                            }
+                        }
+                        None => {
+                            for (j, u) in up_out.iter().enumerate() {
+                                piece.set_f32(at(j), (self.act)(*u));
+                            }
+                        }
                     }
                 }
             }
-            None => {
-                for (r, u_row) in up_rows.enumerate() {
-                    for i in 0..m {
-                        let u = dot(self.up.ty(), u_row, acts.row(up_act, entry(i).0))?;
-                        hidden.set_f32(i * n_ff + r, (self.act)(u));
-                    }
-                }
-            }
-        }
+            Ok(())
+        })?;
 
-        // Quantize each intermediate row once, block by block through the stack.
+        // Quantize each entry's intermediate row once, block by block through the stack.
+        let hidden = &scratch.hidden;
         let down_act = self.down_act();
         let block = down_act.block_len();
         let block_bytes = down_act.block_bytes();
@@ -352,20 +403,47 @@ impl Ffn<'_> {
             .ok_or(Error::UnsupportedType { ty: down_act })?;
         for (i, dst) in scratch.quantized.chunks_exact_mut(hrb).take(m).enumerate() {
             for (b, dst) in dst.chunks_exact_mut(block_bytes).enumerate() {
-                hidden.read_f32s(i * n_ff + b * block, buf);
+                for (k, v) in buf.iter_mut().enumerate() {
+                    *v = hidden.f32((b * block + k) * m + i);
+                }
                 quantize_row(down_act, buf, dst)?;
             }
         }
 
-        // down: each row once, dotted with every token's intermediate row.
-        let down_rows = self.down.data().chunks_exact(self.down.row_bytes());
-        for (j, d_row) in down_rows.enumerate() {
-            for (i, h) in scratch.quantized.chunks_exact(hrb).take(m).enumerate() {
-                let (t, w) = entry(i);
-                let y = dot(self.down.ty(), d_row, h)?;
-                if let Some(o) = out.get_mut(t * n_embd + j) {
-                    *o += w * y;
+        // down: down[r · m + i] = down_r · h_i.
+        let quantized = &*scratch.quantized;
+        let down = region(scratch.down.bytes_mut(), n_embd * row_words)?;
+        parallel.for_each_rows(down, row_words, CHUNK_ROWS, &|first, piece| {
+            let mut piece = Words::new(piece);
+            let n_rows = piece.len() / m;
+            let mut down_out = [0.0f32; CHUNK_ROWS * CHUNK_TOKENS];
+            for r0 in (0..n_rows).step_by(CHUNK_ROWS) {
+                let rows = (n_rows - r0).min(CHUNK_ROWS);
+                for i0 in (0..m).step_by(CHUNK_TOKENS) {
+                    let n = (m - i0).min(CHUNK_TOKENS);
+                    let h: [&[u8]; CHUNK_TOKENS] = core::array::from_fn(|j| {
+                        let at = (i0 + j) * hrb;
+                        quantized.get(at..at + hrb).filter(|_| j < n).unwrap_or(&[])
+                    });
+                    let down_out = &mut down_out[..rows * n];
+                    let down_rows = self.down.rows(first + r0, rows);
+                    kernels.matmul(self.down.ty(), down_rows, &h[..n], down_out)?;
+                    for (j, y) in down_out.iter().enumerate() {
+                        piece.set_f32((r0 + j % rows) * m + i0 + j / rows, *y);
+                    }
                 }
+            }
+            Ok(())
+        })?;
+
+        // out[token_i] += weight_i · down_i, row by row on this thread.
+        for i in 0..m {
+            let (t, w) = (token(i), scratch.weights.f32(i));
+            let Some(out) = out.get_mut(t * n_embd..(t + 1) * n_embd) else {
+                continue;
+            };
+            for (r, o) in out.iter_mut().enumerate() {
+                *o += w * scratch.down.f32(r * m + i);
             }
         }
         Ok(())

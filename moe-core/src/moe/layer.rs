@@ -11,10 +11,10 @@
 use super::capacity::{CapacityPolicy, LimitFn, no_limit};
 use super::dispatch::{Dispatch, DispatchReport, MAX_EXPERTS};
 use super::experts::ExpertStack;
-use super::ffn::{
-    ACT_TYPES, ActivationRows, DotKernel, Ffn, TileScratch, act_index, act_row_bytes,
-};
+use super::ffn::{ACT_TYPES, ActivationRows, Ffn, TileScratch, act_index, act_row_bytes};
 use super::shared::{SharedExpert, gate_weight};
+use crate::kernels::Kernels;
+use crate::parallel::{Parallel, Serial};
 use crate::router::{MAX_K, RouteReport, Router, Selection};
 use crate::workspace::{Carver, Layout, mul};
 use crate::{Error, Result};
@@ -42,7 +42,8 @@ pub struct MoeLayer<'a> {
     /// [`with_capacity`](Self::with_capacity), so a dropless layer links no capacity
     /// formula.
     limit: LimitFn,
-    dot: DotKernel,
+    kernels: Kernels,
+    parallel: &'a dyn Parallel,
 }
 
 /// Byte and word counts of the forward workspace regions, in carving order.
@@ -52,6 +53,7 @@ struct Regions {
     tile_tokens: Option<usize>,
     hidden: Option<usize>,
     quantized: Option<usize>,
+    down: Option<usize>,
 }
 
 impl<'a> MoeLayer<'a> {
@@ -75,7 +77,8 @@ impl<'a> MoeLayer<'a> {
             k,
             capacity: CapacityPolicy::DROPLESS,
             limit: no_limit,
-            dot: crate::kernels::scalar::dot,
+            kernels: Kernels::scalar(),
+            parallel: &Serial,
         })
     }
 
@@ -136,19 +139,20 @@ impl<'a> MoeLayer<'a> {
         self
     }
 
-    /// The same layer computing its dot products with `dot` (the place a kernel table
-    /// plugs in; [`kernels::scalar::dot`](crate::kernels::scalar::dot) by default).
-    pub fn with_dot_kernel(mut self, dot: DotKernel) -> Self {
-        self.dot = dot;
+    /// The same layer computing through `kernels` (chosen once, for example by
+    /// `moe_std::kernels::detect()`; [`Kernels::scalar`] by default). Every level gives
+    /// the same bits for quantized weights.
+    pub fn with_kernels(mut self, kernels: &Kernels) -> Self {
+        self.kernels = *kernels;
         self
     }
 
-    /// The same layer computing its dot products through `kernels` (chosen once, for
-    /// example by `moe_std::kernels::detect()`; [`Kernels::scalar`] by default).
-    ///
-    /// [`Kernels::scalar`]: crate::kernels::Kernels::scalar
-    pub fn with_kernels(self, kernels: &crate::kernels::Kernels) -> Self {
-        self.with_dot_kernel(kernels.dot_kernel())
+    /// The same layer splitting each expert's matrices by rows across `parallel` (for
+    /// example `moe_std::pool::ThreadPool`; [`Serial`] by default). The results are the
+    /// same bits whatever the runner.
+    pub fn with_parallel(mut self, parallel: &'a dyn Parallel) -> Self {
+        self.parallel = parallel;
+        self
     }
 
     /// The routed experts.
@@ -213,6 +217,7 @@ impl<'a> MoeLayer<'a> {
             tile_tokens: Some(n_tokens),
             hidden: mul(n_tokens, max_ff),
             quantized: mul(n_tokens, max_hrb),
+            down: mul(n_tokens, self.n_embd()),
         })
     }
 
@@ -235,7 +240,8 @@ impl<'a> MoeLayer<'a> {
             .words(r.tile_tokens)
             .words(r.tile_tokens)
             .words(r.hidden)
-            .bytes(r.quantized);
+            .bytes(r.quantized)
+            .words(r.down);
         layout.total()
     }
 
@@ -300,6 +306,7 @@ impl<'a> MoeLayer<'a> {
             weights: carver.words(r.tile_tokens)?,
             hidden: carver.words(r.hidden)?,
             quantized: carver.bytes(r.quantized)?,
+            down: carver.words(r.down)?,
         };
 
         let dispatch = Dispatch::plan_with(
@@ -330,7 +337,7 @@ impl<'a> MoeLayer<'a> {
                         tile.weights.set_f32(i, p.weight);
                     }
                 }
-                ffn.run_tile(self.dot, &acts, m, &mut tile, out)?;
+                ffn.run_tile(&self.kernels, self.parallel, &acts, m, &mut tile, out)?;
                 start += m;
             }
         }
@@ -341,14 +348,21 @@ impl<'a> MoeLayer<'a> {
                 let w = match self.shared.gate() {
                     Some(gate) => {
                         let act = gate.ty().activation_type().unwrap_or(gate.ty());
-                        gate_weight(self.dot, gate, acts.row(act, t))?
+                        gate_weight(self.kernels.dot_kernel(), gate, acts.row(act, t))?
                     }
                     None => 1.0,
                 };
                 tile.tokens.set_u32(t, t as u32);
                 tile.weights.set_f32(t, w);
             }
-            ffn.run_tile(self.dot, &acts, n_tokens, &mut tile, out)?;
+            ffn.run_tile(
+                &self.kernels,
+                self.parallel,
+                &acts,
+                n_tokens,
+                &mut tile,
+                out,
+            )?;
         }
 
         Ok(ForwardReport {

@@ -9,7 +9,8 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 
 use super::avx2::{self, sum_scaled};
-use crate::kernels::{check_row, same_blocks};
+use super::batch::{matmul_scaled, nibbles, q8_0_quants};
+use crate::kernels::{check_matmul, check_row, matmul_by_dot, same_blocks};
 use crate::quant::{q4_0, q8_0};
 use crate::{Result, TensorType};
 
@@ -37,6 +38,80 @@ unsafe fn dot_unchecked(weight_type: TensorType, w: &[u8], a: &[u8]) -> Result<f
         // SAFETY: the caller guarantees a superset of the AVX2 level's features.
         _ => unsafe { avx2::dot_unchecked(weight_type, w, a) },
     }
+}
+
+/// The batch entry: the eight-row driver with `vpdpbusd` for Q4_0 and Q8_0, this level's
+/// dot product pair by pair otherwise.
+///
+/// Private to `kernels`: only [`Kernels`](crate::kernels::Kernels) constructors that hold
+/// proof of the [`Level::Avx512`](crate::kernels::Level::Avx512) features store it.
+pub(in crate::kernels) fn matmul(
+    weight_type: TensorType,
+    weights: &[u8],
+    activations: &[&[u8]],
+    out: &mut [f32],
+) -> Result<()> {
+    // SAFETY: reachable only through a `Kernels` table at `Level::Avx512`, whose every
+    // constructor requires proof of AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    unsafe { matmul_unchecked(weight_type, weights, activations, out) }
+}
+
+/// [`matmul`] without the table's proof.
+///
+/// Each weight byte becomes unsigned (`n` for Q4_0, `w + 128` for Q8_0) and the offset
+/// times `Σ a`, computed once per activation block for all eight rows, seeds the
+/// accumulator with its negation: one `vpdpbusd` per block pair, exact in `i32`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F, BW, VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn matmul_unchecked(
+    weight_type: TensorType,
+    weights: &[u8],
+    activations: &[&[u8]],
+    out: &mut [f32],
+) -> Result<()> {
+    let shape = check_matmul(weight_type, weights.len(), activations, out.len())?;
+    let zero = _mm256_setzero_si256();
+    // `−offset · Σ a` as four-byte group sums, the seed of every row's `vpdpbusd`.
+    let seed = |offset: __m256i, qa: __m256i| _mm256_sub_epi32(zero, dpbusd(zero, offset, qa));
+    match weight_type {
+        TensorType::Q4_0 if shape.blocks > 0 => {
+            let mask = _mm256_set1_epi8(0x0f);
+            let eight = _mm256_set1_epi8(8);
+            matmul_scaled(
+                weights.as_chunks::<18>().0,
+                shape,
+                activations,
+                out,
+                |w| nibbles(w, mask),
+                |a| {
+                    let qa = load32(q8_0_quants(a));
+                    (qa, seed(eight, qa))
+                },
+                |n, (qa, seed)| dpbusd(seed, n, qa),
+            );
+        }
+        TensorType::Q8_0 if shape.blocks > 0 => {
+            let bias = _mm256_set1_epi8(i8::MIN);
+            matmul_scaled(
+                weights.as_chunks::<34>().0,
+                shape,
+                activations,
+                out,
+                // `w ^ 0x80` is `w + 128` read as unsigned.
+                |w| _mm256_xor_si256(load32(q8_0_quants(w)), bias),
+                |a| {
+                    let qa = load32(q8_0_quants(a));
+                    (qa, seed(bias, qa))
+                },
+                |w, (qa, seed)| dpbusd(seed, w, qa),
+            );
+        }
+        _ => return matmul_by_dot(dot, weight_type, weights, activations, out),
+    }
+    Ok(())
 }
 
 /// `vpdpbusd`: `acc + Σ` over each group of four bytes of `u · s` (`u` unsigned, `s`

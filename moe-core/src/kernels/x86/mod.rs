@@ -6,3 +6,4 @@
 pub(super) mod avx2;
 pub(super) mod avx2_more;
 pub(super) mod avx512;
+pub(super) mod batch;
