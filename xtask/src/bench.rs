@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the kernel benchmarks as a roofline table.
 //!
-//! Runs the `roofline` bench (bandwidth probe + matrix × vector streamed from DRAM) and the
-//! `kernels` bench (the same matrix every iteration), reads criterion's estimates and
+//! Runs the `roofline` bench (bandwidth probe + matrix × vector streamed from DRAM), the
+//! `kernels` bench (the same matrix every iteration) and the `batch` bench (32 rows through
+//! `Kernels::matmul` against 32 `matvec`s), reads criterion's estimates and
 //! prints GB/s of weight bytes, GFLOP/s and the ratio to the read probe of the same run;
 //! saves the table as JSON and Markdown under `<target dir>/moe-bench/`.
 //!
@@ -32,8 +33,23 @@ use crate::{Result, cargo_cmd, output, root, show, status, step};
 /// Where the bench binaries go on a remote board.
 const REMOTE_DIR: &str = "/tmp/moe-bench";
 
-/// The benches the table is made of, in the order they run.
-const BENCHES: [&str; 2] = ["roofline", "kernels"];
+/// The benches the table is made of, in the order they run (those that
+/// `benches/Cargo.toml` declares; see [`benches`]).
+const BENCHES: [&str; 3] = ["roofline", "kernels", "batch"];
+
+/// The [`BENCHES`] this checkout has, so the task works while one is still being written.
+fn benches() -> Vec<&'static str> {
+    let manifest = fs::read_to_string(root().join("benches/Cargo.toml")).unwrap_or_default();
+    BENCHES
+        .into_iter()
+        .filter(|b| manifest.contains(&format!("name = \"{b}\"")))
+        .collect()
+}
+
+/// The `kernels` bench's rows in the table unless a filter is given: the four types of the
+/// roofline, every level, the same matrix each iteration (not its own probe, nor the other
+/// types it covers).
+const KERNELS_FILTER: &str = "^matvec/(Q4_0|Q8_0|Q4_K|Q6_K)/";
 
 /// `cargo xtask bench`'s options; anything else goes to criterion (a filter).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -111,13 +127,17 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// Criterion arguments: `--quick` when asked, then whatever the user passed.
-fn criterion_args(o: &Options) -> Vec<String> {
+/// Criterion arguments of one bench binary: `--quick` when asked, then whatever the user
+/// passed, or [`KERNELS_FILTER`] for the kernels bench when nothing was.
+fn bench_args(o: &Options, bench: &str) -> Vec<String> {
     let mut args = Vec::new();
     if o.quick {
         args.push("--quick".to_string());
     }
     args.extend(o.criterion_args.iter().cloned());
+    if bench == "kernels" && o.criterion_args.is_empty() {
+        args.push(KERNELS_FILTER.to_string());
+    }
     args
 }
 
@@ -127,15 +147,14 @@ fn local(o: &Options, out: &Path) -> Result<(Report, String)> {
     // Criterion rewrites `new/estimates.json` of every benchmark it runs; anything older
     // than this is from an earlier run (file times can lag a little behind the clock).
     let start = SystemTime::now() - Duration::from_secs(2);
-    step("criterion: roofline and kernels benches");
-    let mut cmd = cargo_cmd();
-    cmd.args(["bench", "-p", "moe-benches"]);
-    for b in BENCHES {
-        cmd.args(["--bench", b]);
+    for bench in benches() {
+        step(&format!("criterion: {bench} bench"));
+        let mut cmd = cargo_cmd();
+        cmd.args(["bench", "-p", "moe-benches", "--bench", bench, "--"]);
+        cmd.args(bench_args(o, bench));
+        cmd.env("MOE_BENCH_OUT", &run_dir);
+        status(&mut cmd)?;
     }
-    cmd.arg("--").args(criterion_args(o));
-    cmd.env("MOE_BENCH_OUT", &run_dir);
-    status(&mut cmd)?;
 
     let criterion = match std::env::var_os("CRITERION_HOME") {
         Some(home) => root().join(home),
@@ -325,7 +344,7 @@ fn qemu(o: &Options, target: &str, out: &Path) -> Result<(Report, String)> {
 fn remote_commands(
     host: &str,
     bins: &[(String, PathBuf)],
-    criterion_args: &[String],
+    bench_args: &dyn Fn(&str) -> Vec<String>,
     local_dir: &Path,
 ) -> Vec<Command> {
     let mut cmds = Vec::new();
@@ -342,11 +361,11 @@ fn remote_commands(
             .arg(format!("{host}:{REMOTE_DIR}/{name}"));
         cmds.push(c);
     }
-    let args: String = criterion_args
-        .iter()
-        .map(|a| format!(" {}", shell_quote(a)))
-        .collect();
     for (name, _) in bins {
+        let args: String = bench_args(name)
+            .iter()
+            .map(|a| format!(" {}", shell_quote(a)))
+            .collect();
         cmds.push(ssh(format!(
             "cd {REMOTE_DIR} && MOE_BENCH_OUT={REMOTE_DIR}/out \
              CRITERION_HOME={REMOTE_DIR}/out/criterion ./{name} --bench{args}"
@@ -370,22 +389,22 @@ fn remote(o: &Options, target: &str, host: &str, out: &Path) -> Result<Option<(R
     let name = format!("{}-{target}", host.rsplit('@').next().unwrap_or(host));
     let run_dir = out.join(&name).join("run");
     if o.dry_run {
-        let bins: Vec<(String, PathBuf)> = BENCHES
+        let bins: Vec<(String, PathBuf)> = benches()
             .iter()
             .map(|b| (b.to_string(), PathBuf::from(format!("<{b} binary>"))))
             .collect();
-        for cmd in remote_commands(host, &bins, &criterion_args(o), &run_dir) {
+        for cmd in remote_commands(host, &bins, &|b| bench_args(o, b), &run_dir) {
             println!("{}", show(&cmd));
         }
         return Ok(None);
     }
     tools.ensure(target, false)?;
-    let bins = build_cross(target, &tools, &BENCHES)?;
+    let bins = build_cross(target, &tools, &benches())?;
     let _ = fs::remove_dir_all(&run_dir);
     fs::create_dir_all(run_dir.parent().unwrap_or(out))
         .map_err(|e| format!("{}: {e}", out.display()))?;
     step(&format!("running on {host}"));
-    for mut cmd in remote_commands(host, &bins, &criterion_args(o), &run_dir) {
+    for mut cmd in remote_commands(host, &bins, &|b| bench_args(o, b), &run_dir) {
         status(&mut cmd)?;
     }
     let machine = read_machine(&run_dir)?;
@@ -506,7 +525,7 @@ mod tests {
         let cmds: Vec<String> = remote_commands(
             "pi@board",
             &bins,
-            &["--quick".into(), "it's".into()],
+            &|b| vec!["--quick".into(), format!("{b}'s")],
             Path::new("/out/run"),
         )
         .iter()
@@ -519,9 +538,9 @@ mod tests {
                 "scp -q /t/roofline-abc pi@board:/tmp/moe-bench/roofline",
                 "scp -q /t/kernels-def pi@board:/tmp/moe-bench/kernels",
                 "ssh pi@board cd /tmp/moe-bench && MOE_BENCH_OUT=/tmp/moe-bench/out \
-                 CRITERION_HOME=/tmp/moe-bench/out/criterion ./roofline --bench '--quick' 'it'\\''s'",
+                 CRITERION_HOME=/tmp/moe-bench/out/criterion ./roofline --bench '--quick' 'roofline'\\''s'",
                 "ssh pi@board cd /tmp/moe-bench && MOE_BENCH_OUT=/tmp/moe-bench/out \
-                 CRITERION_HOME=/tmp/moe-bench/out/criterion ./kernels --bench '--quick' 'it'\\''s'",
+                 CRITERION_HOME=/tmp/moe-bench/out/criterion ./kernels --bench '--quick' 'kernels'\\''s'",
                 "scp -rq pi@board:/tmp/moe-bench/out /out/run",
             ]
         );

@@ -157,6 +157,20 @@ impl Matvec {
     }
 }
 
+/// A batch figure: `batch` activation rows through one matrix, either by the batch kernel
+/// (`matmul`) or by as many separate matrix × vectors (`matvec`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub ty: String,
+    pub rows: u64,
+    pub cols: u64,
+    pub level: String,
+    pub batch: u64,
+    /// `matmul` or `matvec`.
+    pub kind: String,
+    pub seconds: f64,
+}
+
 /// One llama.cpp timing (a JSON line of `benches/llamacpp/ggml_matmul.py`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Llama {
@@ -211,6 +225,7 @@ pub struct Report {
     pub probes: Vec<Probe>,
     pub matvecs: Vec<Matvec>,
     pub llama: Vec<Llama>,
+    pub batches: Vec<Batch>,
     /// Lines printed above the tables (the QEMU warning, noise notes).
     pub notes: Vec<String>,
 }
@@ -265,6 +280,22 @@ impl Report {
                     let mv =
                         threads(t).and_then(|t| matvec(ty, dims, level, t, Source::SameMatrix));
                     report.matvecs.extend(mv);
+                }
+                ["batch", ty, dims, level, kind] => {
+                    // `matmul32` / `matvec_x32` (benches/benches/batch.rs).
+                    let n = kind.trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '_');
+                    let kind = kind[..kind.len() - n.len()].trim_end_matches("_x");
+                    if let (Some((rows, cols)), Ok(batch)) = (shape(dims), n.parse()) {
+                        report.batches.push(Batch {
+                            ty: ty.to_string(),
+                            rows,
+                            cols,
+                            level: level.to_string(),
+                            batch,
+                            kind: kind.to_string(),
+                            seconds: m.seconds,
+                        });
+                    }
                 }
                 _ => {}
             }
@@ -409,7 +440,45 @@ impl Report {
                 s.push('\n');
             }
         }
+        let pairs = self.batch_pairs();
+        if !pairs.is_empty() {
+            s.push_str(
+                "\n| batch | shape | level | rows | separate matvecs (ms) | one matmul (ms) | matmul ÷ matvecs throughput |\n\
+                 |---|---|---|---:|---:|---:|---:|\n",
+            );
+            for (mm, mv) in pairs {
+                let _ = writeln!(
+                    s,
+                    "| {} | {}x{} | {} | {} | {:.2} | {:.2} | {:.2}× |",
+                    mm.ty,
+                    mm.rows,
+                    mm.cols,
+                    mm.level,
+                    mm.batch,
+                    mv.seconds * 1e3,
+                    mm.seconds * 1e3,
+                    mv.seconds / mm.seconds
+                );
+            }
+        }
         s
+    }
+
+    /// Each batch-kernel figure with its separate-matvec twin (same type, shape, level
+    /// and batch).
+    pub fn batch_pairs(&self) -> Vec<(&Batch, &Batch)> {
+        self.batches
+            .iter()
+            .filter(|b| b.kind == "matmul")
+            .filter_map(|mm| {
+                let twin = self.batches.iter().find(|b| {
+                    b.kind == "matvec"
+                        && (&b.ty, b.rows, b.cols, &b.level, b.batch)
+                            == (&mm.ty, mm.rows, mm.cols, &mm.level, mm.batch)
+                })?;
+                Some((mm, twin))
+            })
+            .collect()
     }
 
     pub fn json(&self, host: &str, time: &str) -> Value {
@@ -444,6 +513,11 @@ impl Report {
                     "ratio_to_llamacpp": llama.map(|l| mv.gbps() / l.gbps()),
                 })
             }).collect::<Vec<_>>(),
+            "batch": self.batch_pairs().iter().map(|(mm, mv)| json!({
+                "type": mm.ty, "rows": mm.rows, "cols": mm.cols, "level": mm.level,
+                "batch": mm.batch, "matvecs_seconds": mv.seconds, "matmul_seconds": mm.seconds,
+                "speedup": mv.seconds / mm.seconds,
+            })).collect::<Vec<_>>(),
             "llamacpp": self.llama.iter().map(|l| json!({
                 "type": l.ty, "rows": l.rows, "cols": l.cols, "threads": l.threads,
                 "mode": l.mode, "bytes": l.bytes, "seconds": l.seconds, "gbps": l.gbps(),
@@ -536,6 +610,28 @@ mod tests {
         assert_eq!(report.llama.len(), 1);
         assert!(report.llama_for(&report.matvecs[0]).is_some());
         assert!(report.markdown().contains("| 6.24 | 1.25 |"));
+    }
+
+    #[test]
+    fn batch_rows_pair_up() {
+        let report = Report::new(
+            "t".into(),
+            Machine::default(),
+            &[
+                measurement("batch/Q4_0/14336x4096/avx2/matmul32", 32, 40.0),
+                measurement("batch/Q4_0/14336x4096/avx2/matvec_x32", 32, 160.0),
+                measurement("batch/Q8_0/14336x4096/avx2/matmul32", 32, 40.0), // no twin
+            ],
+        );
+        assert_eq!(report.batches.len(), 3);
+        let pairs = report.batch_pairs();
+        assert_eq!(pairs.len(), 1);
+        assert_eq!((pairs[0].0.batch, pairs[0].1.kind.as_str()), (32, "matvec"));
+        let md = report.markdown();
+        assert!(
+            md.contains("| Q4_0 | 14336x4096 | avx2 | 32 | 160.00 | 40.00 | 4.00× |"),
+            "{md}"
+        );
     }
 
     #[test]
