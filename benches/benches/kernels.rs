@@ -1,5 +1,5 @@
 //! Kernel tables: matrix × vector at Mixtral 8x7B expert shapes (gate/up 14336 × 4096,
-//! down 4096 × 14336) for Q4_0, Q8_0, Q4_K and Q6_K, at every kernel level this CPU
+//! down 4096 × 14336) for every weight type with a SIMD kernel, at every kernel level this CPU
 //! supports, as GB/s of weight bytes; and a memory-bandwidth probe (a summing read and a
 //! `copy_from_slice`) over a buffer that fits the last-level cache and one that does not,
 //! so kernel throughput can be stated as a fraction of what memory delivers.
@@ -8,7 +8,8 @@
 //! stays in the last-level cache when that is larger than the matrix (compare with the
 //! in-cache probe).
 //!
-//! Run: `cargo bench -p moe-benches --bench kernels` (`-- probe` for the probe alone).
+//! Run: `cargo bench -p moe-benches --bench kernels` (`-- probe` for the probe alone,
+//! `-- matvec/Q5_K/` for one type).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -20,11 +21,20 @@ use moe_core::kernels::{Kernels, Level};
 
 /// (rows, columns): Mixtral's `ffn_gate/up` (14336 × 4096) and `ffn_down` (4096 × 14336).
 const SHAPES: [(usize, usize); 2] = [(14336, 4096), (4096, 14336)];
-const TYPES: [TensorType; 4] = [
+const TYPES: [TensorType; 13] = [
     TensorType::Q4_0,
     TensorType::Q8_0,
     TensorType::Q4_K,
     TensorType::Q6_K,
+    TensorType::Q4_1,
+    TensorType::Q5_0,
+    TensorType::Q5_1,
+    TensorType::IQ4_NL,
+    TensorType::Q2_K,
+    TensorType::Q3_K,
+    TensorType::Q5_K,
+    TensorType::IQ4_XS,
+    TensorType::BF16,
 ];
 
 fn tables() -> Vec<Kernels> {

@@ -36,13 +36,16 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A `rows × cols` matrix of random quants of type `ty`, every f16 block scale set to
-/// 1/64 so the values stay finite (Q4_K's `d` and `dmin`, Q6_K's `d` at its end).
+/// 1/64 so the values stay finite (both of `d` and `m`/`dmin` where a type has a minimum;
+/// wherever in the block the type keeps them).
 pub fn matvec_weights(ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
     let block_bytes = ty.block_bytes();
     let mut w = random_bytes(rows * cols / ty.block_len() * block_bytes, 7);
     let scale = 0x2400u16.to_le_bytes();
     let offsets: &[usize] = match ty {
-        TensorType::Q4_K => &[0, 2],
+        TensorType::Q4_1 | TensorType::Q5_1 | TensorType::Q4_K | TensorType::Q5_K => &[0, 2],
+        TensorType::Q2_K => &[80, 82],
+        TensorType::Q3_K => &[108],
         TensorType::Q6_K => &[208],
         _ => &[0],
     };

@@ -20,8 +20,8 @@
 //! - [`Kernels::at_most`]: the same table capped at a lower level (tests, benchmarks,
 //!   working around a suspect kernel).
 //!
-//! On x86-64 the levels are [`Level::Avx2`] (AVX2 + FMA + F16C: Q4_0, Q8_0, Q4_K, Q6_K,
-//! F16 and F32 rows) and [`Level::Avx512`] (adds AVX-512 F/BW/VL/VNNI: `vpdpbusd` for
+//! On x86-64 the levels are [`Level::Avx2`] (AVX2 + FMA + F16C: every dot-product
+//! weight type) and [`Level::Avx512`] (adds AVX-512 F/BW/VL/VNNI: `vpdpbusd` for
 //! Q4_0 and Q8_0, measured no faster than AVX2 so far, so `moe_std::kernels::detect()`
 //! uses it only when asked). On AArch64 they are [`Level::Neon`] (Q4_0, Q4_1, Q5_0,
 //! Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, F32, F16 and BF16 rows) and [`Level::Dotprod`]

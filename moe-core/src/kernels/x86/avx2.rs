@@ -6,6 +6,10 @@
 //! [`scalar`](crate::kernels::scalar). The quantized kernels therefore return the same
 //! bits as the specification. The float kernels accumulate exact `f32` products in
 //! `f64` lanes, so only the summation order differs from the specification.
+//!
+//! This file has the kernels for Q4_0, Q8_0, Q4_K, Q6_K, F16 and F32; every other weight
+//! type's (Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q5_K, IQ4_XS, BF16) is in
+//! [`avx2_more`](super::avx2_more), which `dot_unchecked` tries before the specification.
 
 use core::arch::x86_64::*;
 

@@ -137,15 +137,6 @@ fn pair_scales(scales: __m256i, k: usize) -> __m256i {
     _mm256_srai_epi16::<8>(spread)
 }
 
-/// Sixteen `i8` scales in both 128-bit lanes.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn broadcast_scales(scales: &[i8; 16]) -> __m256i {
-    // SAFETY: the reference covers 16 readable bytes; unaligned loads are allowed.
-    let s = unsafe { _mm_loadu_si128(scales.as_ptr().cast()) };
-    _mm256_broadcastsi128_si256(s)
-}
-
 /// The 16 `bsums` of a Q8_K block as `i16` lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -326,6 +317,28 @@ fn dot_q2_k_q8_k(w: &[q2_k::Block], a: &[q8_k::Block]) -> Result<f32> {
     Ok(sum)
 }
 
+/// The 16 signed 6-bit scales of a Q3_K block, as [`q3_k::scales`] decodes them, in both
+/// 128-bit lanes: mask-and-shift on the 12 packed bytes four at a time, because picking
+/// bits scale by scale cost as much as the whole quant loop. Byte `i` of the result is
+/// `(low_i | high_i << 4) − 32`, where `low_i` is the low (`i < 8`) or high nibble of
+/// byte `i % 8` and `high_i` bits `2 (i / 4)..` of byte `8 + i % 4`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q3_k_scales(wb: &q3_k::Block) -> __m256i {
+    const LOW: u32 = 0x0f0f_0f0f;
+    const TWO: u32 = 0x0303_0303;
+    let word = |at: usize| u32::from_le_bytes([wb[at], wb[at + 1], wb[at + 2], wb[at + 3]]);
+    let (lo0, lo1, hi) = (word(96), word(100), word(104));
+    let s = [
+        (lo0 & LOW) | ((hi & TWO) << 4),
+        (lo1 & LOW) | (((hi >> 2) & TWO) << 4),
+        ((lo0 >> 4) & LOW) | (((hi >> 4) & TWO) << 4),
+        ((lo1 >> 4) & LOW) | (((hi >> 6) & TWO) << 4),
+    ];
+    let v = _mm_set_epi32(s[3] as i32, s[2] as i32, s[1] as i32, s[0] as i32);
+    _mm256_broadcastsi128_si256(_mm_sub_epi8(v, _mm_set1_epi8(32)))
+}
+
 /// Q3_K · Q8_K: `Σ (l − 4c) a` per 16-quant sub-block, with the low 2 bits `l` from
 /// `qs` and `c` = 1 where the `hmask` bit is clear; the two `maddubs` pair sums differ by
 /// at most 2 · 7 · 128, subtracted in `i16`, then times the signed 6-bit scale. Exact.
@@ -336,7 +349,7 @@ fn dot_q3_k_q8_k(w: &[q3_k::Block], a: &[q8_k::Block]) -> Result<f32> {
     let four = _mm256_set1_epi8(4);
     let mut sum = 0.0f32;
     for (wb, ab) in w.iter().zip(a) {
-        let scales = broadcast_scales(&q3_k::scales(wb));
+        let scales = q3_k_scales(wb);
         let hmask = load32(&wb[..32].as_chunks().0[0]);
         let qs: &[[u8; 32]] = wb[32..96].as_chunks().0;
         let qa = q8_k_qs(ab);
