@@ -251,6 +251,38 @@ proptest! {
         }
     }
 
+    /// The batch kernels with arbitrary activation bytes too (NaN and infinite scales,
+    /// Q8_K `bsums` anywhere in `i16`, unrelated to their quants).
+    #[test]
+    fn matmul_with_arbitrary_activation_bytes_is_pairs_of_dots(
+        rows in 1usize..12,
+        tokens in 1usize..20,
+        n in 1usize..3,
+        wseed in proptest::collection::vec(any::<u8>(), 1..700),
+        aseed in proptest::collection::vec(any::<u8>(), 1..1200),
+    ) {
+        let tables = tables();
+        for ty in [TensorType::Q4_0, TensorType::Q8_0, TensorType::Q4_K, TensorType::Q6_K] {
+            let row_bytes = n * ty.block_bytes();
+            let w = weights(ty, n * rows, &wseed);
+            let act_bytes = n * ty.activation_type().unwrap().block_bytes();
+            let acts: Vec<Vec<u8>> = (0..tokens)
+                .map(|t| (0..act_bytes).map(|i| aseed[(i + 7 * t) % aseed.len()] ^ (i / aseed.len()) as u8).collect())
+                .collect();
+            let act_refs: Vec<&[u8]> = acts.iter().map(Vec::as_slice).collect();
+            for (name, k) in &tables {
+                let mut out = vec![0.0f32; rows * tokens];
+                k.matmul(ty, &w, &act_refs, &mut out).unwrap();
+                for (t, a) in act_refs.iter().enumerate() {
+                    for r in 0..rows {
+                        let d = scalar::dot(ty, &w[r * row_bytes..(r + 1) * row_bytes], a).unwrap();
+                        prop_assert!(same(out[t * rows + r], d), "{} {} row {} token {}", name, ty, r, t);
+                    }
+                }
+            }
+        }
+    }
+
     /// Shapes that do not fit are typed errors at every level: ragged activation rows,
     /// an output that is not a whole number of rows per activation, too few weights.
     #[test]
@@ -298,8 +330,12 @@ fn integer_block_sums_are_exact() {
                 let (rows, tokens) = (9, 17);
                 let matrix = w.repeat(rows);
                 let mut out = vec![0.0f32; rows * tokens];
-                k.matmul(ty, &matrix, &vec![&a[..]; tokens], &mut out).unwrap();
-                assert!(out.iter().all(|&o| o == s), "{name} {ty} fill {fill:#x} batch");
+                k.matmul(ty, &matrix, &vec![&a[..]; tokens], &mut out)
+                    .unwrap();
+                assert!(
+                    out.iter().all(|&o| o == s),
+                    "{name} {ty} fill {fill:#x} batch"
+                );
             }
         }
     }
@@ -315,7 +351,10 @@ fn levels_and_caps() {
         assert_eq!(Level::from_name(level.name()), Some(level));
         // `includes` is exactly inclusion of the feature lists.
         for lower in Level::ALL {
-            let subset = lower.features().iter().all(|f| level.features().contains(f));
+            let subset = lower
+                .features()
+                .iter()
+                .all(|f| level.features().contains(f));
             assert_eq!(level.includes(lower), subset, "{level} includes {lower}");
         }
         // A cap keeps the table within its own features and the cap's: the highest

@@ -246,7 +246,6 @@ pub(in crate::kernels) unsafe fn dot_q4_k_q8_k(
 ) -> Result<f32> {
     crate::kernels::same_blocks(w.len(), a.len())?;
     let mut sum = 0.0f32;
-    let mask = _mm256_set1_epi8(0x0f);
     for (wb, ab) in w.iter().zip(a) {
         let (scales, mins) = q4_k::scales_mins(wb);
         let bsums = q8_k::bsums(ab);
@@ -254,20 +253,14 @@ pub(in crate::kernels) unsafe fn dot_q4_k_q8_k(
         for s in 0..8 {
             summ += i32::from(mins[s]) * (i32::from(bsums[2 * s]) + i32::from(bsums[2 * s + 1]));
         }
-        let qs: &[[u8; 32]] = wb[16..].as_chunks().0;
+        let q = q4_k_quants(wb);
         let qa = q8_k_qs(ab);
         let sumi = {
             let mut acc = _mm256_setzero_si256();
-            for j in 0..4 {
-                let packed = load32(&qs[j]);
-                let lo = _mm256_and_si256(packed, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
-                // Sub-block 2j is the low nibbles, 2j + 1 the high nibbles.
-                let p_lo = _mm256_maddubs_epi16(lo, load32(&qa[2 * j]));
-                let p_hi = _mm256_maddubs_epi16(hi, load32(&qa[2 * j + 1]));
-                let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(i16::from(scales[2 * j])));
-                let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(i16::from(scales[2 * j + 1])));
-                acc = _mm256_add_epi32(acc, _mm256_add_epi32(p_lo, p_hi));
+            for (j, (q, a)) in q.into_iter().zip(qa).enumerate() {
+                let p = _mm256_maddubs_epi16(q, load32(a));
+                let p = _mm256_madd_epi16(p, _mm256_set1_epi16(i16::from(scales[j])));
+                acc = _mm256_add_epi32(acc, p);
             }
             hsum_i32(acc)
         };
@@ -290,50 +283,79 @@ pub(in crate::kernels) unsafe fn dot_q6_k_q8_k(
 ) -> Result<f32> {
     crate::kernels::same_blocks(w.len(), a.len())?;
     let mut sum = 0.0f32;
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m2 = _mm256_set1_epi8(3);
     let off = _mm256_set1_epi8(32);
     for (wb, ab) in w.iter().zip(a) {
         let sc = q6_k::scales(wb);
-        let ql: &[[u8; 32]] = wb[..128].as_chunks().0;
-        let qh: &[[u8; 32]] = wb[128..192].as_chunks().0;
         let qa = q8_k_qs(ab);
         let sumi = {
             let mut acc = _mm256_setzero_si256();
-            for h in 0..2 {
-                let l0 = load32(&ql[2 * h]);
-                let l1 = load32(&ql[2 * h + 1]);
-                let hb = load32(&qh[h]);
-                // Bits 2i..2i + 2 of `qh`, moved to bits 4..6.
-                let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, m2));
-                let h1 = _mm256_slli_epi16::<2>(_mm256_and_si256(hb, _mm256_slli_epi16::<2>(m2)));
-                let h2 = _mm256_and_si256(hb, _mm256_slli_epi16::<4>(m2));
-                let h3 = _mm256_and_si256(_mm256_srli_epi16::<2>(hb), _mm256_slli_epi16::<4>(m2));
-                let u = [
-                    _mm256_or_si256(_mm256_and_si256(l0, m4), h0),
-                    _mm256_or_si256(_mm256_and_si256(l1, m4), h1),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4), h2),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4), h3),
-                ];
-                for (q, u) in u.into_iter().enumerate() {
-                    let y = load32(&qa[4 * h + q]);
-                    // Pairwise `Σ (u − 32) a`: |·| ≤ 2 · 32 · 128, fits i16.
-                    let p =
-                        _mm256_sub_epi16(_mm256_maddubs_epi16(u, y), _mm256_maddubs_epi16(off, y));
-                    // Lanes 0..8 are sub-block 2q (+8h), lanes 8..16 the next one.
-                    let k = 8 * h + 2 * q;
-                    let s = _mm256_set_m128i(
-                        _mm_set1_epi16(i16::from(sc[k + 1])),
-                        _mm_set1_epi16(i16::from(sc[k])),
-                    );
-                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
-                }
+            for (v, (u, a)) in q6_k_quants(wb).into_iter().zip(qa).enumerate() {
+                let y = load32(a);
+                // Pairwise `Σ (u − 32) a`: |·| ≤ 2 · 32 · 128, fits i16.
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, y), _mm256_maddubs_epi16(off, y));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, q6_k_scale_pair(&sc, v)));
             }
             hsum_i32(acc)
         };
         sum += (f16_at(wb, 208) * q8_k::d(ab)) * sumi as f32;
     }
     Ok(sum)
+}
+
+/// The 256 quants of a Q4_K block as bytes `0..=15` in eight vectors, vector `j` being
+/// sub-block `j` (the low nibbles of 32 bytes, then their high nibbles).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn q4_k_quants(block: &q4_k::Block) -> [__m256i; 8] {
+    let mask = _mm256_set1_epi8(0x0f);
+    let qs: &[[u8; 32]] = block[16..].as_chunks().0;
+    core::array::from_fn(|j| {
+        let packed = load32(&qs[j / 2]);
+        let packed = if j % 2 == 0 {
+            packed
+        } else {
+            _mm256_srli_epi16::<4>(packed)
+        };
+        _mm256_and_si256(packed, mask)
+    })
+}
+
+/// The 256 quants of a Q6_K block as bytes `0..=63` (rebuilt from `ql` and `qh`) in eight
+/// vectors in activation order: vector `v` holds sub-blocks `2v` and `2v + 1`.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn q6_k_quants(block: &q6_k::Block) -> [__m256i; 8] {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m2 = _mm256_set1_epi8(3);
+    let ql: &[[u8; 32]] = block[..128].as_chunks().0;
+    let qh: &[[u8; 32]] = block[128..192].as_chunks().0;
+    let mut u = [_mm256_setzero_si256(); 8];
+    for h in 0..2 {
+        let l0 = load32(&ql[2 * h]);
+        let l1 = load32(&ql[2 * h + 1]);
+        let hb = load32(&qh[h]);
+        // Bits 2i..2i + 2 of `qh`, moved to bits 4..6.
+        let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, m2));
+        let h1 = _mm256_slli_epi16::<2>(_mm256_and_si256(hb, _mm256_slli_epi16::<2>(m2)));
+        let h2 = _mm256_and_si256(hb, _mm256_slli_epi16::<4>(m2));
+        let h3 = _mm256_and_si256(_mm256_srli_epi16::<2>(hb), _mm256_slli_epi16::<4>(m2));
+        u[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), h0);
+        u[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), h1);
+        u[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4), h2);
+        u[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4), h3);
+    }
+    u
+}
+
+/// The `i16` multipliers of [`q6_k_quants`]' vector `v`: lanes 0..8 (its first 16
+/// quants' pairs) take sub-block `2v`'s scale, lanes 8..16 sub-block `2v + 1`'s.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn q6_k_scale_pair(scales: &[i8; 16], v: usize) -> __m256i {
+    _mm256_set_m128i(
+        _mm_set1_epi16(i16::from(scales[2 * v + 1])),
+        _mm_set1_epi16(i16::from(scales[2 * v])),
+    )
 }
 
 /// Eight `f32` products widened to `f64` and added to two accumulators.

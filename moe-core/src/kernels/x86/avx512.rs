@@ -9,8 +9,8 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 
 use super::avx2::{self, sum_scaled};
-use super::batch::{matmul_scaled, nibbles, q8_0_quants};
-use crate::kernels::{check_matmul, check_row, matmul_by_dot, same_blocks};
+use super::batch::{self, matmul_scaled, nibbles, q8_0_quants};
+use crate::kernels::{check_matmul, check_row, same_blocks};
 use crate::quant::{q4_0, q8_0};
 use crate::{Result, TensorType};
 
@@ -40,8 +40,8 @@ unsafe fn dot_unchecked(weight_type: TensorType, w: &[u8], a: &[u8]) -> Result<f
     }
 }
 
-/// The batch entry: the eight-row driver with `vpdpbusd` for Q4_0 and Q8_0, this level's
-/// dot product pair by pair otherwise.
+/// The batch entry: the eight-row driver with `vpdpbusd` for Q4_0 and Q8_0, the AVX2
+/// batch kernels otherwise.
 ///
 /// Private to `kernels`: only [`Kernels`](crate::kernels::Kernels) constructors that hold
 /// proof of the [`Level::Avx512`](crate::kernels::Level::Avx512) features store it.
@@ -109,7 +109,8 @@ unsafe fn matmul_unchecked(
                 |w, (qa, seed)| dpbusd(seed, w, qa),
             );
         }
-        _ => return matmul_by_dot(dot, weight_type, weights, activations, out),
+        // SAFETY: the caller guarantees a superset of the AVX2 level's features.
+        _ => return unsafe { batch::matmul_unchecked(weight_type, weights, activations, out) },
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Matrix × batch for block formats with a leading f16 scale against Q8_0 activations
-//! (Q4_0, Q8_0): eight weight rows at a time, one `f32` lane per row.
+//! Matrix × batch, eight weight rows at a time with one `f32` lane per row: Q4_0 and
+//! Q8_0 (against Q8_0 activations), Q4_K and Q6_K (against Q8_K).
 //!
 //! A row-at-a-time dot product must add its block terms one after another (the
 //! specification's order), so its speed is bounded by the latency of one float add per
@@ -9,15 +9,18 @@
 //! group of weight blocks is unpacked once and then used for every activation row of the
 //! batch, which is what makes prefill cheaper per row than repeated matrix × vector.
 //!
-//! The instruction set enters only through three closures per format — unpack a weight
-//! block, prepare an activation block, sum one pair exactly — so AVX2 and AVX-512 VNNI
-//! share the driver.
+//! [`matmul_rows`] is the driver; a format enters through three closures — unpack the
+//! eight rows' blocks, prepare an activation block, and turn the two into the eight
+//! rows' float terms with the specification's operations — so formats and instruction
+//! sets (AVX2, AVX-512 VNNI) share it.
 
 use core::arch::x86_64::*;
 
-use super::avx2::{self, f16_at, hsum8, load16, load32};
+use super::avx2::{
+    self, f16_at, hsum8, load16, load32, q4_k_quants, q6_k_quants, q6_k_scale_pair, q8_k_qs,
+};
 use crate::kernels::{MatmulShape, check_matmul, matmul_by_dot};
-use crate::quant::q8_0;
+use crate::quant::{q4_k, q6_k, q8_0, q8_k};
 use crate::{Result, TensorType};
 
 /// Weight rows summed together: one lane each of an `f32 × 8` vector.
@@ -26,8 +29,8 @@ const ROWS: usize = 8;
 /// Activation rows whose running sums are kept at once (on the stack, 32 bytes each).
 const TOKENS: usize = 16;
 
-/// The AVX2 table's batch entry: the eight-row driver for Q4_0 and Q8_0, the AVX2 dot
-/// product pair by pair for every other type.
+/// The AVX2 table's batch entry: the eight-row driver for Q4_0, Q8_0, Q4_K and Q6_K, the
+/// AVX2 dot product pair by pair for every other type.
 ///
 /// Private to `kernels`: only [`Kernels`](crate::kernels::Kernels) constructors that hold
 /// proof of AVX2, FMA and F16C store this function.
@@ -48,7 +51,7 @@ pub(in crate::kernels) fn matmul(
 ///
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn matmul_unchecked(
+pub(super) unsafe fn matmul_unchecked(
     weight_type: TensorType,
     weights: &[u8],
     activations: &[&[u8]],
@@ -91,9 +94,140 @@ unsafe fn matmul_unchecked(
                 _mm256_add_epi32(_mm256_madd_epi16(w_lo, a_lo), _mm256_madd_epi16(w_hi, a_hi))
             },
         ),
+        TensorType::Q4_K if shape.blocks > 0 => matmul_q4_k(weights, shape, activations, out),
+        TensorType::Q6_K if shape.blocks > 0 => matmul_q6_k(weights, shape, activations, out),
         _ => return matmul_by_dot(avx2::dot, weight_type, weights, activations, out),
     }
     Ok(())
+}
+
+/// Q4_K · Q8_K for eight rows: per row `Σ_j scale_j Σ q a` and `Σ_j min_j (bsum pair j)`,
+/// both exact, then `(d d_a) sumi − (dmin d_a) summ` as the specification computes it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
+    /// Eight rows' unpacked block: quants, scales broadcast per sub-block, mins in the
+    /// lane order of [`bsum_pairs`], and `d` / `dmin`.
+    struct Rows {
+        q: [[__m256i; 8]; ROWS],
+        scales: [[__m256i; 8]; ROWS],
+        mins: [__m256i; ROWS],
+        d: __m256,
+        dmin: __m256,
+    }
+    matmul_rows(
+        weights.as_chunks::<{ q4_k::BLOCK_BYTES }>().0,
+        shape,
+        activations,
+        out,
+        |w: &[&q4_k::Block; ROWS]| {
+            let mut rows = Rows {
+                q: [[_mm256_setzero_si256(); 8]; ROWS],
+                scales: [[_mm256_setzero_si256(); 8]; ROWS],
+                mins: [_mm256_setzero_si256(); ROWS],
+                d: f16_lanes(w, 0),
+                dmin: f16_lanes(w, 2),
+            };
+            for (k, w) in w.iter().enumerate() {
+                let (scales, mins) = q4_k::scales_mins(w);
+                rows.q[k] = q4_k_quants(w);
+                rows.scales[k] = scales.map(|s| _mm256_set1_epi16(i16::from(s)));
+                let m = BSUM_PAIR_ORDER.map(|s| i32::from(mins[s]));
+                // SAFETY: the pointer covers 32 readable bytes; unaligned loads are allowed.
+                rows.mins[k] = unsafe { _mm256_loadu_si256(m.as_ptr().cast()) };
+            }
+            rows
+        },
+        |a: &q8_k::Block| (q8_k_vectors(a), bsum_pairs(a), q8_k::d(a)),
+        |rows, (qa, pairs, d_a)| {
+            let sumi = hsum8(core::array::from_fn(|k| {
+                let mut acc = _mm256_setzero_si256();
+                for ((q, a), s) in rows.q[k].iter().zip(qa).zip(&rows.scales[k]) {
+                    let p = _mm256_maddubs_epi16(*q, *a);
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, *s));
+                }
+                acc
+            }));
+            let summ = hsum8(rows.mins.map(|m| _mm256_mullo_epi32(m, *pairs)));
+            let d_a = _mm256_set1_ps(*d_a);
+            _mm256_sub_ps(
+                _mm256_mul_ps(_mm256_mul_ps(rows.d, d_a), _mm256_cvtepi32_ps(sumi)),
+                _mm256_mul_ps(_mm256_mul_ps(rows.dmin, d_a), _mm256_cvtepi32_ps(summ)),
+            )
+        },
+    );
+}
+
+/// The 256 quants of a Q8_K block in eight vectors.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q8_k_vectors(a: &q8_k::Block) -> [__m256i; 8] {
+    let qs = q8_k_qs(a);
+    core::array::from_fn(|j| load32(&qs[j]))
+}
+
+/// Which sub-block's pair of `bsums` each lane of [`bsum_pairs`] holds.
+const BSUM_PAIR_ORDER: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+/// `bsums[2s] + bsums[2s + 1]` of a Q8_K block as `i32` lanes, sub-blocks `s` in
+/// [`BSUM_PAIR_ORDER`] (what one `hadd` of the widened sums leaves). Stored `bsums` may
+/// be any `i16`, so the pairs are added in `i32`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bsum_pairs(a: &q8_k::Block) -> __m256i {
+    let raw = load32(&a[260..].as_chunks().0[0]);
+    let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(raw));
+    let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(raw));
+    _mm256_hadd_epi32(lo, hi)
+}
+
+/// Q6_K · Q8_K for eight rows: per row `Σ_k sc_k Σ (u − 32) a`, exact, then
+/// `(d d_a) sumi` as the specification computes it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
+    /// Eight rows' unpacked block: 6-bit quants, their scale pairs, and `d`.
+    struct Rows {
+        u: [[__m256i; 8]; ROWS],
+        scales: [[__m256i; 8]; ROWS],
+        d: __m256,
+    }
+    let off = _mm256_set1_epi8(32);
+    matmul_rows(
+        weights.as_chunks::<{ q6_k::BLOCK_BYTES }>().0,
+        shape,
+        activations,
+        out,
+        |w: &[&q6_k::Block; ROWS]| Rows {
+            u: w.map(|w| q6_k_quants(w)),
+            scales: w.map(|w| {
+                let sc = q6_k::scales(w);
+                core::array::from_fn(|v| q6_k_scale_pair(&sc, v))
+            }),
+            d: f16_lanes(w, 208),
+        },
+        // `32 Σ a` in pairs, shared by the eight rows.
+        |a: &q8_k::Block| {
+            let qa = q8_k_vectors(a);
+            (qa, qa.map(|y| _mm256_maddubs_epi16(off, y)), q8_k::d(a))
+        },
+        |rows, (qa, off_a, d_a)| {
+            let sumi = hsum8(core::array::from_fn(|k| {
+                let mut acc = _mm256_setzero_si256();
+                let pairs = rows.u[k].iter().zip(qa).zip(off_a).zip(&rows.scales[k]);
+                for (((u, a), off_a), s) in pairs {
+                    // Pairwise `Σ (u − 32) a`: |·| ≤ 2 · 32 · 128, fits i16.
+                    let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*u, *a), *off_a);
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, *s));
+                }
+                acc
+            }));
+            _mm256_mul_ps(
+                _mm256_mul_ps(rows.d, _mm256_set1_ps(*d_a)),
+                _mm256_cvtepi32_ps(sumi),
+            )
+        },
+    );
 }
 
 /// The 32 quants of a Q8_0 block (after its f16 scale).
@@ -126,9 +260,8 @@ fn widen(q: __m256i) -> (__m256i, __m256i) {
 /// activation rows.
 ///
 /// `block_sum(unpack(w), prepare(a))` must return a vector whose eight `i32` lanes add up
-/// to the exact integer dot product of the two blocks' quants. `shape` must be the one
-/// [`check_matmul`](crate::kernels::check_matmul) returned for these arguments with at
-/// least one block per row.
+/// to the exact integer dot product of the two blocks' quants. `shape` is as for
+/// [`matmul_rows`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn matmul_scaled<const W: usize, U: Copy, P: Copy>(
@@ -140,29 +273,57 @@ pub(super) fn matmul_scaled<const W: usize, U: Copy, P: Copy>(
     prepare: impl Fn(&q8_0::Block) -> P,
     block_sum: impl Fn(U, P) -> __m256i,
 ) {
+    matmul_rows(
+        weights,
+        shape,
+        activations,
+        out,
+        |w| (w.map(&unpack), f16_lanes(w, 0)),
+        |a| (prepare(a), f16_at(a, 0)),
+        |(u, d_w), (p, d_a)| {
+            let sums = hsum8(core::array::from_fn(|k| block_sum(u[k], *p)));
+            let d = _mm256_mul_ps(*d_w, _mm256_set1_ps(*d_a));
+            _mm256_mul_ps(_mm256_cvtepi32_ps(sums), d)
+        },
+    );
+}
+
+/// The driver: `out[t · rows + r] = Σ_b term(r, t, b)`, summed over blocks `b` in order
+/// from `+0.0` (the specification's order, one lane per row), where lane `k` of
+/// `terms(unpack(w), prepare(a))` is the term of row `k` of the group of eight.
+///
+/// Weight blocks are `W` bytes, activation blocks `A`. `unpack` runs once per group and
+/// block for the whole batch; `prepare` once per activation row and block for all eight
+/// rows. A partial group repeats its last row in the spare lanes, whose sums are dropped.
+/// `shape` must be the one [`check_matmul`] returned for these arguments, with at least
+/// one block per row.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn matmul_rows<const W: usize, const A: usize, U, P>(
+    weights: &[[u8; W]],
+    shape: MatmulShape,
+    activations: &[&[u8]],
+    out: &mut [f32],
+    unpack: impl Fn(&[&[u8; W]; ROWS]) -> U,
+    prepare: impl Fn(&[u8; A]) -> P,
+    terms: impl Fn(&U, &P) -> __m256,
+) {
     let MatmulShape { blocks, rows } = shape;
     for (g, group) in weights.chunks(blocks * ROWS).enumerate() {
         let r0 = g * ROWS;
         let n_rows = group.len() / blocks;
-        // A partial group repeats its last row in the spare lanes; their sums are dropped.
         let row: [&[[u8; W]]; ROWS] = core::array::from_fn(|k| {
             let k = k.min(n_rows - 1);
             &group[k * blocks..(k + 1) * blocks]
         });
         for (c, batch) in activations.chunks(TOKENS).enumerate() {
-            let act: [&[q8_0::Block]; TOKENS] =
+            let act: [&[[u8; A]]; TOKENS] =
                 core::array::from_fn(|t| batch.get(t).map_or(&[][..], |a| a.as_chunks().0));
             let mut acc = [_mm256_setzero_ps(); TOKENS];
             for b in 0..blocks {
-                let w: [&[u8; W]; ROWS] = core::array::from_fn(|k| &row[k][b]);
-                let unpacked: [U; ROWS] = core::array::from_fn(|k| unpack(w[k]));
-                let d_w = scales(&w);
+                let unpacked = unpack(&core::array::from_fn(|k| &row[k][b]));
                 for (acc, act) in acc.iter_mut().zip(&act[..batch.len()]) {
-                    let a = &act[b];
-                    let p = prepare(a);
-                    let sums = hsum8(core::array::from_fn(|k| block_sum(unpacked[k], p)));
-                    let d = _mm256_mul_ps(d_w, _mm256_set1_ps(f16_at(a, 0)));
-                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sums), d));
+                    *acc = _mm256_add_ps(*acc, terms(&unpacked, &prepare(&act[b])));
                 }
             }
             for (t, acc) in acc.iter().take(batch.len()).enumerate() {
@@ -176,12 +337,12 @@ pub(super) fn matmul_scaled<const W: usize, U: Copy, P: Copy>(
     }
 }
 
-/// The f16 scales leading eight weight blocks, as `f32` lanes (F16C: the same values as
-/// the specification's software conversion).
+/// The f16 at byte `at` of eight blocks, as `f32` lanes (F16C: the same values as the
+/// specification's software conversion).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn scales<const W: usize>(w: &[&[u8; W]; ROWS]) -> __m256 {
-    let bits: [u16; ROWS] = core::array::from_fn(|k| u16::from_le_bytes([w[k][0], w[k][1]]));
+fn f16_lanes<const W: usize>(w: &[&[u8; W]; ROWS], at: usize) -> __m256 {
+    let bits: [u16; ROWS] = w.map(|b| u16::from_le_bytes([b[at], b[at + 1]]));
     // SAFETY: the pointer covers 16 readable bytes; unaligned loads are allowed.
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(bits.as_ptr().cast()) })
 }
