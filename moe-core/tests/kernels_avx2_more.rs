@@ -141,7 +141,8 @@ proptest! {
         for k in &tables() {
             let g = k.dot(TensorType::BF16, &wb, &ab).unwrap();
             let tol = 2f64.powi(-23) * (abs + f64::from(s.abs())) + 1e-30;
-            prop_assert!((f64::from(s) - f64::from(g)).abs() <= tol, "{}: spec {} got {}", k.level(), s, g);
+            let err = (f64::from(s) - f64::from(g)).abs();
+            prop_assert!(err <= tol, "{}: spec {} got {}", k.level(), s, g);
         }
     }
 }
