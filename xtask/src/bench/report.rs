@@ -207,6 +207,15 @@ impl Llama {
     }
 }
 
+/// Bytes in MiB, or KiB below one MiB.
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
 /// Parses `"2t"` (roofline ids) or `"2"` (pool ids).
 fn threads(text: &str) -> Option<u64> {
     text.strip_suffix('t').unwrap_or(text).parse().ok()
@@ -342,17 +351,21 @@ impl Report {
         for note in &self.notes {
             let _ = writeln!(s, "> {note}\n");
         }
+        let cache = match (m.smoke, m.llc_level) {
+            (true, _) => "smoke-test sizes as if the last-level cache were".to_string(),
+            (false, 0) => "last-level cache unknown, assumed".to_string(),
+            (false, level) => format!("last-level cache (L{level})"),
+        };
         let _ = writeln!(
             s,
-            "{}, {} CPUs, last-level cache (L{}) {} MiB; probe buffers {} MiB (DRAM) and {} MiB \
-             (cache); streamed matrices rotate through {} MiB of copies.\n",
+            "{}, {} CPUs, {cache} {}; probe buffers {} (DRAM) and {} (cache); streamed \
+             matrices rotate through {} of copies.\n",
             m.arch,
             m.cpus,
-            m.llc_level,
-            m.llc_bytes >> 20,
-            m.dram_buffer >> 20,
-            m.cache_buffer >> 20,
-            m.stream_bytes >> 20,
+            size(m.llc_bytes),
+            size(m.dram_buffer),
+            size(m.cache_buffer),
+            size(m.stream_bytes),
         );
         if !self.probes.is_empty() {
             let mut threads: Vec<u64> = self.probes.iter().map(|p| p.threads).collect();
