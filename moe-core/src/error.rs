@@ -286,6 +286,27 @@ pub enum Error {
         /// What is wrong, in words.
         reason: &'static str,
     },
+    /// A model whose `general.architecture` this engine does not run.
+    UnsupportedArchitecture {
+        /// The architecture named in the file.
+        arch: Name,
+    },
+    /// A model whose metadata cannot describe a runnable network (heads that do not divide
+    /// the width, a RoPE width larger than a head, …).
+    InvalidModelConfig {
+        /// What is wrong, in words.
+        reason: &'static str,
+    },
+    /// A token position at or past the context the workspace was sized for, or a batch
+    /// that skips positions the KV cache does not hold yet.
+    PositionOutOfRange {
+        /// The position asked for.
+        position: usize,
+        /// Positions the KV cache holds (`0..filled` are valid inputs to attention).
+        filled: usize,
+        /// The context length the workspace was sized for.
+        context: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -428,6 +449,21 @@ impl fmt::Display for Error {
             Error::InvalidMoeConfig { reason } => {
                 write!(f, "invalid MoE layer configuration: {reason}")
             }
+            Error::UnsupportedArchitecture { arch } => write!(
+                f,
+                "model architecture '{arch}' is not supported (supported: llama)"
+            ),
+            Error::InvalidModelConfig { reason } => {
+                write!(f, "invalid model configuration: {reason}")
+            }
+            Error::PositionOutOfRange {
+                position,
+                filled,
+                context,
+            } => write!(
+                f,
+                "position {position} cannot be evaluated: the KV cache holds {filled} positions of a {context}-token context"
+            ),
             Error::UnsupportedType { ty } => {
                 write!(f, "operation not supported for tensor type {}", ty.name())
             }

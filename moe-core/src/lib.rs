@@ -14,6 +14,7 @@
 pub mod error;
 pub mod gguf;
 pub mod kernels;
+pub mod model;
 pub mod moe;
 pub mod parallel;
 pub mod peer;

@@ -19,6 +19,7 @@ pub mod dequant;
 pub mod inspect;
 pub mod kernels;
 pub mod pool;
+pub mod session;
 
 use std::fmt;
 use std::fs;

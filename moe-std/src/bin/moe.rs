@@ -8,6 +8,10 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Instant;
+
+use moe_std::pool::ThreadPool;
+use moe_std::session::{Session, argmax};
 use moe_std::{GgufFile, dequant, inspect};
 
 const USAGE: &str = "\
@@ -16,6 +20,12 @@ usage:
   moe inspect --devices                CUDA devices (none without a driver)
   moe dequant FILE TENSOR [-o OUT]     tensor as little-endian f32 in GGUF order
                                        (ne[0] fastest) to stdout or OUT
+  moe run FILE --tokens 1,2,3 [-n N] [--threads N] [--ctx N] [--batch N]
+                                       greedy generation from token ids; prints the
+                                       generated ids, then prefill and decode tokens/s
+  moe logits FILE --tokens 1,2,3 [-o OUT] [--threads N]
+                                       logits of every position, little-endian f32,
+                                       n_tokens x n_vocab, to stdout or OUT
   moe --help | --version
 
 In --json, arrays longer than 64 elements are cut to their first 8 unless --full.
@@ -63,6 +73,8 @@ fn run(args: Vec<OsString>) -> Result<(), Failure> {
     match command.to_str() {
         Some("inspect") => inspect_cmd(rest),
         Some("dequant") => dequant_cmd(rest),
+        Some("run") => run_cmd(rest),
+        Some("logits") => logits_cmd(rest),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -213,4 +225,157 @@ fn dequant_cmd(args: Vec<OsString>) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The flags `run` and `logits` share, parsed.
+struct ModelArgs {
+    path: PathBuf,
+    tokens: Vec<u32>,
+    threads: usize,
+    context: usize,
+    batch: usize,
+    n_predict: usize,
+    output: Option<PathBuf>,
+}
+
+fn model_args(command: &str, args: Vec<OsString>, extra: &[&str]) -> Result<ModelArgs, Failure> {
+    let mut with_value = vec![
+        "--tokens",
+        "--threads",
+        "-t",
+        "--ctx",
+        "-c",
+        "--batch",
+        "-b",
+    ];
+    with_value.extend_from_slice(extra);
+    let args = parse(args, &with_value)?;
+    let number = |flag: &str, v: &Option<OsString>| -> Result<usize, Failure> {
+        v.as_ref()
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| usage(format!("{command}: {flag} needs a non-negative integer")))
+    };
+    let mut parsed = ModelArgs {
+        path: PathBuf::new(),
+        tokens: Vec::new(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        context: 0,
+        batch: 512,
+        n_predict: 16,
+        output: None,
+    };
+    for (flag, value) in &args.flags {
+        match flag.as_str() {
+            "--tokens" => parsed.tokens = token_list(command, value)?,
+            "--threads" | "-t" => parsed.threads = number(flag, value)?.max(1),
+            "--ctx" | "-c" => parsed.context = number(flag, value)?,
+            "--batch" | "-b" => parsed.batch = number(flag, value)?.max(1),
+            "-n" | "--n-predict" if extra.contains(&"-n") => {
+                parsed.n_predict = number(flag, value)?
+            }
+            "-o" | "--output" if extra.contains(&"-o") => {
+                parsed.output = value.as_ref().map(PathBuf::from)
+            }
+            other => return Err(usage(format!("{command}: unknown flag {other}"))),
+        }
+    }
+    let [path] = <[OsString; 1]>::try_from(args.positionals)
+        .map_err(|_| usage(format!("{command} needs exactly one FILE")))?;
+    parsed.path = PathBuf::from(path);
+    if parsed.tokens.is_empty() {
+        return Err(usage(format!(
+            "{command}: --tokens with at least one id is required"
+        )));
+    }
+    Ok(parsed)
+}
+
+/// `1,2,3` as token ids.
+fn token_list(command: &str, value: &Option<OsString>) -> Result<Vec<u32>, Failure> {
+    let text = value.as_ref().and_then(|v| v.to_str()).unwrap_or("");
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| usage(format!("{command}: '{s}' in --tokens is not a token id")))
+        })
+        .collect()
+}
+
+fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
+    let a = model_args("run", args, &["-n", "--n-predict"])?;
+    let gguf = GgufFile::open(&a.path)?;
+    let pool = ThreadPool::new(a.threads);
+    let context = if a.context == 0 {
+        0
+    } else {
+        a.context.max(a.tokens.len() + a.n_predict)
+    };
+    let mut session = Session::new(&gguf, &pool, context, a.batch)?;
+    if a.tokens.len() + a.n_predict > session.context() {
+        return Err(Failure::Error(format!(
+            "{}: {} prompt tokens + {} to generate exceed the {}-token context (--ctx)",
+            a.path.display(),
+            a.tokens.len(),
+            a.n_predict,
+            session.context()
+        )));
+    }
+    let n_vocab = session.model().config().n_vocab;
+    let mut logits = vec![0.0f32; n_vocab];
+
+    let started = Instant::now();
+    session.eval(&a.tokens, &mut logits)?;
+    let prefill = started.elapsed();
+
+    let mut generated = Vec::with_capacity(a.n_predict);
+    let started = Instant::now();
+    for i in 0..a.n_predict {
+        let next = argmax(&logits);
+        generated.push(next);
+        if i + 1 < a.n_predict {
+            session.eval(&[next], &mut logits)?;
+        }
+    }
+    let decode = started.elapsed();
+
+    let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
+    let mut out = io::stdout().lock();
+    let written = writeln!(out, "{}", ids.join(","));
+    finish_stdout(written.and_then(|()| out.flush()))?;
+    let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    eprintln!(
+        "prefill: {} tokens in {:.3} s ({:.2} tokens/s); decode: {} tokens in {:.3} s ({:.2} tokens/s); {} threads, kernels {}",
+        a.tokens.len(),
+        prefill.as_secs_f64(),
+        rate(a.tokens.len(), prefill),
+        a.n_predict.saturating_sub(1),
+        decode.as_secs_f64(),
+        rate(a.n_predict.saturating_sub(1), decode),
+        pool.threads(),
+        moe_std::kernels::detect().level()
+    );
+    Ok(())
+}
+
+fn logits_cmd(args: Vec<OsString>) -> Result<(), Failure> {
+    let a = model_args("logits", args, &["-o", "--output"])?;
+    let gguf = GgufFile::open(&a.path)?;
+    let pool = ThreadPool::new(a.threads);
+    let context = a.context.max(a.tokens.len());
+    let mut session = Session::new(&gguf, &pool, context, a.batch)?;
+    let n_vocab = session.model().config().n_vocab;
+    let mut logits = vec![0.0f32; a.tokens.len() * n_vocab];
+    session.eval(&a.tokens, &mut logits)?;
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    match a.output {
+        Some(path) => std::fs::write(&path, &bytes)
+            .map_err(|e| Failure::Error(format!("{}: {e}", path.display()))),
+        None => {
+            let mut out = io::stdout().lock();
+            finish_stdout(out.write_all(&bytes).and_then(|()| out.flush()))
+        }
+    }
 }

@@ -1,0 +1,165 @@
+//! The shape and constants of a decoder-only transformer, read from `{arch}.*` keys the
+//! way llama.cpp reads them (defaults included), and checked against each other.
+
+use crate::error::name_of;
+use crate::gguf::File;
+use crate::gguf::names::arch_key;
+use crate::{Error, Result};
+
+/// Architectures [`ModelConfig::from_gguf`] accepts: `llama` covers dense Llama/Mistral
+/// models and Mixtral (the same graph with expert stacks in the FFN).
+pub const SUPPORTED_ARCHITECTURES: [&str; 1] = ["llama"];
+
+/// Model hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Vocabulary size (rows of `token_embd`).
+    pub n_vocab: usize,
+    /// Width of the residual stream.
+    pub n_embd: usize,
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_head`).
+    pub n_head_kv: usize,
+    /// Width of one query/key head.
+    pub head_dim: usize,
+    /// Width of one value head.
+    pub head_dim_v: usize,
+    /// Leading dimensions of each head that RoPE rotates.
+    pub rope_dims: usize,
+    /// RoPE frequency base.
+    pub rope_base: f32,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// Context length the model was trained with (informative; the workspace decides).
+    pub n_ctx_train: usize,
+}
+
+impl ModelConfig {
+    /// Reads the configuration of `file` (its `general.architecture` must be one of
+    /// [`SUPPORTED_ARCHITECTURES`]); `n_vocab` is `token_embd`'s row count.
+    pub fn from_gguf(file: &File<'_>) -> Result<Self> {
+        let arch = file.architecture().ok_or(Error::MissingKey {
+            key: name_of("general.architecture"),
+        })?;
+        if !SUPPORTED_ARCHITECTURES.contains(&arch) {
+            return Err(Error::UnsupportedArchitecture {
+                arch: name_of(arch),
+            });
+        }
+        let key = |k: &str| -> Result<Option<u64>> {
+            let name = arch_key(arch, k).ok_or(Error::MissingKey { key: name_of(k) })?;
+            match file.get(&name) {
+                None => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or(Error::WrongValueType {
+                    key: name_of(&name),
+                }),
+            }
+        };
+        let float = |k: &str| -> Result<Option<f32>> {
+            let name = arch_key(arch, k).ok_or(Error::MissingKey { key: name_of(k) })?;
+            match file.get(&name) {
+                None => Ok(None),
+                Some(v) => v.as_f32().map(Some).ok_or(Error::WrongValueType {
+                    key: name_of(&name),
+                }),
+            }
+        };
+        let required = |k: &str| -> Result<usize> {
+            let v = key(k)?.ok_or_else(|| Error::MissingKey {
+                key: name_of(&arch_key(arch, k).unwrap_or_default()),
+            })?;
+            usize::try_from(v).map_err(|_| Error::InvalidModelConfig {
+                reason: "a size does not fit in usize",
+            })
+        };
+        let optional = |k: &str, default: usize| -> Result<usize> {
+            match key(k)? {
+                None => Ok(default),
+                Some(v) => usize::try_from(v).map_err(|_| Error::InvalidModelConfig {
+                    reason: "a size does not fit in usize",
+                }),
+            }
+        };
+
+        let n_embd = required("embedding_length")?;
+        let n_layer = required("block_count")?;
+        let n_head = required("attention.head_count")?;
+        if n_head == 0 || !n_embd.is_multiple_of(n_head) && key("attention.key_length")?.is_none() {
+            return Err(Error::InvalidModelConfig {
+                reason: "attention.head_count must be non-zero and divide embedding_length",
+            });
+        }
+        let n_head_kv = optional("attention.head_count_kv", n_head)?;
+        let head_dim = optional("attention.key_length", n_embd / n_head)?;
+        let head_dim_v = optional("attention.value_length", head_dim)?;
+        let rope_dims = optional("rope.dimension_count", head_dim)?;
+        let n_vocab = file
+            .tensor("token_embd.weight")
+            .map(|t| t.view.ne(1) as usize)
+            .ok_or(Error::MissingTensor {
+                tensor: name_of("token_embd.weight"),
+            })?;
+        let config = ModelConfig {
+            n_vocab,
+            n_embd,
+            n_layer,
+            n_head,
+            n_head_kv,
+            head_dim,
+            head_dim_v,
+            rope_dims,
+            rope_base: float("rope.freq_base")?.unwrap_or(10_000.0),
+            rms_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            n_ctx_train: optional("context_length", 0)?,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The checks every runnable configuration passes.
+    fn check(&self) -> Result<()> {
+        let fail = |reason| Err(Error::InvalidModelConfig { reason });
+        if self.n_layer == 0 || self.n_embd == 0 || self.n_vocab == 0 {
+            return fail("block_count, embedding_length and the vocabulary must be non-zero");
+        }
+        if self.n_head_kv == 0 || !self.n_head.is_multiple_of(self.n_head_kv) {
+            return fail("attention.head_count_kv must be non-zero and divide head_count");
+        }
+        if self.head_dim == 0 || self.head_dim_v == 0 {
+            return fail("attention key and value lengths must be non-zero");
+        }
+        if self.rope_dims > self.head_dim || !self.rope_dims.is_multiple_of(2) {
+            return fail("rope.dimension_count must be even and at most the head width");
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+            return fail("rope.freq_base must be a positive number");
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            return fail("attention.layer_norm_rms_epsilon must be a non-negative number");
+        }
+        Ok(())
+    }
+
+    /// Query width: `n_head · head_dim`.
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// Key width: `n_head_kv · head_dim`.
+    pub fn k_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+
+    /// Value width (and attention output width per token is `n_head · head_dim_v`).
+    pub fn v_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim_v
+    }
+
+    /// Attention output width: `n_head · head_dim_v`.
+    pub fn attn_dim(&self) -> usize {
+        self.n_head * self.head_dim_v
+    }
+}

@@ -1,0 +1,623 @@
+//! Whole decoder-only models from GGUF files: token embedding, transformer blocks
+//! (RMSNorm, grouped-query attention with RoPE and a KV cache, a dense or MoE FFN), final
+//! norm and output head, with llama.cpp's tensor names and keys.
+//!
+//! [`Model::forward`] evaluates a batch of new tokens at consecutive positions (a prompt,
+//! or one token while decoding) and writes their logits. All memory is the caller's
+//! [`ModelWorkspace`], sized exactly by [`Model::workspace_size`]: the KV cache (which
+//! persists between calls) and scratch for one batch. Matrix products go through the
+//! [`Kernels`] table, and their rows (or the batch's tokens) are split across the
+//! [`Parallel`] runner.
+//!
+//! Architectures: `llama` (dense Llama/Mistral, and Mixtral: expert stacks with a
+//! softmax top-k router in the FFN). Other architectures are refused at load with
+//! [`Error::UnsupportedArchitecture`].
+
+mod config;
+mod math;
+
+pub use config::{ModelConfig, SUPPORTED_ARCHITECTURES};
+
+use crate::error::name_of;
+use crate::gguf::File;
+use crate::gguf::names::layer_tensor;
+use crate::kernels::Kernels;
+use crate::moe::{Activation, ExpertStack, MoeLayer, Workspace};
+use crate::parallel::{Parallel, Serial};
+use crate::quant::{TensorType, dequantize_row, quantize_row};
+use crate::router::{Choice, Selection};
+use crate::tensor::TensorView;
+use crate::{Error, Result};
+
+/// Tokens per call of the batch kernel (their activation rows are referenced from an
+/// array on the stack).
+const TOKEN_CHUNK: usize = 64;
+
+/// One transformer block's weights.
+#[derive(Clone, Copy, Debug)]
+struct Block<'a> {
+    attn_norm: TensorView<'a>,
+    wq: TensorView<'a>,
+    wk: TensorView<'a>,
+    wv: TensorView<'a>,
+    wo: TensorView<'a>,
+    ffn_norm: TensorView<'a>,
+    /// The FFN: the MoE layer of a Mixtral block, or a dense FFN as a single always-chosen
+    /// expert (its output times a weight of exactly 1).
+    ffn: MoeLayer<'a>,
+    dense: bool,
+}
+
+/// A model over borrowed GGUF bytes; at most `MAX_LAYERS` blocks (firmware picks a small
+/// bound to keep the value small).
+#[derive(Debug)]
+pub struct Model<'a, const MAX_LAYERS: usize = 128> {
+    config: ModelConfig,
+    token_embd: TensorView<'a>,
+    output_norm: TensorView<'a>,
+    output: TensorView<'a>,
+    blocks: heapless::Vec<Block<'a>, MAX_LAYERS>,
+    kernels: Kernels,
+    parallel: &'a dyn Parallel,
+}
+
+/// Caller memory for [`Model::forward`].
+#[derive(Debug)]
+pub struct ModelWorkspace<'w> {
+    /// The KV cache: [`WorkspaceSize::kv_cache`] elements for the context it was sized
+    /// for. It holds the keys and values of every evaluated position and must be kept
+    /// (unchanged) between the calls of one sequence.
+    pub kv_cache: &'w mut [f32],
+    /// Per-batch f32 scratch.
+    pub floats: &'w mut [f32],
+    /// One routing decision per token.
+    pub selections: &'w mut [Selection],
+    /// Quantized activations and MoE scratch (any alignment).
+    pub bytes: &'w mut [u8],
+}
+
+/// Exact sizes of the parts of a [`ModelWorkspace`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkspaceSize {
+    /// f32 elements of KV cache.
+    pub kv_cache: usize,
+    /// f32 elements of scratch.
+    pub floats: usize,
+    /// Selections.
+    pub selections: usize,
+    /// Bytes.
+    pub bytes: usize,
+}
+
+/// The f32 scratch regions of one batch of `t` tokens, in carving order.
+struct FloatRegions {
+    x: usize,
+    xn: usize,
+    q: usize,
+    attn: usize,
+    proj: usize,
+    router: usize,
+}
+
+impl FloatRegions {
+    fn total(&self) -> Option<usize> {
+        [self.x, self.xn, self.q, self.attn, self.proj, self.router]
+            .into_iter()
+            .try_fold(0usize, |a, b| a.checked_add(b))
+    }
+}
+
+/// `blk.{layer}.{suffix}` from `file`, or a [`Error::MissingTensor`] naming it.
+fn block_tensor<'a>(file: &File<'a>, layer: usize, suffix: &str) -> Result<TensorView<'a>> {
+    let name = layer_tensor(layer, suffix).unwrap_or_default();
+    file.tensor(&name)
+        .map(|t| t.view)
+        .ok_or(Error::MissingTensor {
+            tensor: name_of(&name),
+        })
+}
+
+/// A global tensor of `file`, or a [`Error::MissingTensor`] naming it.
+fn tensor<'a>(file: &File<'a>, name: &str) -> Result<TensorView<'a>> {
+    file.tensor(name)
+        .map(|t| t.view)
+        .ok_or(Error::MissingTensor {
+            tensor: name_of(name),
+        })
+}
+
+/// Checks that `view` is a matrix of `cols × rows` (GGUF order) with a dot product.
+fn check_matrix(view: &TensorView<'_>, name: &str, cols: usize, rows: usize) -> Result<()> {
+    for (dim, expected) in [cols as u64, rows as u64, 1, 1].into_iter().enumerate() {
+        if view.ne(dim) != expected {
+            return Err(Error::BadTensorShape {
+                tensor: name_of(name),
+                dim: dim as u8,
+                expected,
+                actual: view.ne(dim),
+            });
+        }
+    }
+    if view.ty().activation_type().is_none() {
+        return Err(Error::UnsupportedType { ty: view.ty() });
+    }
+    Ok(())
+}
+
+/// Checks that `view` is an F32 vector of `len` elements (a norm weight).
+fn check_norm(view: &TensorView<'_>, name: &str, len: usize) -> Result<()> {
+    if view.ty() != TensorType::F32 {
+        return Err(Error::UnsupportedType { ty: view.ty() });
+    }
+    if view.ne(0) != len as u64 || view.n_elements() != len as u64 {
+        return Err(Error::BadTensorShape {
+            tensor: name_of(name),
+            dim: 0,
+            expected: len as u64,
+            actual: view.ne(0),
+        });
+    }
+    Ok(())
+}
+
+/// A norm weight's elements (checked F32 by [`check_norm`]).
+fn norm_weight(view: &TensorView<'_>, i: usize) -> f32 {
+    let b = view.data().get(4 * i..4 * i + 4).unwrap_or(&[0; 4]);
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
+    /// The model in `file`: every tensor of every block is looked up and its shape checked
+    /// now, so a bad file is an error naming the tensor or key, never a wrong answer later.
+    pub fn from_gguf(file: &File<'a>) -> Result<Self> {
+        let config = ModelConfig::from_gguf(file)?;
+        let c = &config;
+        let token_embd = tensor(file, "token_embd.weight")?;
+        check_matrix(&token_embd, "token_embd.weight", c.n_embd, c.n_vocab)?;
+        let output_norm = tensor(file, "output_norm.weight")?;
+        check_norm(&output_norm, "output_norm.weight", c.n_embd)?;
+        // Tied embeddings: no output tensor, the head is the embedding matrix.
+        let output = match file.tensor("output.weight") {
+            Some(t) => t.view,
+            None => token_embd,
+        };
+        check_matrix(&output, "output.weight", c.n_embd, c.n_vocab)?;
+
+        let mut blocks = heapless::Vec::new();
+        for layer in 0..c.n_layer {
+            let block = Self::block(file, c, layer)?;
+            blocks.push(block).map_err(|_| Error::InvalidModelConfig {
+                reason: "more blocks than this build's MAX_LAYERS",
+            })?;
+        }
+        Ok(Model {
+            config,
+            token_embd,
+            output_norm,
+            output,
+            blocks,
+            kernels: Kernels::scalar(),
+            parallel: &Serial,
+        })
+    }
+
+    fn block(file: &File<'a>, c: &ModelConfig, layer: usize) -> Result<Block<'a>> {
+        let get = |suffix| block_tensor(file, layer, suffix);
+        let name = |suffix: &str| layer_tensor(layer, suffix).unwrap_or_default();
+        let attn_norm = get("attn_norm.weight")?;
+        check_norm(&attn_norm, &name("attn_norm.weight"), c.n_embd)?;
+        let ffn_norm = get("ffn_norm.weight")?;
+        check_norm(&ffn_norm, &name("ffn_norm.weight"), c.n_embd)?;
+        let wq = get("attn_q.weight")?;
+        check_matrix(&wq, &name("attn_q.weight"), c.n_embd, c.q_dim())?;
+        let wk = get("attn_k.weight")?;
+        check_matrix(&wk, &name("attn_k.weight"), c.n_embd, c.k_dim())?;
+        let wv = get("attn_v.weight")?;
+        check_matrix(&wv, &name("attn_v.weight"), c.n_embd, c.v_dim())?;
+        let wo = get("attn_output.weight")?;
+        check_matrix(&wo, &name("attn_output.weight"), c.attn_dim(), c.n_embd)?;
+
+        let has_experts = file
+            .tensor(&name("ffn_up_exps.weight"))
+            .or_else(|| file.tensor(&name("ffn_gate_up_exps.weight")))
+            .is_some();
+        let (ffn, dense) = if has_experts {
+            (MoeLayer::from_gguf(file, layer)?, false)
+        } else {
+            let stack = ExpertStack::new(
+                Some(get("ffn_gate.weight")?),
+                get("ffn_up.weight")?,
+                get("ffn_down.weight")?,
+                Activation::Silu,
+            )?;
+            (MoeLayer::new(stack, 1)?, true)
+        };
+        if ffn.n_embd() != c.n_embd {
+            return Err(Error::BadTensorShape {
+                tensor: name_of(&name("ffn_up.weight")),
+                dim: 0,
+                expected: c.n_embd as u64,
+                actual: ffn.n_embd() as u64,
+            });
+        }
+        Ok(Block {
+            attn_norm,
+            wq,
+            wk,
+            wv,
+            wo,
+            ffn_norm,
+            ffn,
+            dense,
+        })
+    }
+
+    /// The same model computing through `kernels` (every FFN and projection).
+    pub fn with_kernels(mut self, kernels: &Kernels) -> Self {
+        self.kernels = *kernels;
+        for b in &mut self.blocks {
+            b.ffn = b.ffn.with_kernels(kernels);
+        }
+        self
+    }
+
+    /// The same model splitting its matrix products across `parallel`.
+    pub fn with_parallel(mut self, parallel: &'a dyn Parallel) -> Self {
+        self.parallel = parallel;
+        for b in &mut self.blocks {
+            b.ffn = b.ffn.with_parallel(parallel);
+        }
+        self
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The FFN layer of block `layer` (for routing statistics and inspection).
+    pub fn ffn(&self, layer: usize) -> Option<&MoeLayer<'a>> {
+        self.blocks.get(layer).map(|b| &b.ffn)
+    }
+
+    /// Whether block `layer` has a dense FFN (no experts).
+    pub fn is_dense(&self, layer: usize) -> Option<bool> {
+        self.blocks.get(layer).map(|b| b.dense)
+    }
+
+    /// KV-cache elements per position, all layers.
+    fn kv_per_position(&self) -> usize {
+        self.config.n_layer * (self.config.k_dim() + self.config.v_dim())
+    }
+
+    fn float_regions(&self, t: usize) -> Option<FloatRegions> {
+        let c = &self.config;
+        let router = self
+            .blocks
+            .iter()
+            .map(|b| b.ffn.workspace_size(t).router)
+            .max()
+            .unwrap_or(0);
+        Some(FloatRegions {
+            x: t.checked_mul(c.n_embd)?,
+            xn: t.checked_mul(c.n_embd)?,
+            q: t.checked_mul(c.q_dim())?,
+            attn: t.checked_mul(c.attn_dim())?,
+            proj: t.checked_mul(c.n_embd)?,
+            router,
+        })
+    }
+
+    /// Bytes of one quantized activation row of `width` elements for the weight `view`.
+    fn act_row_bytes(view: &TensorView<'_>, width: usize) -> usize {
+        let act = view.ty().activation_type().unwrap_or(TensorType::F32);
+        width / act.block_len() * act.block_bytes()
+    }
+
+    /// The largest quantized activation row any projection or the head reads.
+    fn max_act_row_bytes(&self) -> usize {
+        let c = &self.config;
+        let mut max = Self::act_row_bytes(&self.output, c.n_embd);
+        for b in &self.blocks {
+            for v in [&b.wq, &b.wk, &b.wv] {
+                max = max.max(Self::act_row_bytes(v, c.n_embd));
+            }
+            max = max.max(Self::act_row_bytes(&b.wo, c.attn_dim()));
+        }
+        max
+    }
+
+    /// Exact sizes of the workspace for batches of up to `max_batch` tokens and a context
+    /// of `context` positions (saturating at `usize::MAX`, which no buffer can be).
+    pub fn workspace_size(&self, max_batch: usize, context: usize) -> WorkspaceSize {
+        let t = max_batch;
+        let floats = self
+            .float_regions(t)
+            .and_then(|r| r.total())
+            .unwrap_or(usize::MAX);
+        let moe_bytes = self
+            .blocks
+            .iter()
+            .map(|b| b.ffn.workspace_bytes(t))
+            .max()
+            .unwrap_or(0);
+        let bytes = t
+            .checked_mul(self.max_act_row_bytes())
+            .and_then(|a| a.checked_add(moe_bytes))
+            .unwrap_or(usize::MAX);
+        WorkspaceSize {
+            kv_cache: context.saturating_mul(self.kv_per_position()),
+            floats,
+            selections: t,
+            bytes,
+        }
+    }
+
+    /// Evaluates `tokens` at positions `start, start + 1, …` and writes their logits:
+    /// `logits` holds either every position's (`tokens.len() × n_vocab`) or only the
+    /// last one's (`n_vocab`).
+    ///
+    /// Positions `0..start` must already be in the workspace's KV cache (evaluated by
+    /// earlier calls on the same workspace); the batch's keys and values are written at
+    /// `start..start + tokens.len()`, which must fit in the context the cache was sized
+    /// for. A batch is evaluated exactly as the same tokens one call at a time would be.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        logits: &mut [f32],
+        ws: &mut ModelWorkspace<'_>,
+    ) -> Result<()> {
+        let c = self.config;
+        let t = tokens.len();
+        let per_position = self.kv_per_position();
+        let context = ws.kv_cache.len() / per_position.max(1);
+        let end = start.saturating_add(t);
+        if end > context {
+            return Err(Error::PositionOutOfRange {
+                position: end.saturating_sub(1),
+                filled: start,
+                context,
+            });
+        }
+        if t == 0 {
+            return Ok(());
+        }
+        let all_logits = logits.len() == t * c.n_vocab;
+        if !all_logits && logits.len() != c.n_vocab {
+            return Err(Error::LengthMismatch {
+                expected: t * c.n_vocab,
+                actual: logits.len(),
+            });
+        }
+        let size = self.workspace_size(t, context);
+        if ws.bytes.len() < size.bytes {
+            return Err(Error::WorkspaceTooSmall {
+                needed: size.bytes,
+                actual: ws.bytes.len(),
+            });
+        }
+        for (needed, actual) in [
+            (size.floats, ws.floats.len()),
+            (size.selections, ws.selections.len()),
+        ] {
+            if actual < needed {
+                return Err(Error::BufferTooSmall { needed, actual });
+            }
+        }
+        let r = self.float_regions(t).ok_or(Error::InvalidModelConfig {
+            reason: "batch too large",
+        })?;
+        let (x, rest) = ws.floats.split_at_mut(r.x);
+        let (xn, rest) = rest.split_at_mut(r.xn);
+        let (q, rest) = rest.split_at_mut(r.q);
+        let (attn, rest) = rest.split_at_mut(r.attn);
+        let (proj, rest) = rest.split_at_mut(r.proj);
+        let router = &mut rest[..r.router];
+        let (acts, moe_bytes) = ws.bytes.split_at_mut(t * self.max_act_row_bytes());
+
+        // Embeddings.
+        for (row, &token) in x.chunks_exact_mut(c.n_embd).zip(tokens) {
+            let src = self
+                .token_embd
+                .row(u64::from(token))
+                .ok_or(Error::TokenOutOfRange {
+                    token,
+                    n_vocab: c.n_vocab as u64,
+                })?;
+            dequantize_row(self.token_embd.ty(), src, row)?;
+        }
+
+        for (l, b) in self.blocks.iter().enumerate() {
+            // Attention.
+            self.norm_rows(x, &b.attn_norm, xn);
+            self.project(&b.wq, xn, c.n_embd, acts, q)?;
+            let (keys, values) = self.layer_cache(ws.kv_cache, l, context);
+            let (kd, vd) = (c.k_dim(), c.v_dim());
+            self.project(&b.wk, xn, c.n_embd, acts, &mut keys[start * kd..end * kd])?;
+            self.project(&b.wv, xn, c.n_embd, acts, &mut values[start * vd..end * vd])?;
+            for (i, (q, k)) in q
+                .chunks_exact_mut(c.q_dim())
+                .zip(keys[start * kd..end * kd].chunks_exact_mut(kd))
+                .enumerate()
+            {
+                let pos = start + i;
+                for head in q
+                    .chunks_exact_mut(c.head_dim)
+                    .chain(k.chunks_exact_mut(c.head_dim))
+                {
+                    math::rope_normal(head, c.rope_dims, pos, c.rope_base);
+                }
+            }
+            self.attention(start, q, keys, values, attn)?;
+            self.project(&b.wo, attn, c.attn_dim(), acts, proj)?;
+            for (x, p) in x.iter_mut().zip(proj.iter()) {
+                *x += p;
+            }
+
+            // FFN.
+            self.norm_rows(x, &b.ffn_norm, xn);
+            if b.dense {
+                let mut one = Selection::new();
+                let _ = one.push(Choice {
+                    expert: 0,
+                    weight: 1.0,
+                });
+                ws.selections[..t].fill(one);
+                b.ffn
+                    .forward_selected(xn, &ws.selections[..t], proj, moe_bytes)?;
+            } else {
+                let mut moe_ws = Workspace {
+                    selections: &mut ws.selections[..t],
+                    router,
+                    bytes: moe_bytes,
+                };
+                b.ffn.forward(xn, tokens, proj, &mut moe_ws)?;
+            }
+            for (x, p) in x.iter_mut().zip(proj.iter()) {
+                *x += p;
+            }
+        }
+
+        // Head.
+        self.norm_rows(x, &self.output_norm, xn);
+        if all_logits {
+            self.project(&self.output, xn, c.n_embd, acts, logits)
+        } else {
+            let last = &xn[(t - 1) * c.n_embd..];
+            self.project(&self.output, last, c.n_embd, acts, logits)
+        }
+    }
+
+    /// Block `layer`'s keys (`context × k_dim`) and values (`context × v_dim`) in the cache.
+    fn layer_cache<'c>(
+        &self,
+        cache: &'c mut [f32],
+        layer: usize,
+        context: usize,
+    ) -> (&'c mut [f32], &'c mut [f32]) {
+        let (kd, vd) = (self.config.k_dim(), self.config.v_dim());
+        let per_layer = context * (kd + vd);
+        let layer = &mut cache[layer * per_layer..(layer + 1) * per_layer];
+        layer.split_at_mut(context * kd)
+    }
+
+    /// Causal grouped-query attention of the batch's queries (`q`, after RoPE; token `i`
+    /// at position `start + i`) over the cached keys and values of positions
+    /// `0..=start + i`, into `attn` (`t × n_head · head_dim_v`). Query head `h` reads
+    /// key/value head `h / (n_head / n_head_kv)`. The (token, head) pairs are split
+    /// across the parallel runner.
+    fn attention(
+        &self,
+        start: usize,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        attn: &mut [f32],
+    ) -> Result<()> {
+        let c = self.config;
+        let (hd, hdv) = (c.head_dim, c.head_dim_v);
+        let (kd, vd) = (c.k_dim(), c.v_dim());
+        let group = c.n_head / c.n_head_kv;
+        let scale = 1.0 / libm::sqrtf(hd as f32);
+        let attn_bytes: &mut [u8] = bytemuck::cast_slice_mut(attn);
+        self.parallel
+            .for_each_rows(attn_bytes, hdv * 4, 1, &|first, piece| {
+                let piece = as_floats(piece)?;
+                for (n, out) in piece.chunks_exact_mut(hdv).enumerate() {
+                    let (i, h) = ((first + n) / c.n_head, (first + n) % c.n_head);
+                    let kv = h / group;
+                    math::attend(
+                        &q[i * c.q_dim() + h * hd..][..hd],
+                        start + i + 1,
+                        scale,
+                        |j| &keys[j * kd + kv * hd..][..hd],
+                        |j| &values[j * vd + kv * hdv..][..hdv],
+                        out,
+                    );
+                }
+                Ok(())
+            })
+    }
+
+    /// `out[t] = rms_norm(x[t]) · weight` for every row.
+    fn norm_rows(&self, x: &[f32], weight: &TensorView<'_>, out: &mut [f32]) {
+        let n = self.config.n_embd;
+        for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            math::rms_norm(xr, self.config.rms_eps, or, |i| norm_weight(weight, i));
+        }
+    }
+
+    /// `out[t] = W · rows[t]` for every row of `rows` (each `width` wide): the rows are
+    /// quantized to `W`'s activation type in `acts`, then multiplied through the batch
+    /// kernel, split across the parallel runner — by output rows for one token, by tokens
+    /// for a batch (each piece then streams `W` once for up to [`TOKEN_CHUNK`] tokens).
+    fn project(
+        &self,
+        w: &TensorView<'_>,
+        rows: &[f32],
+        width: usize,
+        acts: &mut [u8],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let ty = w.ty();
+        let act = ty.activation_type().ok_or(Error::UnsupportedType { ty })?;
+        let rb = Self::act_row_bytes(w, width);
+        let n_tokens = rows.len() / width;
+        let n_out = w.ne(1) as usize;
+        if out.len() != n_tokens * n_out {
+            return Err(Error::LengthMismatch {
+                expected: n_tokens * n_out,
+                actual: out.len(),
+            });
+        }
+        let available = acts.len();
+        let acts = acts
+            .get_mut(..n_tokens * rb)
+            .ok_or(Error::WorkspaceTooSmall {
+                needed: n_tokens * rb,
+                actual: available,
+            })?;
+        for (src, dst) in rows.chunks_exact(width).zip(acts.chunks_exact_mut(rb)) {
+            quantize_row(act, src, dst)?;
+        }
+        let acts = &*acts;
+        let kernels = &self.kernels;
+        let (data, row_bytes) = (w.data(), w.row_bytes());
+        let out_bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+        if n_tokens == 1 {
+            self.parallel
+                .for_each_rows(out_bytes, 4, MIN_ROWS_PER_THREAD, &|first, piece| {
+                    let piece = as_floats(piece)?;
+                    let rows = first * row_bytes..(first + piece.len()) * row_bytes;
+                    kernels.matmul(ty, data.get(rows).unwrap_or(&[]), &[acts], piece)
+                })
+        } else {
+            self.parallel
+                .for_each_rows(out_bytes, n_out * 4, 1, &|first, piece| {
+                    let piece = as_floats(piece)?;
+                    for (c, chunk) in piece.chunks_mut(TOKEN_CHUNK * n_out).enumerate() {
+                        let t0 = first + c * TOKEN_CHUNK;
+                        let m = chunk.len() / n_out;
+                        let refs: [&[u8]; TOKEN_CHUNK] = core::array::from_fn(|j| {
+                            let at = (t0 + j) * rb;
+                            acts.get(at..at + rb).filter(|_| j < m).unwrap_or(&[])
+                        });
+                        kernels.matmul(ty, data, &refs[..m], chunk)?;
+                    }
+                    Ok(())
+                })
+        }
+    }
+}
+
+/// Output rows below which one token's projection is not split further across threads.
+const MIN_ROWS_PER_THREAD: usize = 64;
+
+/// A piece of an f32 buffer handed back as bytes by the parallel runner, as f32 again
+/// (pieces are whole rows of 4-byte elements of an f32 buffer, hence aligned).
+fn as_floats(piece: &mut [u8]) -> Result<&mut [f32]> {
+    bytemuck::try_cast_slice_mut(piece).map_err(|_| Error::InvalidModelConfig {
+        reason: "a scratch piece is not f32-aligned",
+    })
+}

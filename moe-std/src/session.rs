@@ -1,0 +1,132 @@
+//! Running a whole model from a mapped GGUF file: a [`Session`] owns the workspace (KV
+//! cache and scratch) of one sequence and evaluates tokens through
+//! [`moe_core::model::Model`], on the [`ThreadPool`](crate::pool::ThreadPool) the caller
+//! passes.
+
+use moe_core::model::{Model, ModelWorkspace, WorkspaceSize};
+use moe_core::router::Selection;
+
+use crate::{Error, GgufFile, Result};
+
+/// One sequence of a model: the model, its KV cache and scratch sized for `context`
+/// positions and batches of up to `max_batch` tokens, and how many positions are filled.
+pub struct Session<'a> {
+    gguf: &'a GgufFile,
+    model: Model<'a>,
+    size: WorkspaceSize,
+    max_batch: usize,
+    kv_cache: Vec<f32>,
+    floats: Vec<f32>,
+    selections: Vec<Selection>,
+    bytes: Vec<u8>,
+    filled: usize,
+}
+
+impl<'a> Session<'a> {
+    /// A session over `gguf`'s model with the best kernels of this CPU
+    /// ([`crate::kernels::detect`]) and `pool`'s threads. `context` is the KV cache's
+    /// length in positions (0: the model's training context, capped at 4096).
+    pub fn new(
+        gguf: &'a GgufFile,
+        pool: &'a crate::pool::ThreadPool,
+        context: usize,
+        max_batch: usize,
+    ) -> Result<Self> {
+        let model = Model::from_gguf(gguf.file())
+            .map_err(|e| Error::gguf(gguf.path(), e))?
+            .with_kernels(&crate::kernels::detect())
+            .with_parallel(pool);
+        let context = match context {
+            0 => model.config().n_ctx_train.clamp(1, 4096),
+            n => n,
+        };
+        let max_batch = max_batch.clamp(1, context);
+        let size = model.workspace_size(max_batch, context);
+        Ok(Session {
+            gguf,
+            model,
+            size,
+            max_batch,
+            kv_cache: vec![0.0; size.kv_cache],
+            floats: vec![0.0; size.floats],
+            selections: vec![Selection::new(); size.selections],
+            bytes: vec![0; size.bytes],
+            filled: 0,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model<'a> {
+        &self.model
+    }
+
+    /// Positions evaluated so far.
+    pub fn position(&self) -> usize {
+        self.filled
+    }
+
+    /// The context length (KV cache positions).
+    pub fn context(&self) -> usize {
+        self.size.kv_cache / self.kv_per_position().max(1)
+    }
+
+    fn kv_per_position(&self) -> usize {
+        let c = self.model.config();
+        c.n_layer * (c.k_dim() + c.v_dim())
+    }
+
+    /// Bytes of memory the session holds (KV cache, scratch, selections).
+    pub fn memory_bytes(&self) -> usize {
+        4 * (self.kv_cache.len() + self.floats.len())
+            + self.bytes.len()
+            + self.selections.len() * size_of::<Selection>()
+    }
+
+    /// Forgets every position (the next tokens start at position 0).
+    pub fn reset(&mut self) {
+        self.filled = 0;
+    }
+
+    /// Evaluates `tokens` after the positions already filled, in batches of at most
+    /// `max_batch`, and writes logits into `logits`: every position's
+    /// (`tokens.len() × n_vocab`) or only the last one's (`n_vocab`).
+    pub fn eval(&mut self, tokens: &[u32], logits: &mut [f32]) -> Result<()> {
+        let n_vocab = self.model.config().n_vocab;
+        let all = logits.len() == tokens.len() * n_vocab && tokens.len() > 1;
+        for (i, batch) in tokens.chunks(self.max_batch).enumerate() {
+            let last_batch = (i + 1) * self.max_batch >= tokens.len();
+            let out: &mut [f32] = if all {
+                let at = i * self.max_batch * n_vocab;
+                &mut logits[at..at + batch.len() * n_vocab]
+            } else if last_batch {
+                &mut logits[..]
+            } else {
+                // Logits of a batch before the last are not asked for: compute only the
+                // last position's into the caller's buffer and overwrite it later.
+                &mut logits[..n_vocab]
+            };
+            let mut ws = ModelWorkspace {
+                kv_cache: &mut self.kv_cache,
+                floats: &mut self.floats,
+                selections: &mut self.selections,
+                bytes: &mut self.bytes,
+            };
+            self.model
+                .forward(batch, self.filled, out, &mut ws)
+                .map_err(|e| Error::gguf(self.gguf.path(), e))?;
+            self.filled += batch.len();
+        }
+        Ok(())
+    }
+}
+
+/// The index of the largest logit (the first one on ties), or 0 for an empty slice.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
