@@ -4,7 +4,7 @@
 //! passes.
 
 use moe_core::model::{Model, ModelWorkspace, WorkspaceSize};
-use moe_core::router::Selection;
+use moe_core::router::{RouterStats, Selection};
 
 use crate::{Error, GgufFile, Result};
 
@@ -91,6 +91,19 @@ impl<'a> Session<'a> {
     /// `max_batch`, and writes logits into `logits`: every position's
     /// (`tokens.len() × n_vocab`) or only the last one's (`n_vocab`).
     pub fn eval(&mut self, tokens: &[u32], logits: &mut [f32]) -> Result<()> {
+        self.eval_routed(tokens, logits, &mut [], |_, _, _| {})
+    }
+
+    /// [`eval`](Self::eval) reporting routing: `on_route(layer, first_position,
+    /// selections)` after each MoE block of each batch, and router statistics in
+    /// `stats[layer]` where given (see `Model::forward_routed`).
+    pub fn eval_routed(
+        &mut self,
+        tokens: &[u32],
+        logits: &mut [f32],
+        stats: &mut [RouterStats<'_>],
+        mut on_route: impl FnMut(usize, usize, &[Selection]),
+    ) -> Result<()> {
         let n_vocab = self.model.config().n_vocab;
         let all = logits.len() == tokens.len() * n_vocab && tokens.len() > 1;
         for (i, batch) in tokens.chunks(self.max_batch).enumerate() {
@@ -111,8 +124,11 @@ impl<'a> Session<'a> {
                 selections: &mut self.selections,
                 bytes: &mut self.bytes,
             };
+            let first = self.filled;
             self.model
-                .forward(batch, self.filled, out, &mut ws)
+                .forward_routed(batch, first, out, &mut ws, stats, |layer, selections| {
+                    on_route(layer, first, selections)
+                })
                 .map_err(|e| Error::gguf(self.gguf.path(), e))?;
             self.filled += batch.len();
         }

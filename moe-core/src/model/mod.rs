@@ -25,7 +25,7 @@ use crate::kernels::Kernels;
 use crate::moe::{Activation, ExpertStack, MoeLayer, Workspace};
 use crate::parallel::{Parallel, Serial};
 use crate::quant::{TensorType, dequantize_row, quantize_row};
-use crate::router::{Choice, Selection};
+use crate::router::{Choice, RouterStats, Selection};
 use crate::tensor::TensorView;
 use crate::{Error, Result};
 
@@ -285,6 +285,33 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         self.blocks.get(layer).map(|b| b.dense)
     }
 
+    /// Weight bytes one decoded token reads: one embedding row, every block's norms,
+    /// attention matrices, router (as F32) and the `k` routed experts it uses (plus any
+    /// shared expert), the final norm and the head. The figure behind decode GB/s.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let c = &self.config;
+        let bytes = |v: &TensorView<'_>| v.data().len() as u64;
+        let ffn_bytes =
+            |f: &crate::moe::Ffn<'_>| f.gate().map_or(0, bytes) + bytes(f.up()) + bytes(f.down());
+        let mut total = self.token_embd.row_bytes() as u64 + bytes(&self.output_norm);
+        total += bytes(&self.output);
+        for b in &self.blocks {
+            total += [&b.attn_norm, &b.ffn_norm, &b.wq, &b.wk, &b.wv, &b.wo]
+                .into_iter()
+                .map(bytes)
+                .sum::<u64>();
+            let experts = b.ffn.experts();
+            let per_expert = experts.expert(0).map_or(0, |f| ffn_bytes(&f));
+            total += b.ffn.k() as u64 * per_expert;
+            if b.ffn.router().is_some() {
+                total += 4 * (c.n_embd * experts.n_expert()) as u64;
+            }
+            total += b.ffn.shared().ffn().map_or(0, ffn_bytes);
+            total += b.ffn.shared().gate().map_or(0, bytes);
+        }
+        total
+    }
+
     /// KV-cache elements per position, all layers.
     fn kv_per_position(&self) -> usize {
         self.config.n_layer * (self.config.k_dim() + self.config.v_dim())
@@ -367,6 +394,22 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         start: usize,
         logits: &mut [f32],
         ws: &mut ModelWorkspace<'_>,
+    ) -> Result<()> {
+        self.forward_routed(tokens, start, logits, ws, &mut [], |_, _| {})
+    }
+
+    /// [`forward`](Self::forward), also showing every MoE block's routing: `on_route(layer,
+    /// selections)` is called with the batch's selections after each MoE block routes, and
+    /// when `stats` has an entry for the block (`stats[layer]`, sized for its experts)
+    /// router statistics accumulate there. Dense blocks are not reported.
+    pub fn forward_routed(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        logits: &mut [f32],
+        ws: &mut ModelWorkspace<'_>,
+        stats: &mut [RouterStats<'_>],
+        mut on_route: impl FnMut(usize, &[Selection]),
     ) -> Result<()> {
         let c = self.config;
         let t = tokens.len();
@@ -472,7 +515,9 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                     router,
                     bytes: moe_bytes,
                 };
-                b.ffn.forward(xn, tokens, proj, &mut moe_ws)?;
+                b.ffn
+                    .forward_with_stats(xn, tokens, proj, &mut moe_ws, stats.get_mut(l))?;
+                on_route(l, &ws.selections[..t]);
             }
             for (x, p) in x.iter_mut().zip(proj.iter()) {
                 *x += p;

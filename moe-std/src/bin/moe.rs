@@ -23,6 +23,12 @@ usage:
   moe run FILE --tokens 1,2,3 [-n N] [--threads N] [--ctx N] [--batch N]
                                        greedy generation from token ids; prints the
                                        generated ids, then prefill and decode tokens/s
+  moe bench FILE [--threads N] [--prompt 128] [--gen 64] [--reps 3] [--json]
+                                       median prefill and decode tokens/s, weight bytes
+                                       per decoded token and the GB/s they make
+  moe route FILE --tokens 1,2,3 [--json] [--threads N]
+                                       per MoE layer: each token's experts and weights,
+                                       tokens per expert, load balance, entropy, drops
   moe logits FILE --tokens 1,2,3 [-o OUT] [--threads N]
                                        logits of every position, little-endian f32,
                                        n_tokens x n_vocab, to stdout or OUT
@@ -75,6 +81,8 @@ fn run(args: Vec<OsString>) -> Result<(), Failure> {
         Some("dequant") => dequant_cmd(rest),
         Some("run") => run_cmd(rest),
         Some("logits") => logits_cmd(rest),
+        Some("bench") => bench_cmd(rest),
+        Some("route") => route_cmd(rest),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -378,4 +386,186 @@ fn logits_cmd(args: Vec<OsString>) -> Result<(), Failure> {
             finish_stdout(out.write_all(&bytes).and_then(|()| out.flush()))
         }
     }
+}
+
+fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
+    let args = parse(
+        args,
+        &[
+            "--threads",
+            "-t",
+            "--prompt",
+            "-p",
+            "--gen",
+            "-n",
+            "--reps",
+            "-r",
+        ],
+    )?;
+    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (mut prompt, mut gen_tokens, mut reps, mut json) = (128usize, 64usize, 3usize, false);
+    for (flag, value) in &args.flags {
+        let number = || -> Result<usize, Failure> {
+            value
+                .as_ref()
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| usage(format!("bench: {flag} needs a non-negative integer")))
+        };
+        match flag.as_str() {
+            "--threads" | "-t" => threads = number()?.max(1),
+            "--prompt" | "-p" => prompt = number()?.max(1),
+            "--gen" | "-n" => gen_tokens = number()?,
+            "--reps" | "-r" => reps = number()?.max(1),
+            "--json" => json = true,
+            other => return Err(usage(format!("bench: unknown flag {other}"))),
+        }
+    }
+    let [path] = <[OsString; 1]>::try_from(args.positionals)
+        .map_err(|_| usage("bench needs exactly one FILE"))?;
+    let gguf = GgufFile::open(PathBuf::from(path))?;
+    let pool = ThreadPool::new(threads);
+    let mut session = Session::new(&gguf, &pool, prompt + gen_tokens, prompt)?;
+    let n_vocab = session.model().config().n_vocab;
+    // A fixed pseudo-random prompt: the same tokens on every run and machine.
+    let tokens: Vec<u32> = (0..prompt as u64)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % n_vocab as u64) as u32)
+        .collect();
+    let mut logits = vec![0.0f32; n_vocab];
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        session.reset();
+        let started = Instant::now();
+        session.eval(&tokens, &mut logits)?;
+        prefill.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        for _ in 0..gen_tokens {
+            let next = argmax(&logits);
+            session.eval(&[next], &mut logits)?;
+        }
+        decode.push(started.elapsed().as_secs_f64());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let prefill_tps = prompt as f64 / median(&mut prefill).max(1e-12);
+    let decode_tps = gen_tokens as f64 / median(&mut decode).max(1e-12);
+    let bytes_per_token = session.model().weight_bytes_per_token();
+    let decode_gbs = decode_tps * bytes_per_token as f64 / 1e9;
+    let mut out = io::stdout().lock();
+    let kernels = moe_std::kernels::detect().level();
+    let written = if json {
+        let report = serde_json::json!({
+            "file": gguf.path().display().to_string(),
+            "threads": pool.threads(),
+            "kernels": kernels.name(),
+            "prompt_tokens": prompt,
+            "gen_tokens": gen_tokens,
+            "repetitions": reps,
+            "prefill_tokens_per_s": prefill_tps,
+            "decode_tokens_per_s": decode_tps,
+            "weight_bytes_per_token": bytes_per_token,
+            "decode_weight_gb_per_s": decode_gbs,
+        });
+        writeln!(out, "{report}")
+    } else {
+        writeln!(
+            out,
+            "{}: {} threads, kernels {kernels}\n  prefill {prompt} tokens: {prefill_tps:.2} tokens/s\n  decode {gen_tokens} tokens: {decode_tps:.2} tokens/s, {bytes_per_token} weight bytes/token = {decode_gbs:.2} GB/s",
+            gguf.path().display(),
+            pool.threads(),
+        )
+    };
+    finish_stdout(written.and_then(|()| out.flush()))
+}
+
+fn route_cmd(args: Vec<OsString>) -> Result<(), Failure> {
+    let json = args.iter().any(|a| a == "--json");
+    let args: Vec<OsString> = args.into_iter().filter(|a| a != "--json").collect();
+    let a = model_args("route", args, &[])?;
+    let gguf = GgufFile::open(&a.path)?;
+    let pool = ThreadPool::new(a.threads);
+    let mut session = Session::new(&gguf, &pool, a.tokens.len(), a.batch)?;
+    let n_layer = session.model().config().n_layer;
+    let n_expert: Vec<usize> = (0..n_layer)
+        .map(|l| {
+            let moe = session.model().is_dense(l) == Some(false);
+            session
+                .model()
+                .ffn(l)
+                .filter(|_| moe)
+                .map_or(0, |f| f.experts().n_expert())
+        })
+        .collect();
+    // Per layer: the statistics' storage, then the statistics over it.
+    let mut storage: Vec<[Vec<f64>; 2]> = n_expert
+        .iter()
+        .map(|&n| [vec![0.0; n], vec![0.0; n]])
+        .collect();
+    let mut counts: Vec<[Vec<u32>; 2]> =
+        n_expert.iter().map(|&n| [vec![0; n], vec![0; n]]).collect();
+    let mut stats = Vec::new();
+    for ([probs, weights], [tokens, drops]) in storage.iter_mut().zip(counts.iter_mut()) {
+        stats.push(
+            moe_core::router::RouterStats::new(tokens, drops, probs, weights)
+                .map_err(|e| Failure::Error(e.to_string()))?,
+        );
+    }
+    let mut routes: Vec<Vec<Vec<(u32, f32)>>> = vec![vec![Vec::new(); a.tokens.len()]; n_layer];
+    let n_vocab = session.model().config().n_vocab;
+    let mut logits = vec![0.0f32; n_vocab];
+    session.eval_routed(
+        &a.tokens,
+        &mut logits,
+        &mut stats,
+        |layer, first, selections| {
+            for (i, s) in selections.iter().enumerate() {
+                routes[layer][first + i] = s.iter().map(|c| (c.expert, c.weight)).collect();
+            }
+        },
+    )?;
+
+    let mut out = io::stdout().lock();
+    let moe_layers = (0..n_layer).filter(|&l| n_expert[l] > 0);
+    let written = if json {
+        let layers: Vec<serde_json::Value> = moe_layers
+            .map(|l| {
+                let s = &stats[l];
+                serde_json::json!({
+                    "layer": l,
+                    "tokens": routes[l].iter().map(|r| r.iter().map(|(e, w)| serde_json::json!({"expert": e, "weight": w})).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    "tokens_per_expert": s.tokens_per_expert(),
+                    "drops": s.drops(),
+                    "load_balancing": s.load_balancing(),
+                    "router_entropy": s.router_entropy(),
+                    "load_entropy": s.load_entropy(),
+                })
+            })
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "file": gguf.path().display().to_string(), "input_tokens": a.tokens, "layers": layers })
+        )
+    } else {
+        moe_layers.into_iter().try_for_each(|l| {
+            let s = &stats[l];
+            writeln!(out, "layer {l}:")?;
+            for (pos, r) in routes[l].iter().enumerate() {
+                let picks: Vec<String> = r.iter().map(|(e, w)| format!("{e}:{w:.3}")).collect();
+                writeln!(out, "  token {pos} (id {}): {}", a.tokens[pos], picks.join(" "))?;
+            }
+            writeln!(
+                out,
+                "  tokens per expert {:?}, drops {}, load balance {:.4}, router entropy {:.4}, load entropy {:.4}",
+                s.tokens_per_expert(),
+                s.drops(),
+                s.load_balancing(),
+                s.router_entropy(),
+                s.load_entropy()
+            )
+        })
+    };
+    finish_stdout(written.and_then(|()| out.flush()))
 }
