@@ -152,6 +152,7 @@ fn local(o: &Options, out: &Path) -> Result<(Report, String)> {
     // Criterion rewrites `new/estimates.json` of every benchmark it runs; anything older
     // than this is from an earlier run (file times can lag a little behind the clock).
     let start = SystemTime::now() - Duration::from_secs(2);
+    let load_before = load_average();
     for bench in benches() {
         step(&format!("criterion: {bench} bench"));
         let mut cmd = cargo_cmd();
@@ -172,9 +173,13 @@ fn local(o: &Options, out: &Path) -> Result<(Report, String)> {
         machine,
         &read_criterion(&criterion, Some(start)),
     );
-    report
-        .notes
-        .push("Medians of criterion samples; other processes on the machine add noise.".into());
+    report.notes.push(format!(
+        "Medians of criterion samples; other processes on the machine add noise (1-minute \
+         load average {} before the run, {} after, on {} CPUs).",
+        load_before,
+        load_average(),
+        report.machine.cpus
+    ));
     if let Some(python) = &o.llamacpp {
         step("llama.cpp: ggml_mul_mat through ctypes");
         report.llama = llamacpp(python, o.quick, report.machine.stream_bytes)?;
@@ -458,6 +463,14 @@ fn save(report: &Report, name: &str, latest: &str, out: &Path) -> Result {
         out.display()
     );
     Ok(())
+}
+
+/// The 1-minute load average (`/proc/loadavg`), `?` where there is none.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn hostname() -> String {

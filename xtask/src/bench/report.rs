@@ -563,6 +563,29 @@ mod tests {
     }
 
     #[test]
+    fn criterion_folders_are_read_and_old_results_skipped() {
+        let dir = std::env::temp_dir().join(format!("moe-xtask-crit-{}", std::process::id()));
+        let new = dir.join("bandwidth_dram/read/1t/new");
+        fs::create_dir_all(&new).unwrap();
+        fs::write(
+            new.join("benchmark.json"),
+            r#"{"full_id":"bandwidth/dram/read/1t","throughput":{"Bytes":1000}}"#,
+        )
+        .unwrap();
+        fs::write(
+            new.join("estimates.json"),
+            r#"{"median":{"point_estimate":100.0}}"#,
+        )
+        .unwrap();
+        let found = read_criterion(&dir, None);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, "bandwidth/dram/read/1t");
+        let later = SystemTime::now() + std::time::Duration::from_secs(3600);
+        assert!(read_criterion(&dir, Some(later)).is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn ids_become_rows_with_their_roof() {
         let machine = Machine {
             llc_bytes: 100 << 20,
