@@ -12,7 +12,7 @@ use crate::{Error, GgufFile, Result};
 /// positions and batches of up to `max_batch` tokens, and how many positions are filled.
 pub struct Session<'a> {
     gguf: &'a GgufFile,
-    model: Model<'a>,
+    model: Box<Model<'a>>,
     size: WorkspaceSize,
     max_batch: usize,
     kv_cache: Vec<f32>,
@@ -32,10 +32,11 @@ impl<'a> Session<'a> {
         context: usize,
         max_batch: usize,
     ) -> Result<Self> {
-        let model = Model::from_gguf(gguf.file())
-            .map_err(|e| Error::gguf(gguf.path(), e))?
-            .with_kernels(&crate::kernels::detect())
-            .with_parallel(pool);
+        // Boxed: a model value holds its blocks inline and is large to keep on a stack.
+        let mut model =
+            Box::new(Model::from_gguf(gguf.file()).map_err(|e| Error::gguf(gguf.path(), e))?);
+        model.set_kernels(&crate::kernels::detect());
+        model.set_parallel(pool);
         let context = match context {
             0 => model.config().n_ctx_train.clamp(1, 4096),
             n => n,

@@ -252,22 +252,21 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         })
     }
 
-    /// The same model computing through `kernels` (every FFN and projection).
-    pub fn with_kernels(mut self, kernels: &Kernels) -> Self {
+    /// Computes through `kernels` from now on (every FFN and projection). In place rather
+    /// than by value: a model holds up to `MAX_LAYERS` blocks and is large to move.
+    pub fn set_kernels(&mut self, kernels: &Kernels) {
         self.kernels = *kernels;
         for b in &mut self.blocks {
             b.ffn = b.ffn.with_kernels(kernels);
         }
-        self
     }
 
-    /// The same model splitting its matrix products across `parallel`.
-    pub fn with_parallel(mut self, parallel: &'a dyn Parallel) -> Self {
+    /// Splits matrix products and attention heads across `parallel` from now on.
+    pub fn set_parallel(&mut self, parallel: &'a dyn Parallel) {
         self.parallel = parallel;
         for b in &mut self.blocks {
             b.ffn = b.ffn.with_parallel(parallel);
         }
-        self
     }
 
     /// The hyper-parameters.

@@ -316,12 +316,7 @@ fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let a = model_args("run", args, &["-n", "--n-predict"])?;
     let gguf = GgufFile::open(&a.path)?;
     let pool = ThreadPool::new(a.threads);
-    let context = if a.context == 0 {
-        0
-    } else {
-        a.context.max(a.tokens.len() + a.n_predict)
-    };
-    let mut session = Session::new(&gguf, &pool, context, a.batch)?;
+    let mut session = Session::new(&gguf, &pool, a.context, a.batch)?;
     if a.tokens.len() + a.n_predict > session.context() {
         return Err(Failure::Error(format!(
             "{}: {} prompt tokens + {} to generate exceed the {}-token context (--ctx)",
