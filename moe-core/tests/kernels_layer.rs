@@ -3,6 +3,7 @@
 //! f32 reference, and (for quantized weights without an F32 shared-expert gate: those
 //! kernels are bit-exact) equal to the default scalar layer's output.
 
+mod kernel_levels;
 mod moe_util;
 
 use moe_core::kernels::{Kernels, Level};
@@ -16,23 +17,10 @@ use moe_util::{
 /// Every level this CPU supports, each as a table.
 fn detected_tables() -> Vec<Kernels> {
     let mut out = vec![Kernels::scalar(), Kernels::compiled()];
-    #[cfg(target_arch = "x86_64")]
-    {
-        let avx2 = is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c");
-        let avx512 = avx2
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni");
-        for (level, has) in [(Level::Avx2, avx2), (Level::Avx512, avx512)] {
-            if has {
-                // SAFETY: every feature of `level` was detected on this CPU just above.
-                out.push(unsafe { Kernels::with_level_unchecked(level) });
-            } else {
-                eprintln!("skipping kernel level {level}: not supported by this CPU");
-            }
+    for level in kernel_levels::supported_levels() {
+        if level != Level::Scalar {
+            // SAFETY: `supported_levels` checked every feature of `level` on this CPU.
+            out.push(unsafe { Kernels::with_level_unchecked(level) });
         }
     }
     out

@@ -8,7 +8,9 @@
 use moe_core::kernels::{Kernels, Level};
 
 /// The environment variable that names the level to use: `scalar`, `avx2` or `avx512`
-/// (the best level this CPU supports at or below it is used).
+/// on x86-64, `scalar`, `neon` or `dotprod` on AArch64 (the best level this CPU supports
+/// at or below it, within its architecture, is used; another architecture's level means
+/// scalar).
 pub const ENV_VAR: &str = "MOE_KERNELS";
 
 /// Whether this CPU has every feature of `level` (checked at run time).
@@ -29,6 +31,12 @@ pub fn cpu_has(level: Level) -> bool {
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni")
         }
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+        #[cfg(target_arch = "aarch64")]
+        Level::Dotprod => {
+            cpu_has(Level::Neon) && std::arch::is_aarch64_feature_detected!("dotprod")
+        }
         _ => false,
     }
 }
@@ -37,7 +45,14 @@ pub fn cpu_has(level: Level) -> bool {
 /// VNNI kernels measured no faster than AVX2's on this engine's matrix × vector
 /// (`cargo bench -p moe-benches --bench kernels`), so it is used only when asked for
 /// (`MOE_KERNELS=avx512`, [`with_level`]).
+#[cfg(not(target_arch = "aarch64"))]
 pub const PREFERRED: [Level; 2] = [Level::Avx2, Level::Scalar];
+
+/// The levels [`detect`] picks by default, best first: `sdot` where the CPU has it
+/// (Armv8.2+), else NEON (every AArch64 CPU), else the specification (a build without
+/// NEON).
+#[cfg(target_arch = "aarch64")]
+pub const PREFERRED: [Level; 3] = [Level::Dotprod, Level::Neon, Level::Scalar];
 
 /// The best preferred level this build has kernels for and this CPU supports.
 pub fn best_level() -> Level {
@@ -47,12 +62,13 @@ pub fn best_level() -> Level {
         .unwrap_or(Level::Scalar)
 }
 
-/// The highest level at or below `cap` that this build has and this CPU supports.
+/// The highest level `cap` [includes](Level::includes) (`cap` or a lower level of its
+/// architecture) that this build has and this CPU supports, else scalar.
 pub fn best_at_most(cap: Level) -> Level {
     Level::ALL
         .into_iter()
         .rev()
-        .find(|&l| l <= cap && l.is_built() && cpu_has(l))
+        .find(|&l| cap.includes(l) && l.is_built() && cpu_has(l))
         .unwrap_or(Level::Scalar)
 }
 
@@ -94,7 +110,7 @@ mod tests {
         assert_eq!(detect_at_most(None).level(), best);
         for cap in Level::ALL {
             let got = detect_at_most(Some(cap)).level();
-            assert!(got <= cap && cpu_has(got), "{cap}: {got}");
+            assert!(cap.includes(got) && cpu_has(got), "{cap}: {got}");
             assert_eq!(got, best_at_most(cap));
             assert_eq!(with_level(cap).is_some(), cap.is_built() && cpu_has(cap));
             if with_level(cap).is_some() {
@@ -118,7 +134,7 @@ mod tests {
     fn moe_kernels_env_var_is_read() {
         let exe = std::env::current_exe().unwrap();
         let mut cases = vec![("scalar", Level::Scalar), ("nonsense", best_level())];
-        for level in [Level::Avx2, Level::Avx512] {
+        for level in Level::ALL.into_iter().filter(|&l| l != Level::Scalar) {
             cases.push((level.name(), best_at_most(level)));
         }
         for (value, expect) in cases {
