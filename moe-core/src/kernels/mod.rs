@@ -30,12 +30,24 @@
 //! Quantized kernels return the same bits as the specification (exact integer block
 //! sums, the same float operations in the same order); float kernels differ only in
 //! summation order.
+//!
+//! The table also gives the f32 helpers of a layer's forward pass ([`vector`]: RMSNorm,
+//! softmax, SiLU, GELU in tanh and erf forms, SwiGLU and axpy), so a layer picks their
+//! level with the dot products. [`vector`] is their specification (libm's `expf`,
+//! `tanhf`, `erff`; the FFN's activations are its element functions); the AVX2 + FMA
+//! versions (also used at [`Level::Avx512`]) replace those by polynomials within 1e-6
+//! relative (the GELUs: 2^-22 · |z| absolute where the specification's own `1 + tanh`
+//! cancels), axpy gives the specification's bits at every level, and AArch64 levels use
+//! the specification. These methods pick the level's function by a match on the level,
+//! not through stored pointers, so a program links only the helpers it calls (the
+//! Cortex-M firmware's `.text` budget has no room for unused ones).
 // The one module of the crate that may use `unsafe`: SIMD intrinsics and the table's
 // feature proof. Every unsafe fn has a `# Safety` section, every block a `// SAFETY:`.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod scalar;
+pub mod vector;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 // Only where NEON is compile-time (not `aarch64-unknown-none-softfloat`) and little-endian.

@@ -15,6 +15,10 @@ use crate::workspace::Words;
 use crate::{Error, Result};
 
 pub use crate::kernels::DotKernel;
+/// The logistic function; the definition lives with the kernels' f32 helpers, whose
+/// element functions are also these activations.
+pub use crate::kernels::vector::sigmoid;
+use crate::kernels::vector::{gelu_erf_of as gelu_erf, gelu_of as gelu, silu_of as silu};
 
 /// Weight rows per batch-kernel call: the chunk stays in L1 while the tile's tokens pass.
 const CHUNK_ROWS: usize = 16;
@@ -63,32 +67,8 @@ impl Activation {
     }
 }
 
-fn silu(z: f32) -> f32 {
-    z * sigmoid(z)
-}
-
-fn gelu(z: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * z * (1.0 + libm::tanhf(SQRT_2_OVER_PI * (z + 0.044_715 * z * z * z)))
-}
-
-fn gelu_erf(z: f32) -> f32 {
-    0.5 * z * (1.0 + libm::erff(z * core::f32::consts::FRAC_1_SQRT_2))
-}
-
 fn relu(z: f32) -> f32 {
     z.max(0.0)
-}
-
-/// The logistic function, in the form that neither overflows nor cancels.
-#[inline]
-pub fn sigmoid(z: f32) -> f32 {
-    if z >= 0.0 {
-        1.0 / (1.0 + libm::expf(-z))
-    } else {
-        let e = libm::expf(z);
-        e / (1.0 + e)
-    }
 }
 
 /// How an FFN combines its matrices.

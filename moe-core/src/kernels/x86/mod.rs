@@ -7,3 +7,4 @@ pub(super) mod avx2;
 pub(super) mod avx2_more;
 pub(super) mod avx512;
 pub(super) mod batch;
+pub(super) mod vector;
