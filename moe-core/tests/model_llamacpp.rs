@@ -245,12 +245,20 @@ fn bad_inputs_are_typed_errors() {
         matches!(e, Err(moe_core::Error::LengthMismatch { .. })),
         "{e:?}"
     );
-    // Another architecture is refused by name.
-    let single_layer = read("../hf/qwen2moe.gguf");
-    let file = File::parse(&single_layer).unwrap();
+    // An architecture the engine does not run is refused by name.
+    let bytes = read("../hf/deepseek2.gguf");
+    let file = File::parse(&bytes).unwrap();
     let e = Model::<'_, 4>::from_gguf(&file).map(|_| ());
     assert!(
         matches!(e, Err(moe_core::Error::UnsupportedArchitecture { .. })),
+        "{e:?}"
+    );
+    // A supported one missing its attention metadata (a single MoE block) names the key.
+    let bytes = read("../hf/qwen2moe.gguf");
+    let file = File::parse(&bytes).unwrap();
+    let e = Model::<'_, 4>::from_gguf(&file).map(|_| ());
+    assert!(
+        matches!(&e, Err(moe_core::Error::MissingKey { key }) if key.starts_with("qwen2moe.")),
         "{e:?}"
     );
 }

@@ -7,8 +7,20 @@ use crate::gguf::names::arch_key;
 use crate::{Error, Result};
 
 /// Architectures [`ModelConfig::from_gguf`] accepts: `llama` covers dense Llama/Mistral
-/// models and Mixtral (the same graph with expert stacks in the FFN).
-pub const SUPPORTED_ARCHITECTURES: [&str; 1] = ["llama"];
+/// models and Mixtral (the same graph with expert stacks in the FFN); the others differ
+/// in the details [`ModelConfig`] records (RoPE layout, Granite's scales) and in optional
+/// tensors the blocks pick up (attention biases, QK norms, shared experts).
+pub const SUPPORTED_ARCHITECTURES: [&str; 5] =
+    ["llama", "qwen2moe", "qwen3moe", "olmoe", "granitemoe"];
+
+/// How RoPE pairs the elements of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs `(2i, 2i + 1)`: llama.cpp's "normal" mode (Llama, Mixtral, Granite).
+    Normal,
+    /// Halves `(i, i + dims/2)`: GPT-NeoX's layout (Qwen, OLMoE).
+    Neox,
+}
 
 /// Model hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,6 +45,16 @@ pub struct ModelConfig {
     pub rope_base: f32,
     /// RMSNorm epsilon.
     pub rms_eps: f32,
+    /// RoPE element pairing.
+    pub rope_layout: RopeLayout,
+    /// Attention logit scale (`1/sqrt(head_dim)` unless the file says otherwise).
+    pub attention_scale: f32,
+    /// Factor on the token embeddings (Granite; 1 elsewhere).
+    pub embedding_scale: f32,
+    /// Factor on each block's attention and FFN output before the residual add (Granite).
+    pub residual_scale: f32,
+    /// Divisor of the logits (Granite).
+    pub logit_scale: f32,
     /// Context length the model was trained with (informative; the workspace decides).
     pub n_ctx_train: usize,
 }
@@ -113,6 +135,15 @@ impl ModelConfig {
             rope_dims,
             rope_base: float("rope.freq_base")?.unwrap_or(10_000.0),
             rms_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rope_layout: match arch {
+                "qwen2moe" | "qwen3moe" | "olmoe" => RopeLayout::Neox,
+                _ => RopeLayout::Normal,
+            },
+            attention_scale: float("attention.scale")?
+                .unwrap_or(1.0 / libm::sqrtf(head_dim as f32)),
+            embedding_scale: float("embedding_scale")?.unwrap_or(1.0),
+            residual_scale: float("residual_scale")?.unwrap_or(1.0),
+            logit_scale: float("logit_scale")?.unwrap_or(1.0),
             n_ctx_train: optional("context_length", 0)?,
         };
         config.check()?;
@@ -139,6 +170,17 @@ impl ModelConfig {
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
             return fail("attention.layer_norm_rms_epsilon must be a non-negative number");
+        }
+        let scales = [
+            self.attention_scale,
+            self.embedding_scale,
+            self.residual_scale,
+            self.logit_scale,
+        ];
+        if scales.iter().any(|s| !s.is_finite()) || self.logit_scale == 0.0 {
+            return fail(
+                "attention, embedding, residual and logit scales must be finite (logit_scale non-zero)",
+            );
         }
         Ok(())
     }

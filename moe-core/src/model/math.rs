@@ -5,12 +5,25 @@
 /// `1 / sqrt(mean + eps)` in f32, then two f32 multiplies per element (ggml's `rms_norm`
 /// followed by the weight multiply).
 pub(crate) fn rms_norm(x: &[f32], eps: f32, out: &mut [f32], w: impl Fn(usize) -> f32) {
-    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    let mean = (sum / x.len().max(1) as f64) as f32;
-    let scale = 1.0 / libm::sqrtf(mean + eps);
+    let scale = rms_scale(x, eps);
     for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
         *o = (v * scale) * w(i);
     }
+}
+
+/// [`rms_norm`] of `x` into itself.
+pub(crate) fn rms_norm_in_place(x: &mut [f32], eps: f32, w: impl Fn(usize) -> f32) {
+    let scale = rms_scale(x, eps);
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = (*v * scale) * w(i);
+    }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`, the sum of squares in f64 as ggml keeps it.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let mean = (sum / x.len().max(1) as f64) as f32;
+    1.0 / libm::sqrtf(mean + eps)
 }
 
 /// Rotates the first `dims` elements of `head` in adjacent pairs `(2i, 2i + 1)` by
@@ -24,6 +37,21 @@ pub(crate) fn rope_normal(head: &mut [f32], dims: usize, pos: usize, base: f32) 
         let (x0, x1) = (pair[0], pair[1]);
         pair[0] = x0 * cos - x1 * sin;
         pair[1] = x0 * sin + x1 * cos;
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates the first `dims` elements of `head` in pairs `(i, i + dims/2)` by
+/// `pos · base^(−2i/dims)` (GPT-NeoX's layout: Qwen, OLMoE), angles as in [`rope_normal`].
+pub(crate) fn rope_neox(head: &mut [f32], dims: usize, pos: usize, base: f32) {
+    let theta_scale = libm::powf(base, -2.0 / dims as f32);
+    let mut theta = pos as f32;
+    let (lo, hi) = head[..dims].split_at_mut(dims / 2);
+    for (x0, x1) in lo.iter_mut().zip(hi) {
+        let (sin, cos) = (libm::sinf(theta), libm::cosf(theta));
+        let (a, b) = (*x0, *x1);
+        *x0 = a * cos - b * sin;
+        *x1 = a * sin + b * cos;
         theta *= theta_scale;
     }
 }

@@ -9,14 +9,17 @@
 //! [`Kernels`] table, and their rows (or the batch's tokens) are split across the
 //! [`Parallel`] runner.
 //!
-//! Architectures: `llama` (dense Llama/Mistral, and Mixtral: expert stacks with a
-//! softmax top-k router in the FFN). Other architectures are refused at load with
+//! Architectures ([`SUPPORTED_ARCHITECTURES`]): `llama` (dense Llama/Mistral, and
+//! Mixtral: expert stacks with a softmax top-k router in the FFN), `qwen2moe` (attention
+//! biases, NeoX RoPE, a sigmoid-gated shared expert), `qwen3moe` (per-head QK norms),
+//! `olmoe` (QK norms over the whole query / key) and `granitemoe` (embedding, residual,
+//! attention and logit scales). Other architectures are refused at load with
 //! [`Error::UnsupportedArchitecture`].
 
 mod config;
 mod math;
 
-pub use config::{ModelConfig, SUPPORTED_ARCHITECTURES};
+pub use config::{ModelConfig, RopeLayout, SUPPORTED_ARCHITECTURES};
 
 use crate::error::name_of;
 use crate::gguf::File;
@@ -41,6 +44,11 @@ struct Block<'a> {
     wk: TensorView<'a>,
     wv: TensorView<'a>,
     wo: TensorView<'a>,
+    /// Optional biases of the query, key and value projections (Qwen2-MoE).
+    biases: [Option<TensorView<'a>>; 3],
+    /// Optional RMSNorm weights of the query and key, per head (`head_dim` long) or over
+    /// the whole vector (Qwen3-MoE, OLMoE).
+    qk_norms: [Option<TensorView<'a>>; 2],
     ffn_norm: TensorView<'a>,
     /// The FFN: the MoE layer of a Mixtral block, or a dense FFN as a single always-chosen
     /// expert (its output times a weight of exactly 1).
@@ -160,6 +168,32 @@ fn check_norm(view: &TensorView<'_>, name: &str, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// `rows[t] += bias` for every row (an F32 vector checked by [`check_norm`]).
+fn add_rows(rows: &mut [f32], bias: &TensorView<'_>) {
+    let n = bias.n_elements() as usize;
+    for row in rows.chunks_exact_mut(n) {
+        for (i, v) in row.iter_mut().enumerate() {
+            *v += norm_weight(bias, i);
+        }
+    }
+}
+
+/// RMSNorm in place of each `weight`-long piece of `rows` (one head, or a whole query or
+/// key vector), times the weight.
+fn norm_in_place(rows: &mut [f32], weight: &TensorView<'_>, eps: f32) {
+    let n = weight.n_elements() as usize;
+    for piece in rows.chunks_exact_mut(n) {
+        math::rms_norm_in_place(piece, eps, |i| norm_weight(weight, i));
+    }
+}
+
+/// `x += scale · branch` (a plain add when the scale is 1, as llama.cpp does).
+fn add_scaled(x: &mut [f32], branch: &[f32], scale: f32) {
+    for (x, b) in x.iter_mut().zip(branch) {
+        *x += if scale == 1.0 { *b } else { b * scale };
+    }
+}
+
 /// A norm weight's elements (checked F32 by [`check_norm`]).
 fn norm_weight(view: &TensorView<'_>, i: usize) -> f32 {
     let b = view.data().get(4 * i..4 * i + 4).unwrap_or(&[0; 4]);
@@ -216,6 +250,28 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         check_matrix(&wv, &name("attn_v.weight"), c.n_embd, c.v_dim())?;
         let wo = get("attn_output.weight")?;
         check_matrix(&wo, &name("attn_output.weight"), c.attn_dim(), c.n_embd)?;
+        // An optional F32 vector whose length is one of `lens` (the first is reported).
+        let optional = |suffix: &str, lens: &[usize]| -> Result<Option<TensorView<'a>>> {
+            let Ok(view) = block_tensor(file, layer, suffix) else {
+                return Ok(None);
+            };
+            let len = lens
+                .iter()
+                .copied()
+                .find(|&l| view.n_elements() == l as u64)
+                .unwrap_or(lens[0]);
+            check_norm(&view, &name(suffix), len)?;
+            Ok(Some(view))
+        };
+        let biases = [
+            optional("attn_q.bias", &[c.q_dim()])?,
+            optional("attn_k.bias", &[c.k_dim()])?,
+            optional("attn_v.bias", &[c.v_dim()])?,
+        ];
+        let qk_norms = [
+            optional("attn_q_norm.weight", &[c.head_dim, c.q_dim()])?,
+            optional("attn_k_norm.weight", &[c.head_dim, c.k_dim()])?,
+        ];
 
         let has_experts = file
             .tensor(&name("ffn_up_exps.weight"))
@@ -246,6 +302,8 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
             wk,
             wv,
             wo,
+            biases,
+            qk_norms,
             ffn_norm,
             ffn,
             dense,
@@ -468,34 +526,53 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                     n_vocab: c.n_vocab as u64,
                 })?;
             dequantize_row(self.token_embd.ty(), src, row)?;
+            if c.embedding_scale != 1.0 {
+                row.iter_mut().for_each(|v| *v *= c.embedding_scale);
+            }
         }
 
         for (l, b) in self.blocks.iter().enumerate() {
             // Attention.
             self.norm_rows(x, &b.attn_norm, xn);
-            self.project(&b.wq, xn, c.n_embd, acts, q)?;
             let (keys, values) = self.layer_cache(ws.kv_cache, l, context);
             let (kd, vd) = (c.k_dim(), c.v_dim());
-            self.project(&b.wk, xn, c.n_embd, acts, &mut keys[start * kd..end * kd])?;
-            self.project(&b.wv, xn, c.n_embd, acts, &mut values[start * vd..end * vd])?;
+            let new_keys = &mut keys[start * kd..end * kd];
+            let new_values = &mut values[start * vd..end * vd];
+            self.project(&b.wq, xn, c.n_embd, acts, q)?;
+            self.project(&b.wk, xn, c.n_embd, acts, new_keys)?;
+            self.project(&b.wv, xn, c.n_embd, acts, new_values)?;
+            for (rows, bias) in [&mut *q, &mut *new_keys, new_values]
+                .into_iter()
+                .zip(&b.biases)
+            {
+                if let Some(bias) = bias {
+                    add_rows(rows, bias);
+                }
+            }
+            for (rows, norm) in [&mut *q, &mut *new_keys].into_iter().zip(&b.qk_norms) {
+                if let Some(norm) = norm {
+                    norm_in_place(rows, norm, c.rms_eps);
+                }
+            }
+            let rope = match c.rope_layout {
+                RopeLayout::Normal => math::rope_normal,
+                RopeLayout::Neox => math::rope_neox,
+            };
             for (i, (q, k)) in q
                 .chunks_exact_mut(c.q_dim())
-                .zip(keys[start * kd..end * kd].chunks_exact_mut(kd))
+                .zip(new_keys.chunks_exact_mut(kd))
                 .enumerate()
             {
-                let pos = start + i;
-                for head in q
+                let heads = q
                     .chunks_exact_mut(c.head_dim)
-                    .chain(k.chunks_exact_mut(c.head_dim))
-                {
-                    math::rope_normal(head, c.rope_dims, pos, c.rope_base);
+                    .chain(k.chunks_exact_mut(c.head_dim));
+                for head in heads {
+                    rope(head, c.rope_dims, start + i, c.rope_base);
                 }
             }
             self.attention(start, q, keys, values, attn)?;
             self.project(&b.wo, attn, c.attn_dim(), acts, proj)?;
-            for (x, p) in x.iter_mut().zip(proj.iter()) {
-                *x += p;
-            }
+            add_scaled(x, proj, c.residual_scale);
 
             // FFN.
             self.norm_rows(x, &b.ffn_norm, xn);
@@ -518,19 +595,21 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                     .forward_with_stats(xn, tokens, proj, &mut moe_ws, stats.get_mut(l))?;
                 on_route(l, &ws.selections[..t]);
             }
-            for (x, p) in x.iter_mut().zip(proj.iter()) {
-                *x += p;
-            }
+            add_scaled(x, proj, c.residual_scale);
         }
 
         // Head.
         self.norm_rows(x, &self.output_norm, xn);
-        if all_logits {
-            self.project(&self.output, xn, c.n_embd, acts, logits)
+        let rows = if all_logits {
+            &xn[..]
         } else {
-            let last = &xn[(t - 1) * c.n_embd..];
-            self.project(&self.output, last, c.n_embd, acts, logits)
+            &xn[(t - 1) * c.n_embd..]
+        };
+        self.project(&self.output, rows, c.n_embd, acts, logits)?;
+        if c.logit_scale != 1.0 {
+            logits.iter_mut().for_each(|v| *v /= c.logit_scale);
         }
+        Ok(())
     }
 
     /// Block `layer`'s keys (`context × k_dim`) and values (`context × v_dim`) in the cache.
