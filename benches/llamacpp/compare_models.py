@@ -65,6 +65,9 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+SKIPPED = {"error": None}
+
+
 def ratio(a: dict, b: dict, key: str) -> float | None:
     if "error" in a or "error" in b or not b.get(key):
         return None
@@ -79,10 +82,12 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         o, l = r["ours"], r["llamacpp"]
         cells = [r["file"], str(r["threads"])]
-        cells += ([f"error: {o['error']}"] * 2) if "error" in o else \
-            [fmt(o["prefill_tokens_per_s"]), fmt(o["decode_tokens_per_s"])]
-        cells += ([f"error: {l['error']}"] * 2) if "error" in l else \
-            [fmt(l["prefill_tokens_per_s"]), fmt(l["decode_tokens_per_s"])]
+        for x in (o, l):
+            if "error" not in x:
+                cells += [fmt(x["prefill_tokens_per_s"]), fmt(x["decode_tokens_per_s"])]
+            else:
+                msg = "" if x["error"] is None else x["error"].removeprefix("error: ")
+                cells += ["—" if x["error"] is None else f"error: {msg}"] * 2
         cells += [fmt(ratio(o, l, "prefill_tokens_per_s"), 3), fmt(ratio(o, l, "decode_tokens_per_s"), 3)]
         cells += ["—" if "error" in o else fmt(o["decode_weight_gb_per_s"])]
         out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
@@ -127,6 +132,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("target/moe-bench/model-compare"),
                     help="writes OUT.md and OUT.json")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per single run")
+    ap.add_argument("--engines", default="ours,llamacpp", help="ours,llamacpp or one of them")
     args = ap.parse_args()
 
     stem = "perf-small" if args.small else "perf"
@@ -134,6 +140,10 @@ def main() -> int:
     for f in (x.strip() for x in args.files.split(",") if x.strip()):
         files.append((Path(f) if f.endswith(".gguf") else args.models_dir / f"{stem}-{f}.gguf").resolve())
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    engines = {e.strip() for e in args.engines.split(",") if e.strip()}
+    if not engines or not engines <= {"ours", "llamacpp"}:
+        print(f"error: --engines takes ours and/or llamacpp, not {args.engines!r}", file=sys.stderr)
+        return 2
     moe = str(Path(args.moe).resolve())
     if not Path(moe).exists():
         print(f"error: {moe} not found; build it with cargo build --release -p moe-std", file=sys.stderr)
@@ -180,11 +190,13 @@ def main() -> int:
             targs = ["--threads", str(t)] + common
             print(f"[{dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {f.name} threads {t}: moe bench",
                   file=sys.stderr, flush=True)
-            ours = run_json([moe, "bench", str(f)] + targs + ["--json"], args.timeout)
+            ours = run_json([moe, "bench", str(f)] + targs + ["--json"], args.timeout) \
+                if "ours" in engines else SKIPPED
             print(f"[{dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {f.name} threads {t}: llama.cpp",
                   file=sys.stderr, flush=True)
             llama = run_json([args.python, str(HERE / "llamacpp_bench.py"), str(f)] + targs
-                             + ["--extra-bufts", args.extra_bufts], args.timeout)
+                             + ["--extra-bufts", args.extra_bufts], args.timeout) \
+                if "llamacpp" in engines else SKIPPED
             rows.append({"file": f.name, "threads": t, "ours": ours, "llamacpp": llama,
                          "loadavg_after": os.getloadavg()})
             save()
