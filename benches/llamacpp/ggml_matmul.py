@@ -15,7 +15,8 @@ persistent ggml thread pool with 1 and 2 threads. Two modes, as in
 Weights are ggml's own quantization (`ggml_quantize_chunk`) of deterministic random rows
 (256 distinct rows, repeated; these kernels take the same time whatever the values).
 Prints one JSON line per measurement on stdout (median seconds of the calls, weight bytes
-per call); `cargo xtask bench --llamacpp PYTHON` reads them. Notes go to stderr.
+per call), after one `{"info": ...}` line (ggml version and commit, CPU features it was
+built for); `cargo xtask bench --llamacpp PYTHON` reads them. Notes go to stderr.
 """
 
 import argparse
@@ -92,6 +93,8 @@ def load(directory):
         (base, "ggml_build_forward_expand", None, [p, p]),
         (base, "ggml_quantize_chunk", sz, [ctypes.c_int, p, p, i64, i64, i64, p]),
         (base, "ggml_threadpool_params_init", None, [p, ctypes.c_int]),
+        (base, "ggml_version", ctypes.c_char_p, []),
+        (base, "ggml_commit", ctypes.c_char_p, []),
         (cpu, "ggml_cpu_init", None, []),
         (cpu, "ggml_threadpool_new", p, [p]),
         (cpu, "ggml_threadpool_free", None, [p]),
@@ -197,11 +200,16 @@ def main():
     directory = lib_dir(a.lib_dir)
     g = load(directory)
     g.ggml_cpu_init()
-    print(
-        f"ggml from {directory}: avx2 {g.ggml_cpu_has_avx2()}, avx512 "
-        f"{g.ggml_cpu_has_avx512()}, neon {g.ggml_cpu_has_neon()}",
-        file=sys.stderr,
+    info = dict(
+        ggml_version=g.ggml_version().decode(),
+        ggml_commit=g.ggml_commit().decode(),
+        avx2=g.ggml_cpu_has_avx2(),
+        avx512=g.ggml_cpu_has_avx512(),
+        neon=g.ggml_cpu_has_neon(),
     )
+    # The one line without a "type": what the measurements ran on.
+    print(json.dumps(dict(info=info)), flush=True)
+    print(f"ggml from {directory}: {info}", file=sys.stderr)
     threads = [int(t) for t in a.threads.split(",")]
     pools = {}
     for t in threads:

@@ -182,13 +182,13 @@ fn local(o: &Options, out: &Path) -> Result<(Report, String)> {
     ));
     if let Some(python) = &o.llamacpp {
         step("llama.cpp: ggml_mul_mat through ctypes");
-        report.llama = llamacpp(python, o.quick, report.machine.stream_bytes)?;
-        report.notes.push(
-            "llama.cpp: ggml_graph_compute of one GGML_OP_MUL_MAT on a persistent ggml thread \
-             pool (f32 activations, quantized inside the op); median of repeated calls. \
-             ÷ llama.cpp above 1: ours is faster."
-                .into(),
-        );
+        let (llama, info) = llamacpp(python, o.quick, report.machine.stream_bytes)?;
+        report.llama = llama;
+        report.notes.push(format!(
+            "llama.cpp (ggml {info}): ggml_graph_compute of one GGML_OP_MUL_MAT on a persistent \
+             ggml thread pool (f32 activations, quantized inside the op); median of repeated \
+             calls. ÷ llama.cpp above 1: ours is faster."
+        ));
     }
     Ok((report, host))
 }
@@ -204,8 +204,9 @@ fn read_machine(run_dir: &Path) -> Result<Machine> {
     Machine::parse(&text)
 }
 
-/// Runs the llama.cpp script and returns its timings.
-fn llamacpp(python: &str, quick: bool, stream_bytes: u64) -> Result<Vec<Llama>> {
+/// Runs the llama.cpp script and returns its timings and its `info` line (ggml version,
+/// commit, CPU features) as compact JSON.
+fn llamacpp(python: &str, quick: bool, stream_bytes: u64) -> Result<(Vec<Llama>, String)> {
     let mut cmd = Command::new(python);
     cmd.current_dir(root())
         .arg("benches/llamacpp/ggml_matmul.py")
@@ -222,7 +223,13 @@ fn llamacpp(python: &str, quick: bool, stream_bytes: u64) -> Result<Vec<Llama>> 
     if !out.status.success() {
         return Err(format!("`{}` failed ({})", show(&cmd), out.status));
     }
-    Ok(Llama::parse_lines(&String::from_utf8_lossy(&out.stdout)))
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let info = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("info").map(|i| i.to_string()))
+        .unwrap_or_else(|| "?".into());
+    Ok((Llama::parse_lines(&stdout), info))
 }
 
 /// The cross linker, emulator and Debian packages for a target.
