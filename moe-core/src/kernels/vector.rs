@@ -263,11 +263,11 @@ impl super::Kernels {
     /// helpers it calls. Holding `self` proves the CPU has `self.level()`'s features.
     #[inline(always)]
     const fn vector(&self) -> VectorKernels {
-        match self.level() {
-            #[cfg(target_arch = "x86_64")]
-            super::Level::Avx2 | super::Level::Avx512 => super::x86::vector::AVX2,
-            _ => SCALAR,
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self.level(), super::Level::Avx2 | super::Level::Avx512) {
+            return super::x86::vector::AVX2;
         }
+        SCALAR
     }
 
     /// [`rms_norm`]: `out_i = (x_i · 1/sqrt(mean(x²) + eps)) · weight_i`.
