@@ -256,7 +256,7 @@ impl<'w> ActivationRows<'w> {
     }
 
     /// Token `t`'s row in format `ty` (empty if that format was not prepared).
-    #[inline]
+    #[inline(never)] // Called per token of every tile; one copy keeps firmware small.
     pub(crate) fn row(&self, ty: TensorType, t: usize) -> &'w [u8] {
         let Some(i) = act_index(ty) else { return &[] };
         let rb = self.row_bytes[i];
