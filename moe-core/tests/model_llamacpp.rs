@@ -1,8 +1,9 @@
-//! Whole models against llama.cpp: the tiny `llama`-architecture fixtures (a dense
-//! Mistral-style model and a Mixtral-style MoE model, F32, plus the MoE model quantized by
-//! llama.cpp to Q8_0 and Q4_0; `tests/fixtures/models/generate_models.py`) evaluated on a
-//! fixed token sequence, against llama.cpp's logits (llama-cpp-python 0.3.36 with an f32
-//! KV cache, `llamacpp_logits.py`).
+//! Whole models against llama.cpp: the tiny fixtures of `tests/fixtures/models` (a dense
+//! Mistral-style `llama` model and one MoE model per supported architecture — Mixtral,
+//! Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE — all F32, plus llama.cpp's own Q8_0/Q4_0
+//! quantizations of two of them; `generate_models.py`) evaluated on a fixed token
+//! sequence, against llama.cpp's logits (llama-cpp-python 0.3.36 with an f32 KV cache,
+//! `llamacpp_logits.py`).
 //!
 //! - F32 models: every logit within 1e-3 of the logit range of llama.cpp's.
 //! - Quantized models: the same argmax at every position and mean KL(llama.cpp ‖ ours)
@@ -16,6 +17,23 @@ use moe_core::model::{Model, ModelWorkspace, WorkspaceSize};
 use moe_core::router::Selection;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
+
+/// The all-F32 fixtures: dense Llama, and one MoE model per supported architecture.
+const F32_MODELS: [&str; 6] = [
+    "mistral-tiny",
+    "mixtral-tiny",
+    "qwen2moe-tiny",
+    "qwen3moe-tiny",
+    "olmoe-tiny",
+    "granitemoe-tiny",
+];
+
+/// Fixtures quantized by llama.cpp's own quantizer.
+const QUANTIZED_MODELS: [&str; 3] = [
+    "mixtral-tiny-q8_0",
+    "mixtral-tiny-q4_0",
+    "qwen3moe-tiny-q8_0",
+];
 
 fn read(name: &str) -> Vec<u8> {
     std::fs::read(format!("{DIR}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -96,7 +114,7 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 
 #[test]
 fn f32_models_match_llama_cpp_logits() {
-    for name in ["mistral-tiny", "mixtral-tiny"] {
+    for name in F32_MODELS {
         let bytes = read(&format!("{name}.gguf"));
         let file = File::parse(&bytes).unwrap();
         let model: Model<'_> = Model::from_gguf(&file).unwrap();
@@ -119,7 +137,7 @@ fn f32_models_match_llama_cpp_logits() {
 
 #[test]
 fn quantized_models_match_llama_cpp_argmax_and_kl() {
-    for name in ["mixtral-tiny-q8_0", "mixtral-tiny-q4_0"] {
+    for name in QUANTIZED_MODELS {
         let bytes = read(&format!("{name}.gguf"));
         let file = File::parse(&bytes).unwrap();
         let model: Model<'_> = Model::from_gguf(&file).unwrap();

@@ -642,7 +642,7 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         let (hd, hdv) = (c.head_dim, c.head_dim_v);
         let (kd, vd) = (c.k_dim(), c.v_dim());
         let group = c.n_head / c.n_head_kv;
-        let scale = 1.0 / libm::sqrtf(hd as f32);
+        let scale = c.attention_scale;
         let attn_bytes: &mut [u8] = bytemuck::cast_slice_mut(attn);
         self.parallel
             .for_each_rows(attn_bytes, hdv * 4, 1, &|first, piece| {
