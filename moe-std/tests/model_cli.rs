@@ -59,6 +59,10 @@ fn run_generates_llama_cpp_greedy_tokens() {
         "mixtral-tiny",
         "mixtral-tiny-q8_0",
         "mixtral-tiny-q4_0",
+        "qwen2moe-tiny",
+        "qwen3moe-tiny-q8_0",
+        "olmoe-tiny",
+        "granitemoe-tiny",
     ] {
         let path = model(&format!("{name}.gguf"));
         let out = ok(&[
