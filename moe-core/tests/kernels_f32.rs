@@ -52,7 +52,7 @@ const EXP_BOUND: Bound = Bound {
     abs: 7.2e-43,
 };
 
-/// The GELUs: `tanh` / `erf` within 2^-23 absolute, added to 1.
+/// The GELUs: `tanh` / `erf` within about 2^-22 absolute, added to 1.
 const GELU_BOUND: Bound = Bound {
     rel: 1e-6,
     abs_per_z: 2.384_185_8e-7, // 2^-22

@@ -17,7 +17,7 @@
 //!   rounding of the mean to f32 changes; results within 2^-22 relative).
 //! - [`softmax`], [`silu`], [`swiglu`]: `expf` replaced by a polynomial (a few ulp).
 //! - [`gelu`], [`gelu_erf`]: `tanhf` / `erff` replaced by approximations accurate to
-//!   about 2^-23 absolute; where `1 + tanh` or `1 + erf` cancels (negative inputs) the
+//!   about 2^-22 absolute; where `1 + tanh` or `1 + erf` cancels (negative inputs) the
 //!   specification itself is only that accurate, so the bound there is absolute,
 //!   proportional to `|z|`.
 //!
@@ -149,8 +149,8 @@ pub(crate) fn scale_by_inverse(x: &mut [f32], sum: f64) {
     }
 }
 
-/// [`softmax`] of a row whose [`max_ignoring_nan`] `max` is not finite, as the limits of
-/// the formula: any NaN entry makes every output NaN; else a `+inf` maximum shares the
+/// [`softmax`] of a row whose largest non-NaN entry, `max`, is not finite (`-inf` for a
+/// row of only NaN or an empty row), as the limits of the formula: any NaN entry makes every output NaN; else a `+inf` maximum shares the
 /// mass equally among the `+inf` entries (0 elsewhere); else (every entry `-inf`, or an
 /// empty row) every output is 0 — no mass at all rather than NaN.
 ///
