@@ -4,6 +4,7 @@
 //! [`std::process::Command`]; no product logic lives here. Tasks fail fast: the first step
 //! that fails stops the task with a non-zero exit status and says which command failed.
 
+mod aarch64;
 mod bench;
 mod firmware;
 mod fuzz;
@@ -19,9 +20,9 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ci [--fuzz-seconds N]      fmt --check, clippy -D warnings, cargo test --workspace,
-                             nostd, firmware, then fuzz smokes of gguf_parse and
-                             layer_from_gguf (N seconds each, default 45, or
-                             $MOE_FUZZ_SECONDS)
+                             nostd, firmware, aarch64-test, then fuzz smokes of
+                             gguf_parse and layer_from_gguf (N seconds each, default 45,
+                             or $MOE_FUZZ_SECONDS)
   nostd                      build moe-core for bare-metal targets and prove that neither
                              std nor alloc is linked
   fuzz <target> [--seconds N]
@@ -31,6 +32,9 @@ tasks:
                              run it under QEMU (mps2-an386), compare it with the host,
                              print its size table and fail if the engine's code at
                              opt-level s is over its 48 KiB budget
+  aarch64-test               run moe-core's tests for aarch64-unknown-linux-gnu under
+                             qemu-aarch64 on a CPU with dotprod (max) and one without
+                             (cortex-a53), requiring the neon and dotprod kernel levels
   bench [--quick] [--llamacpp PYTHON] [FILTER]
                              run the roofline (bandwidth probe, matrix x vector streamed
                              from DRAM) and kernels benches, print GB/s, GFLOP/s and the
@@ -83,6 +87,10 @@ fn run(args: &[String]) -> Result {
         "firmware" => {
             no_extra_args(rest)?;
             firmware::run()
+        }
+        "aarch64-test" => {
+            no_extra_args(rest)?;
+            aarch64::run()
         }
         "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
@@ -137,6 +145,9 @@ fn ci(args: &[String]) -> Result {
 
     step("firmware under emulation");
     firmware::run()?;
+
+    step("aarch64 kernels under emulation");
+    aarch64::run()?;
 
     for target in FUZZ_TARGETS {
         step(&format!("fuzz smoke: {target} for {fuzz_seconds} s"));
@@ -230,17 +241,26 @@ fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Installs Debian `packages` with apt-get (nothing when the list is empty).
+/// Installs Debian `packages` with apt-get (nothing when the list is empty), through
+/// `sudo` unless we are root.
 fn apt_install(packages: &[&str]) -> Result {
     if packages.is_empty() {
         return Ok(());
     }
-    status(Command::new("apt-get").args(["update", "-q"]))?;
+    let is_root = output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0");
+    let apt_get = || {
+        let mut cmd = Command::new(if is_root { "apt-get" } else { "sudo" });
+        if !is_root {
+            cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+        }
+        cmd.env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    status(apt_get().args(["update", "-q"]))?;
     status(
-        Command::new("apt-get")
+        apt_get()
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+            .args(packages),
     )
 }
 
