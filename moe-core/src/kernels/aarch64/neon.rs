@@ -164,19 +164,28 @@ fn f16_fields<const N: usize>(blocks: &[[u8; N]], at: usize) -> float32x4_t {
     f16x4_to_f32(vcreate_u16(bits))
 }
 
+/// What a 32-quant block pair adds to the sum besides `(d_w · d_a) · sumi`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Minimum {
+    /// Nothing (Q4_0, Q5_0, Q8_0, IQ4_NL against Q8_0).
+    None,
+    /// `m_w · s_a`: Q4_1 and Q5_1 against Q8_1, whose second f16 is the weights'
+    /// minimum and the activations' scaled sum.
+    SecondF16s,
+}
+
 /// `Σ_b (d_w · d_a)_b · sumi_b` over pairs of 32-quant blocks whose f16 scale `d` leads
-/// each block, plus `m_w · s_a` per pair when `MIN` (Q4_1 and Q5_1 against Q8_1, whose
-/// second f16 is the weights' minimum and the activations' scaled sum), as the
-/// specification computes it.
+/// each block, plus the `minimum` term per pair, as the specification computes it.
 ///
 /// `block_sum` returns a vector whose lanes add up to the pair's exact integer sum. Four
-/// pairs share one reduction, two (four with `MIN`) f16 conversions and the multiplies;
+/// pairs share one reduction, two (four with a minimum) f16 conversions and the multiplies;
 /// the four terms are then added to the sum in block order, as the specification does.
 #[inline]
 #[target_feature(enable = "neon")]
-fn sum_blocks<const MIN: bool, const W: usize, const A: usize>(
+fn sum_blocks<const W: usize, const A: usize>(
     w: &[[u8; W]],
     a: &[[u8; A]],
+    minimum: Minimum,
     block_sum: impl Fn(&[u8; W], &[u8; A]) -> int32x4_t,
 ) -> f32 {
     let mut sum = 0.0f32;
@@ -188,7 +197,7 @@ fn sum_blocks<const MIN: bool, const W: usize, const A: usize>(
         let sumi = vpaddq_s32(vpaddq_s32(v[0], v[1]), vpaddq_s32(v[2], v[3]));
         let d = vmulq_f32(f16_fields(wc, 0), f16_fields(ac, 0));
         let mut terms = vmulq_f32(d, vcvtq_f32_s32(sumi));
-        if MIN {
+        if minimum == Minimum::SecondF16s {
             terms = vaddq_f32(terms, vmulq_f32(f16_fields(wc, 2), f16_fields(ac, 2)));
         }
         let terms = [
@@ -264,7 +273,7 @@ fn centred(q: (uint8x16_t, uint8x16_t), offset: i8) -> (int8x16_t, int8x16_t) {
 #[target_feature(enable = "neon")]
 fn dot_q4_0_q8_0<D: ByteDot>(bytes: D, w: &[q4_0::Block], a: &[q8_0::Block]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
-    Ok(sum_blocks::<false, _, _>(w, a, |wb, ab| {
+    Ok(sum_blocks(w, a, Minimum::None, |wb, ab| {
         dot32(bytes, centred(nibbles(load16(wb, 2)), 8), ab, 2)
     }))
 }
@@ -273,7 +282,7 @@ fn dot_q4_0_q8_0<D: ByteDot>(bytes: D, w: &[q4_0::Block], a: &[q8_0::Block]) -> 
 #[target_feature(enable = "neon")]
 fn dot_q5_0_q8_0<D: ByteDot>(bytes: D, w: &[q5_0::Block], a: &[q8_0::Block]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
-    Ok(sum_blocks::<false, _, _>(w, a, |wb, ab| {
+    Ok(sum_blocks(w, a, Minimum::None, |wb, ab| {
         let (lo, hi) = nibbles(load16(wb, 6));
         let (h0, h1) = fifth_bits(wb, 2);
         let q = (vorrq_u8(lo, h0), vorrq_u8(hi, h1));
@@ -285,7 +294,7 @@ fn dot_q5_0_q8_0<D: ByteDot>(bytes: D, w: &[q5_0::Block], a: &[q8_0::Block]) -> 
 #[target_feature(enable = "neon")]
 fn dot_q8_0_q8_0<D: ByteDot>(bytes: D, w: &[q8_0::Block], a: &[q8_0::Block]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
-    Ok(sum_blocks::<false, _, _>(w, a, |wb, ab| {
+    Ok(sum_blocks(w, a, Minimum::None, |wb, ab| {
         dot32(bytes, (load16_i8(wb, 2), load16_i8(wb, 18)), ab, 2)
     }))
 }
@@ -296,7 +305,7 @@ fn dot_iq4_nl_q8_0<D: ByteDot>(bytes: D, w: &[iq4_nl::Block], a: &[q8_0::Block])
     same_blocks(w.len(), a.len())?;
     // SAFETY: the codebook is 16 readable bytes; `ld1` has no alignment requirement.
     let codebook = unsafe { vld1q_s8(iq4_nl::KVALUES.as_ptr()) };
-    Ok(sum_blocks::<false, _, _>(w, a, |wb, ab| {
+    Ok(sum_blocks(w, a, Minimum::None, |wb, ab| {
         let (lo, hi) = nibbles(load16(wb, 2));
         let q = (vqtbl1q_s8(codebook, lo), vqtbl1q_s8(codebook, hi));
         dot32(bytes, q, ab, 2)
@@ -308,7 +317,7 @@ fn dot_iq4_nl_q8_0<D: ByteDot>(bytes: D, w: &[iq4_nl::Block], a: &[q8_0::Block])
 #[target_feature(enable = "neon")]
 fn dot_q4_1_q8_1<D: ByteDot>(bytes: D, w: &[q4_1::Block], a: &[q8_1::Block]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
-    Ok(sum_blocks::<true, _, _>(w, a, |wb, ab| {
+    Ok(sum_blocks(w, a, Minimum::SecondF16s, |wb, ab| {
         dot32(bytes, signed(nibbles(load16(wb, 4))), ab, 4)
     }))
 }
@@ -317,7 +326,7 @@ fn dot_q4_1_q8_1<D: ByteDot>(bytes: D, w: &[q4_1::Block], a: &[q8_1::Block]) -> 
 #[target_feature(enable = "neon")]
 fn dot_q5_1_q8_1<D: ByteDot>(bytes: D, w: &[q5_1::Block], a: &[q8_1::Block]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
-    Ok(sum_blocks::<true, _, _>(w, a, |wb, ab| {
+    Ok(sum_blocks(w, a, Minimum::SecondF16s, |wb, ab| {
         let (lo, hi) = nibbles(load16(wb, 8));
         let (h0, h1) = fifth_bits(wb, 4);
         let q = (vorrq_u8(lo, h0), vorrq_u8(hi, h1));
