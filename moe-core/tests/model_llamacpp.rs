@@ -1,6 +1,7 @@
 //! Whole models against llama.cpp: the tiny fixtures of `tests/fixtures/models` (a dense
 //! Mistral-style `llama` model and one MoE model per supported architecture — Mixtral,
-//! Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE — all F32, plus llama.cpp's own Q8_0/Q4_0
+//! Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE, DeepSeek-V3-style with latent attention —
+//! all F32, plus llama.cpp's own Q8_0/Q4_0
 //! quantizations of two of them; `generate_models.py`) evaluated on a fixed token
 //! sequence, against llama.cpp's logits (llama-cpp-python 0.3.36 with an f32 KV cache,
 //! `llamacpp_logits.py`).
@@ -19,13 +20,14 @@ use moe_core::router::Selection;
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
 
 /// The all-F32 fixtures: dense Llama, and one MoE model per supported architecture.
-const F32_MODELS: [&str; 6] = [
+const F32_MODELS: [&str; 7] = [
     "mistral-tiny",
     "mixtral-tiny",
     "qwen2moe-tiny",
     "qwen3moe-tiny",
     "olmoe-tiny",
     "granitemoe-tiny",
+    "deepseek2-tiny",
 ];
 
 /// Fixtures quantized by llama.cpp's own quantizer.
@@ -264,7 +266,7 @@ fn bad_inputs_are_typed_errors() {
         "{e:?}"
     );
     // An architecture the engine does not run is refused by name.
-    let bytes = read("../hf/deepseek2.gguf");
+    let bytes = read("../metadata.gguf");
     let file = File::parse(&bytes).unwrap();
     let e = Model::<'_, 4>::from_gguf(&file).map(|_| ());
     assert!(

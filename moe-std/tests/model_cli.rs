@@ -63,6 +63,7 @@ fn run_generates_llama_cpp_greedy_tokens() {
         "qwen3moe-tiny-q8_0",
         "olmoe-tiny",
         "granitemoe-tiny",
+        "deepseek2-tiny",
     ] {
         let path = model(&format!("{name}.gguf"));
         let out = ok(&[

@@ -10,8 +10,28 @@ use crate::{Error, Result};
 /// models and Mixtral (the same graph with expert stacks in the FFN); the others differ
 /// in the details [`ModelConfig`] records (RoPE layout, Granite's scales) and in optional
 /// tensors the blocks pick up (attention biases, QK norms, shared experts).
-pub const SUPPORTED_ARCHITECTURES: [&str; 5] =
-    ["llama", "qwen2moe", "qwen3moe", "olmoe", "granitemoe"];
+pub const SUPPORTED_ARCHITECTURES: [&str; 6] = [
+    "llama",
+    "qwen2moe",
+    "qwen3moe",
+    "olmoe",
+    "granitemoe",
+    "deepseek2",
+];
+
+/// DeepSeek-V2/V3 multi-head latent attention: keys and values are rebuilt per head from
+/// a shared compressed latent, which is what the KV cache holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlaConfig {
+    /// Rank of the query's low-rank down-projection (0: a full `attn_q` instead).
+    pub q_lora_rank: usize,
+    /// Width of the compressed KV latent.
+    pub kv_lora_rank: usize,
+    /// Per-head query/key width: the "nope" part plus the RoPE part.
+    pub key_length: usize,
+    /// Per-head value width.
+    pub value_length: usize,
+}
 
 /// How RoPE pairs the elements of a head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +75,10 @@ pub struct ModelConfig {
     pub residual_scale: f32,
     /// Divisor of the logits (Granite).
     pub logit_scale: f32,
+    /// Latent attention (DeepSeek-V2/V3). The KV cache then holds, per position,
+    /// `[latent, k_pe]` as the key (`head_dim` = kv_lora_rank + rope_dims) and the latent as
+    /// the value (`head_dim_v` = kv_lora_rank), with one KV head.
+    pub mla: Option<MlaConfig>,
     /// Context length the model was trained with (informative; the workspace decides).
     pub n_ctx_train: usize,
 }
@@ -106,6 +130,14 @@ impl ModelConfig {
             }
         };
 
+        if let Some(name) = arch_key(arch, "rope.scaling.type")
+            && let Some(v) = file.get(&name)
+            && !matches!(v.as_str(), Some("none" | "linear") | None)
+        {
+            return Err(Error::InvalidModelConfig {
+                reason: "RoPE scaling other than none (YaRN) is not supported yet",
+            });
+        }
         let n_embd = required("embedding_length")?;
         let n_layer = required("block_count")?;
         let n_head = required("attention.head_count")?;
@@ -118,6 +150,21 @@ impl ModelConfig {
         let head_dim = optional("attention.key_length", n_embd / n_head)?;
         let head_dim_v = optional("attention.value_length", head_dim)?;
         let rope_dims = optional("rope.dimension_count", head_dim)?;
+        let mla = match key("attention.kv_lora_rank")? {
+            Some(_) if arch == "deepseek2" => Some(MlaConfig {
+                q_lora_rank: optional("attention.q_lora_rank", 0)?,
+                kv_lora_rank: required("attention.kv_lora_rank")?,
+                key_length: required("attention.key_length_mla")?,
+                value_length: required("attention.value_length_mla")?,
+            }),
+            _ if arch == "deepseek2" => {
+                return Err(Error::InvalidModelConfig {
+                    reason: "deepseek2 files without latent attention (attn_kv_b) are not supported",
+                });
+            }
+            _ => None,
+        };
+        let attention_width = mla.map_or(head_dim, |m| m.key_length);
         let n_vocab = file
             .tensor("token_embd.weight")
             .map(|t| t.view.ne(1) as usize)
@@ -140,10 +187,11 @@ impl ModelConfig {
                 _ => RopeLayout::Normal,
             },
             attention_scale: float("attention.scale")?
-                .unwrap_or(1.0 / libm::sqrtf(head_dim as f32)),
+                .unwrap_or(1.0 / libm::sqrtf(attention_width as f32)),
             embedding_scale: float("embedding_scale")?.unwrap_or(1.0),
             residual_scale: float("residual_scale")?.unwrap_or(1.0),
             logit_scale: float("logit_scale")?.unwrap_or(1.0),
+            mla,
             n_ctx_train: optional("context_length", 0)?,
         };
         config.check()?;
@@ -177,6 +225,19 @@ impl ModelConfig {
             self.residual_scale,
             self.logit_scale,
         ];
+        if let Some(m) = self.mla {
+            let nope = m.key_length.checked_sub(self.rope_dims);
+            if self.n_head_kv != 1
+                || self.head_dim != m.kv_lora_rank + self.rope_dims
+                || self.head_dim_v != m.kv_lora_rank
+                || nope.is_none()
+                || m.value_length == 0
+            {
+                return fail(
+                    "latent attention needs one KV head of kv_lora_rank + rope dims (key) and kv_lora_rank (value), and key_length_mla ≥ rope dims",
+                );
+            }
+        }
         if scales.iter().any(|s| !s.is_finite()) || self.logit_scale == 0.0 {
             return fail(
                 "attention, embedding, residual and logit scales must be finite (logit_scale non-zero)",
@@ -200,8 +261,15 @@ impl ModelConfig {
         self.n_head_kv * self.head_dim_v
     }
 
-    /// Attention output width: `n_head · head_dim_v`.
+    /// Attention output width: `n_head · head_dim_v` (the latent per head with MLA).
     pub fn attn_dim(&self) -> usize {
         self.n_head * self.head_dim_v
+    }
+
+    /// Input width of `attn_output`: the attention output, or with MLA the per-head
+    /// values rebuilt from it (`n_head · value_length`).
+    pub fn out_dim(&self) -> usize {
+        self.mla
+            .map_or(self.attn_dim(), |m| self.n_head * m.value_length)
     }
 }

@@ -12,14 +12,17 @@
 //! Architectures ([`SUPPORTED_ARCHITECTURES`]): `llama` (dense Llama/Mistral, and
 //! Mixtral: expert stacks with a softmax top-k router in the FFN), `qwen2moe` (attention
 //! biases, NeoX RoPE, a sigmoid-gated shared expert), `qwen3moe` (per-head QK norms),
-//! `olmoe` (QK norms over the whole query / key) and `granitemoe` (embedding, residual,
-//! attention and logit scales). Other architectures are refused at load with
-//! [`Error::UnsupportedArchitecture`].
+//! `olmoe` (QK norms over the whole query / key), `granitemoe` (embedding, residual,
+//! attention and logit scales) and `deepseek2` (multi-head latent attention with its
+//! compressed KV cache, leading dense blocks, sigmoid routing with a selection bias and
+//! shared experts; YaRN RoPE scaling is refused for now). Other architectures are refused
+//! at load with [`Error::UnsupportedArchitecture`].
 
 mod config;
 mod math;
+mod mla;
 
-pub use config::{ModelConfig, RopeLayout, SUPPORTED_ARCHITECTURES};
+pub use config::{MlaConfig, ModelConfig, RopeLayout, SUPPORTED_ARCHITECTURES};
 
 use crate::error::name_of;
 use crate::gguf::File;
@@ -36,19 +39,30 @@ use crate::{Error, Result};
 /// array on the stack).
 const TOKEN_CHUNK: usize = 64;
 
+/// The query/key/value side of a block's attention.
+#[derive(Clone, Copy, Debug)]
+enum Attention<'a> {
+    /// Separate Q, K and V projections (multi-head or grouped-query attention).
+    Standard {
+        wq: TensorView<'a>,
+        wk: TensorView<'a>,
+        wv: TensorView<'a>,
+        /// Optional biases of the query, key and value projections (Qwen2-MoE).
+        biases: [Option<TensorView<'a>>; 3],
+        /// Optional RMSNorm weights of the query and key, per head (`head_dim` long) or
+        /// over the whole vector (Qwen3-MoE, OLMoE).
+        qk_norms: [Option<TensorView<'a>>; 2],
+    },
+    /// DeepSeek's latent attention.
+    Latent(mla::Weights<'a>),
+}
+
 /// One transformer block's weights.
 #[derive(Clone, Copy, Debug)]
 struct Block<'a> {
     attn_norm: TensorView<'a>,
-    wq: TensorView<'a>,
-    wk: TensorView<'a>,
-    wv: TensorView<'a>,
+    attention: Attention<'a>,
     wo: TensorView<'a>,
-    /// Optional biases of the query, key and value projections (Qwen2-MoE).
-    biases: [Option<TensorView<'a>>; 3],
-    /// Optional RMSNorm weights of the query and key, per head (`head_dim` long) or over
-    /// the whole vector (Qwen3-MoE, OLMoE).
-    qk_norms: [Option<TensorView<'a>>; 2],
     ffn_norm: TensorView<'a>,
     /// The FFN: the MoE layer of a Mixtral block, or a dense FFN as a single always-chosen
     /// expert (its output times a weight of exactly 1).
@@ -105,13 +119,23 @@ struct FloatRegions {
     attn: usize,
     proj: usize,
     router: usize,
+    /// Latent-attention scratch (0 without it).
+    mla: usize,
 }
 
 impl FloatRegions {
     fn total(&self) -> Option<usize> {
-        [self.x, self.xn, self.q, self.attn, self.proj, self.router]
-            .into_iter()
-            .try_fold(0usize, |a, b| a.checked_add(b))
+        [
+            self.x,
+            self.xn,
+            self.q,
+            self.attn,
+            self.proj,
+            self.router,
+            self.mla,
+        ]
+        .into_iter()
+        .try_fold(0usize, |a, b| a.checked_add(b))
     }
 }
 
@@ -242,37 +266,12 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         check_norm(&attn_norm, &name("attn_norm.weight"), c.n_embd)?;
         let ffn_norm = get("ffn_norm.weight")?;
         check_norm(&ffn_norm, &name("ffn_norm.weight"), c.n_embd)?;
-        let wq = get("attn_q.weight")?;
-        check_matrix(&wq, &name("attn_q.weight"), c.n_embd, c.q_dim())?;
-        let wk = get("attn_k.weight")?;
-        check_matrix(&wk, &name("attn_k.weight"), c.n_embd, c.k_dim())?;
-        let wv = get("attn_v.weight")?;
-        check_matrix(&wv, &name("attn_v.weight"), c.n_embd, c.v_dim())?;
         let wo = get("attn_output.weight")?;
-        check_matrix(&wo, &name("attn_output.weight"), c.attn_dim(), c.n_embd)?;
-        // An optional F32 vector whose length is one of `lens` (the first is reported).
-        let optional = |suffix: &str, lens: &[usize]| -> Result<Option<TensorView<'a>>> {
-            let Ok(view) = block_tensor(file, layer, suffix) else {
-                return Ok(None);
-            };
-            let len = lens
-                .iter()
-                .copied()
-                .find(|&l| view.n_elements() == l as u64)
-                .unwrap_or(lens[0]);
-            check_norm(&view, &name(suffix), len)?;
-            Ok(Some(view))
+        check_matrix(&wo, &name("attn_output.weight"), c.out_dim(), c.n_embd)?;
+        let attention = match c.mla {
+            Some(m) => Attention::Latent(mla::Weights::from_gguf(file, c, &m, layer)?),
+            None => Self::standard_attention(file, c, layer)?,
         };
-        let biases = [
-            optional("attn_q.bias", &[c.q_dim()])?,
-            optional("attn_k.bias", &[c.k_dim()])?,
-            optional("attn_v.bias", &[c.v_dim()])?,
-        ];
-        let qk_norms = [
-            optional("attn_q_norm.weight", &[c.head_dim, c.q_dim()])?,
-            optional("attn_k_norm.weight", &[c.head_dim, c.k_dim()])?,
-        ];
-
         let has_experts = file
             .tensor(&name("ffn_up_exps.weight"))
             .or_else(|| file.tensor(&name("ffn_gate_up_exps.weight")))
@@ -298,15 +297,52 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         }
         Ok(Block {
             attn_norm,
-            wq,
-            wk,
-            wv,
+            attention,
             wo,
-            biases,
-            qk_norms,
             ffn_norm,
             ffn,
             dense,
+        })
+    }
+
+    fn standard_attention(file: &File<'a>, c: &ModelConfig, layer: usize) -> Result<Attention<'a>> {
+        let get = |suffix| block_tensor(file, layer, suffix);
+        let name = |suffix: &str| layer_tensor(layer, suffix).unwrap_or_default();
+        let wq = get("attn_q.weight")?;
+        check_matrix(&wq, &name("attn_q.weight"), c.n_embd, c.q_dim())?;
+        let wk = get("attn_k.weight")?;
+        check_matrix(&wk, &name("attn_k.weight"), c.n_embd, c.k_dim())?;
+        let wv = get("attn_v.weight")?;
+        check_matrix(&wv, &name("attn_v.weight"), c.n_embd, c.v_dim())?;
+        // An optional F32 vector whose length is one of `lens` (the first is reported).
+        let optional = |suffix: &str, lens: &[usize]| -> Result<Option<TensorView<'a>>> {
+            let Ok(view) = block_tensor(file, layer, suffix) else {
+                return Ok(None);
+            };
+            let len = lens
+                .iter()
+                .copied()
+                .find(|&l| view.n_elements() == l as u64)
+                .unwrap_or(lens[0]);
+            check_norm(&view, &name(suffix), len)?;
+            Ok(Some(view))
+        };
+        let biases = [
+            optional("attn_q.bias", &[c.q_dim()])?,
+            optional("attn_k.bias", &[c.k_dim()])?,
+            optional("attn_v.bias", &[c.v_dim()])?,
+        ];
+        let qk_norms = [
+            optional("attn_q_norm.weight", &[c.head_dim, c.q_dim()])?,
+            optional("attn_k_norm.weight", &[c.head_dim, c.k_dim()])?,
+        ];
+
+        Ok(Attention::Standard {
+            wq,
+            wk,
+            wv,
+            biases,
+            qk_norms,
         })
     }
 
@@ -353,10 +389,11 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         let mut total = self.token_embd.row_bytes() as u64 + bytes(&self.output_norm);
         total += bytes(&self.output);
         for b in &self.blocks {
-            total += [&b.attn_norm, &b.ffn_norm, &b.wq, &b.wk, &b.wv, &b.wo]
+            total += [&b.attn_norm, &b.ffn_norm, &b.wo]
                 .into_iter()
                 .map(bytes)
                 .sum::<u64>();
+            total += b.projections().iter().map(|(v, _)| bytes(v)).sum::<u64>();
             let experts = b.ffn.experts();
             let per_expert = experts.expert(0).map_or(0, |f| ffn_bytes(&f));
             total += b.ffn.k() as u64 * per_expert;
@@ -389,6 +426,9 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
             attn: t.checked_mul(c.attn_dim())?,
             proj: t.checked_mul(c.n_embd)?,
             router,
+            mla: c
+                .mla
+                .map_or(Some(0), |m| t.checked_mul(mla::scratch_per_token(c, &m)))?,
         })
     }
 
@@ -403,10 +443,10 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         let c = &self.config;
         let mut max = Self::act_row_bytes(&self.output, c.n_embd);
         for b in &self.blocks {
-            for v in [&b.wq, &b.wk, &b.wv] {
-                max = max.max(Self::act_row_bytes(v, c.n_embd));
+            for (v, width) in b.projections() {
+                max = max.max(Self::act_row_bytes(&v, width));
             }
-            max = max.max(Self::act_row_bytes(&b.wo, c.attn_dim()));
+            max = max.max(Self::act_row_bytes(&b.wo, c.out_dim()));
         }
         max
     }
@@ -513,7 +553,8 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         let (q, rest) = rest.split_at_mut(r.q);
         let (attn, rest) = rest.split_at_mut(r.attn);
         let (proj, rest) = rest.split_at_mut(r.proj);
-        let router = &mut rest[..r.router];
+        let (router, rest) = rest.split_at_mut(r.router);
+        let mla_scratch = &mut rest[..r.mla];
         let (acts, moe_bytes) = ws.bytes.split_at_mut(t * self.max_act_row_bytes());
 
         // Embeddings.
@@ -535,43 +576,41 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
             // Attention.
             self.norm_rows(x, &b.attn_norm, xn);
             let (keys, values) = self.layer_cache(ws.kv_cache, l, context);
-            let (kd, vd) = (c.k_dim(), c.v_dim());
-            let new_keys = &mut keys[start * kd..end * kd];
-            let new_values = &mut values[start * vd..end * vd];
-            self.project(&b.wq, xn, c.n_embd, acts, q)?;
-            self.project(&b.wk, xn, c.n_embd, acts, new_keys)?;
-            self.project(&b.wv, xn, c.n_embd, acts, new_values)?;
-            for (rows, bias) in [&mut *q, &mut *new_keys, new_values]
-                .into_iter()
-                .zip(&b.biases)
-            {
-                if let Some(bias) = bias {
-                    add_rows(rows, bias);
-                }
-            }
-            for (rows, norm) in [&mut *q, &mut *new_keys].into_iter().zip(&b.qk_norms) {
-                if let Some(norm) = norm {
-                    norm_in_place(rows, norm, c.rms_eps);
-                }
-            }
-            let rope = match c.rope_layout {
-                RopeLayout::Normal => math::rope_normal,
-                RopeLayout::Neox => math::rope_neox,
-            };
-            for (i, (q, k)) in q
-                .chunks_exact_mut(c.q_dim())
-                .zip(new_keys.chunks_exact_mut(kd))
-                .enumerate()
-            {
-                let heads = q
-                    .chunks_exact_mut(c.head_dim)
-                    .chain(k.chunks_exact_mut(c.head_dim));
-                for head in heads {
-                    rope(head, c.rope_dims, start + i, c.rope_base);
+            match &b.attention {
+                Attention::Standard {
+                    wq,
+                    wk,
+                    wv,
+                    biases,
+                    qk_norms,
+                } => self.standard_qkv(
+                    [wq, wk, wv],
+                    biases,
+                    qk_norms,
+                    start,
+                    xn,
+                    acts,
+                    q,
+                    keys,
+                    values,
+                )?,
+                Attention::Latent(w) => {
+                    self.latent_qkv(w, start, xn, acts, mla_scratch, q, keys, values)?
                 }
             }
             self.attention(start, q, keys, values, attn)?;
-            self.project(&b.wo, attn, c.attn_dim(), acts, proj)?;
+            if let Attention::Latent(w) = &b.attention {
+                self.latent_values(w, attn, acts, mla_scratch)?;
+                self.project(
+                    &b.wo,
+                    &mla_scratch[..t * c.out_dim()],
+                    c.out_dim(),
+                    acts,
+                    proj,
+                )?;
+            } else {
+                self.project(&b.wo, attn, c.attn_dim(), acts, proj)?;
+            }
             add_scaled(x, proj, c.residual_scale);
 
             // FFN.
@@ -610,6 +649,66 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
             logits.iter_mut().for_each(|v| *v /= c.logit_scale);
         }
         Ok(())
+    }
+
+    /// Queries into `q` and the batch's keys and values into the cache (positions
+    /// `start..`), with biases, QK norms and RoPE as the block has them.
+    #[allow(clippy::too_many_arguments)]
+    fn standard_qkv(
+        &self,
+        [wq, wk, wv]: [&TensorView<'_>; 3],
+        biases: &[Option<TensorView<'_>>; 3],
+        qk_norms: &[Option<TensorView<'_>>; 2],
+        start: usize,
+        xn: &[f32],
+        acts: &mut [u8],
+        q: &mut [f32],
+        keys: &mut [f32],
+        values: &mut [f32],
+    ) -> Result<()> {
+        let c = &self.config;
+        let end = start + xn.len() / c.n_embd;
+        let (kd, vd) = (c.k_dim(), c.v_dim());
+        let new_keys = &mut keys[start * kd..end * kd];
+        let new_values = &mut values[start * vd..end * vd];
+        self.project(wq, xn, c.n_embd, acts, q)?;
+        self.project(wk, xn, c.n_embd, acts, new_keys)?;
+        self.project(wv, xn, c.n_embd, acts, new_values)?;
+        for (rows, bias) in [&mut *q, &mut *new_keys, new_values]
+            .into_iter()
+            .zip(biases)
+        {
+            if let Some(bias) = bias {
+                add_rows(rows, bias);
+            }
+        }
+        for (rows, norm) in [&mut *q, &mut *new_keys].into_iter().zip(qk_norms) {
+            if let Some(norm) = norm {
+                norm_in_place(rows, norm, c.rms_eps);
+            }
+        }
+        let rope = self.rope();
+        for (i, (q, k)) in q
+            .chunks_exact_mut(c.q_dim())
+            .zip(new_keys.chunks_exact_mut(kd))
+            .enumerate()
+        {
+            let heads = q
+                .chunks_exact_mut(c.head_dim)
+                .chain(k.chunks_exact_mut(c.head_dim));
+            for head in heads {
+                rope(head, c.rope_dims, start + i, c.rope_base);
+            }
+        }
+        Ok(())
+    }
+
+    /// The RoPE function of the model's layout.
+    fn rope(&self) -> fn(&mut [f32], usize, usize, f32) {
+        match self.config.rope_layout {
+            RopeLayout::Normal => math::rope_normal,
+            RopeLayout::Neox => math::rope_neox,
+        }
     }
 
     /// Block `layer`'s keys (`context × k_dim`) and values (`context × v_dim`) in the cache.
@@ -731,6 +830,26 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                     Ok(())
                 })
         }
+    }
+}
+
+impl<'a> Block<'a> {
+    /// The projections the block's attention reads with the width of their input rows.
+    fn projections(&self) -> heapless::Vec<(TensorView<'a>, usize), 6> {
+        let mut out = heapless::Vec::new();
+        match &self.attention {
+            Attention::Standard { wq, wk, wv, .. } => {
+                for v in [wq, wk, wv] {
+                    let _ = out.push((*v, v.ne(0) as usize));
+                }
+            }
+            Attention::Latent(w) => {
+                for v in w.projections() {
+                    let _ = out.push((v, v.ne(0) as usize));
+                }
+            }
+        }
+        out
     }
 }
 

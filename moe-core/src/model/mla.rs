@@ -1,0 +1,222 @@
+//! DeepSeek-V2/V3 multi-head latent attention (MLA), in the absorbed form llama.cpp uses.
+//!
+//! Per token: the query comes from a low-rank path (`attn_q_a`, RMSNorm, `attn_q_b`) or a
+//! full `attn_q`, split per head into a "nope" part and a RoPE part; the keys and values
+//! of all heads come from one compressed latent `c = RMSNorm(first kv_lora_rank rows of
+//! attn_kv_a_mqa · x)` plus one shared RoPE key `k_pe` (its last rows). The cache holds
+//! `[c, k_pe]` as the key and `c` as the value of one KV head. Each head's nope query is
+//! mapped into latent space by its slice of `attn_k_b` (`q̃ = K_bᵀ q_nope`), so the score
+//! `q_nope · (K_b c) + q_pe · k_pe` is the plain dot product `[q̃, q_pe] · [c, k_pe]` and
+//! the generic attention runs unchanged; its per-head output (a latent) becomes the
+//! head's value through its slice of `attn_v_b`.
+
+use super::{Model, ModelConfig, block_tensor, check_matrix, check_norm, norm_in_place};
+use crate::error::name_of;
+use crate::gguf::File;
+use crate::gguf::names::layer_tensor;
+use crate::model::MlaConfig;
+use crate::tensor::TensorView;
+use crate::{Error, Result};
+
+/// One block's latent-attention weights.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Weights<'a> {
+    /// `attn_q_a` and its norm, when the query has a low-rank path.
+    q_a: Option<(TensorView<'a>, TensorView<'a>)>,
+    /// `attn_q_b` (after `q_a`) or the full `attn_q`.
+    q: TensorView<'a>,
+    /// `attn_kv_a_mqa`: the latent, then the shared RoPE key.
+    kv_a: TensorView<'a>,
+    kv_a_norm: TensorView<'a>,
+    /// `attn_k_b`: per head `kv_lora_rank` rows of `nope` columns.
+    k_b: TensorView<'a>,
+    /// `attn_v_b`: per head `value_length` rows of `kv_lora_rank` columns.
+    v_b: TensorView<'a>,
+}
+
+/// Scratch floats per token: the rebuilt values, the query latent, the query, the KV
+/// latent with the RoPE key.
+pub(super) fn scratch_per_token(c: &ModelConfig, m: &MlaConfig) -> usize {
+    c.n_head * m.value_length
+        + m.q_lora_rank
+        + c.n_head * m.key_length
+        + m.kv_lora_rank
+        + c.rope_dims
+}
+
+/// Checks that `view` is `[cols, rows, heads]` (GGUF order).
+fn check_heads(view: &TensorView<'_>, name: &str, dims: [usize; 3]) -> Result<()> {
+    for (dim, expected) in dims.into_iter().chain([1]).enumerate() {
+        if view.ne(dim) != expected as u64 {
+            return Err(Error::BadTensorShape {
+                tensor: name_of(name),
+                dim: dim as u8,
+                expected: expected as u64,
+                actual: view.ne(dim),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Head `h`'s `[cols, rows]` slice of a `[cols, rows, heads]` tensor.
+fn head<'a>(view: &TensorView<'a>, h: usize) -> Result<TensorView<'a>> {
+    let (cols, rows) = (view.ne(0), view.ne(1));
+    let bytes = view.row_bytes() * rows as usize;
+    let data = view
+        .data()
+        .get(h * bytes..(h + 1) * bytes)
+        .ok_or(Error::InvalidModelConfig {
+            reason: "a latent-attention head slice is out of range",
+        })?;
+    TensorView::new(view.ty(), &[cols, rows], data)
+}
+
+impl<'a> Weights<'a> {
+    /// Block `layer`'s weights, shapes checked against `c` and `m`.
+    pub(super) fn from_gguf(
+        file: &File<'a>,
+        c: &ModelConfig,
+        m: &MlaConfig,
+        layer: usize,
+    ) -> Result<Self> {
+        let get = |suffix| block_tensor(file, layer, suffix);
+        let name = |suffix: &str| layer_tensor(layer, suffix).unwrap_or_default();
+        let nope = m.key_length - c.rope_dims;
+        let q_width = c.n_head * m.key_length;
+        let (q_a, q) = if m.q_lora_rank > 0 {
+            let q_a = get("attn_q_a.weight")?;
+            check_matrix(&q_a, &name("attn_q_a.weight"), c.n_embd, m.q_lora_rank)?;
+            let norm = get("attn_q_a_norm.weight")?;
+            check_norm(&norm, &name("attn_q_a_norm.weight"), m.q_lora_rank)?;
+            let q_b = get("attn_q_b.weight")?;
+            check_matrix(&q_b, &name("attn_q_b.weight"), m.q_lora_rank, q_width)?;
+            (Some((q_a, norm)), q_b)
+        } else {
+            let q = get("attn_q.weight")?;
+            check_matrix(&q, &name("attn_q.weight"), c.n_embd, q_width)?;
+            (None, q)
+        };
+        let kv_a = get("attn_kv_a_mqa.weight")?;
+        let kv_rows = m.kv_lora_rank + c.rope_dims;
+        check_matrix(&kv_a, &name("attn_kv_a_mqa.weight"), c.n_embd, kv_rows)?;
+        let kv_a_norm = get("attn_kv_a_norm.weight")?;
+        check_norm(&kv_a_norm, &name("attn_kv_a_norm.weight"), m.kv_lora_rank)?;
+        let k_b = get("attn_k_b.weight")?;
+        check_heads(
+            &k_b,
+            &name("attn_k_b.weight"),
+            [nope, m.kv_lora_rank, c.n_head],
+        )?;
+        let v_b = get("attn_v_b.weight")?;
+        let v_dims = [m.kv_lora_rank, m.value_length, c.n_head];
+        check_heads(&v_b, &name("attn_v_b.weight"), v_dims)?;
+        for view in [&k_b, &v_b] {
+            if view.ty().activation_type().is_none() {
+                return Err(Error::UnsupportedType { ty: view.ty() });
+            }
+        }
+        Ok(Weights {
+            q_a,
+            q,
+            kv_a,
+            kv_a_norm,
+            k_b,
+            v_b,
+        })
+    }
+
+    /// Every matrix the attention multiplies by (for sizing and byte counts).
+    pub(super) fn projections(&self) -> impl Iterator<Item = TensorView<'a>> {
+        let q_a = self.q_a.map(|(q_a, _)| q_a);
+        q_a.into_iter()
+            .chain([self.q, self.kv_a, self.k_b, self.v_b])
+    }
+}
+
+impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
+    /// The absorbed queries into `q` (`t × n_head × (kv_lora_rank + rope)`) and the batch's
+    /// `[c, k_pe]` keys and `c` values into the cache at positions `start..`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn latent_qkv(
+        &self,
+        w: &Weights<'_>,
+        start: usize,
+        xn: &[f32],
+        acts: &mut [u8],
+        scratch: &mut [f32],
+        q: &mut [f32],
+        keys: &mut [f32],
+        values: &mut [f32],
+    ) -> Result<()> {
+        let c = &self.config;
+        let m = c.mla.ok_or(Error::InvalidModelConfig {
+            reason: "latent attention without its configuration",
+        })?;
+        let t = xn.len() / c.n_embd;
+        let (rope_dims, lora) = (c.rope_dims, m.kv_lora_rank);
+        let nope = m.key_length - rope_dims;
+        let (_, rest) = scratch.split_at_mut(t * c.out_dim());
+        let (q_latent, rest) = rest.split_at_mut(t * m.q_lora_rank);
+        let (q_full, rest) = rest.split_at_mut(t * c.n_head * m.key_length);
+        let kv = &mut rest[..t * (lora + rope_dims)];
+
+        match &w.q_a {
+            Some((q_a, norm)) => {
+                self.project(q_a, xn, c.n_embd, acts, q_latent)?;
+                norm_in_place(q_latent, norm, c.rms_eps);
+                self.project(&w.q, q_latent, m.q_lora_rank, acts, q_full)?;
+            }
+            None => self.project(&w.q, xn, c.n_embd, acts, q_full)?,
+        }
+        self.project(&w.kv_a, xn, c.n_embd, acts, kv)?;
+
+        let rope = self.rope();
+        let (kd, vd) = (c.k_dim(), c.v_dim());
+        for (i, kv) in kv.chunks_exact_mut(lora + rope_dims).enumerate() {
+            let pos = start + i;
+            let (latent, k_pe) = kv.split_at_mut(lora);
+            norm_in_place(latent, &w.kv_a_norm, c.rms_eps);
+            rope(k_pe, rope_dims, pos, c.rope_base);
+            let key = &mut keys[pos * kd..(pos + 1) * kd];
+            key[..lora].copy_from_slice(latent);
+            key[lora..].copy_from_slice(k_pe);
+            values[pos * vd..(pos + 1) * vd].copy_from_slice(latent);
+
+            for h in 0..c.n_head {
+                let at = (i * c.n_head + h) * m.key_length;
+                let (q_nope, q_pe) = q_full[at..at + m.key_length].split_at_mut(nope);
+                rope(q_pe, rope_dims, pos, c.rope_base);
+                let out = &mut q[(i * c.n_head + h) * c.head_dim..][..c.head_dim];
+                let (q_lat, q_rope) = out.split_at_mut(lora);
+                self.project(&head(&w.k_b, h)?, q_nope, nope, acts, q_lat)?;
+                q_rope.copy_from_slice(q_pe);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each head's value from its attention output (a latent) through its slice of
+    /// `attn_v_b`, into the front of `scratch` (`t × n_head × value_length`, the input of
+    /// `attn_output`).
+    pub(super) fn latent_values(
+        &self,
+        w: &Weights<'_>,
+        attn: &[f32],
+        acts: &mut [u8],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let c = &self.config;
+        let m = c.mla.ok_or(Error::InvalidModelConfig {
+            reason: "latent attention without its configuration",
+        })?;
+        let lora = m.kv_lora_rank;
+        let heads = attn
+            .chunks_exact(lora)
+            .zip(scratch.chunks_exact_mut(m.value_length));
+        for (n, (latent, value)) in heads.enumerate() {
+            self.project(&head(&w.v_b, n % c.n_head)?, latent, lora, acts, value)?;
+        }
+        Ok(())
+    }
+}
