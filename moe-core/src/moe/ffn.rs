@@ -20,12 +20,13 @@ pub use crate::kernels::DotKernel;
 pub use crate::kernels::vector::sigmoid;
 use crate::kernels::vector::{gelu_erf_of as gelu_erf, gelu_of as gelu, silu_of as silu};
 
-/// Weight rows per batch-kernel call: the chunk stays in L1 while the tile's tokens pass.
-const CHUNK_ROWS: usize = 16;
+/// Weight rows per batch-kernel call: the chunk stays in L2 while the tile's tokens pass,
+/// and is long enough for the kernel to prefetch ahead within it.
+const CHUNK_ROWS: usize = 64;
 
 /// Tokens per batch-kernel call (the kernel outputs of one call live on the stack:
 /// `CHUNK_ROWS × CHUNK_TOKENS` floats per matrix).
-const CHUNK_TOKENS: usize = 16;
+const CHUNK_TOKENS: usize = 8;
 
 /// The element-wise nonlinearity of an FFN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,14 +349,21 @@ impl Ffn<'_> {
                     };
                     let up_out = &mut up_out[..rows * n];
                     let up_rows = self.up.rows(first + r0, rows);
-                    kernels.matmul(self.up.ty(), up_rows, &x(up_act)[..n], up_out)?;
+                    let up_x = x(up_act);
+                    kernels.matmul(self.up.ty(), up_rows, &up_x[..n], up_out)?;
                     // Kernel outputs are token-major: entry `j` is token `j / rows`, row `j % rows`.
                     let at = |j: usize| (r0 + j % rows) * m + i0 + j / rows;
                     match gate {
                         Some((gate, gate_act)) => {
                             let gate_out = &mut gate_out[..rows * n];
                             let gate_rows = gate.rows(first + r0, rows);
-                            kernels.matmul(gate.ty(), gate_rows, &x(gate_act)[..n], gate_out)?;
+                            // One set of rows when both matrices read the same activation format.
+                            let gate_x = if gate_act == up_act {
+                                up_x
+                            } else {
+                                x(gate_act)
+                            };
+                            kernels.matmul(gate.ty(), gate_rows, &gate_x[..n], gate_out)?;
                             for (j, (g, u)) in gate_out.iter().zip(up_out.iter()).enumerate() {
                                 piece.set_f32(at(j), (self.act)(*g) * u);
                             }
