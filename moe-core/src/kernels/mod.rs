@@ -24,9 +24,9 @@
 //! weight type) and [`Level::Avx512`] (adds AVX-512 F/BW/VL/VNNI: `vpdpbusd` for
 //! Q4_0 and Q8_0, measured no faster than AVX2 so far, so `moe_std::kernels::detect()`
 //! uses it only when asked). On AArch64 they are [`Level::Neon`] (Q4_0, Q4_1, Q5_0,
-//! Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K, F32, F16 and BF16 rows) and [`Level::Dotprod`]
-//! (the same kernels with `sdot` for the byte products). Other weight types fall back to
-//! the specification at every level.
+//! Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, F32, F16 and BF16 rows) and
+//! [`Level::Dotprod`] (the same kernels with `sdot` for the byte products). Other weight
+//! types fall back to the specification at every level.
 //! Quantized kernels return the same bits as the specification (exact integer block
 //! sums, the same float operations in the same order); float kernels differ only in
 //! summation order.

@@ -20,7 +20,9 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use crate::kernels::{check_row, same_blocks, scalar};
-use crate::quant::{float, iq4_nl, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
+use crate::quant::{
+    float, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k,
+};
 use crate::{Result, TensorType};
 
 /// The table entry: the dot product of a row of `weight_type` with its activation row,
@@ -93,9 +95,12 @@ pub(super) fn dot_with<D: ByteDot>(
         Q5_1 => dot_q5_1_q8_1(bytes, w.as_chunks().0, a.as_chunks().0),
         Q8_0 => dot_q8_0_q8_0(bytes, w.as_chunks().0, a.as_chunks().0),
         IQ4_NL => dot_iq4_nl_q8_0(bytes, w.as_chunks().0, a.as_chunks().0),
+        Q2_K => dot_q2_k_q8_k(bytes, w.as_chunks().0, a.as_chunks().0),
+        Q3_K => dot_q3_k_q8_k(bytes, w.as_chunks().0, a.as_chunks().0),
         Q4_K => dot_q4_k_q8_k(bytes, w.as_chunks().0, a.as_chunks().0),
         Q5_K => dot_q5_k_q8_k(bytes, w.as_chunks().0, a.as_chunks().0),
         Q6_K => dot_q6_k_q8_k(bytes, w.as_chunks().0, a.as_chunks().0),
+        IQ4_XS => dot_iq4_xs_q8_k(bytes, w.as_chunks().0, a.as_chunks().0),
         F32 => Ok(float_rows::<32>(w, a, |c| f32x8(c), f32_at)),
         F16 => Ok(float_rows::<16>(w, a, |c| f16x8(c), f16_at)),
         BF16 => Ok(float_rows::<16>(w, a, |c| bf16x8(c), bf16_at)),
@@ -299,12 +304,19 @@ fn dot_q8_0_q8_0<D: ByteDot>(bytes: D, w: &[q8_0::Block], a: &[q8_0::Block]) -> 
     }))
 }
 
+/// The IQ4_NL codebook (also IQ4_XS's) as a `tbl` table.
+#[inline]
+#[target_feature(enable = "neon")]
+fn iq4_codebook() -> int8x16_t {
+    // SAFETY: the codebook is 16 readable bytes; `ld1` has no alignment requirement.
+    unsafe { vld1q_s8(iq4_nl::KVALUES.as_ptr()) }
+}
+
 /// IQ4_NL · Q8_0: nibbles looked up in the codebook (`tbl`), exact block sums.
 #[target_feature(enable = "neon")]
 fn dot_iq4_nl_q8_0<D: ByteDot>(bytes: D, w: &[iq4_nl::Block], a: &[q8_0::Block]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
-    // SAFETY: the codebook is 16 readable bytes; `ld1` has no alignment requirement.
-    let codebook = unsafe { vld1q_s8(iq4_nl::KVALUES.as_ptr()) };
+    let codebook = iq4_codebook();
     Ok(sum_blocks(w, a, Minimum::None, |wb, ab| {
         let (lo, hi) = nibbles(load16(wb, 2));
         let q = (vqtbl1q_s8(codebook, lo), vqtbl1q_s8(codebook, hi));
@@ -343,7 +355,7 @@ const Q8_K_BSUMS: usize = 260;
 /// the pair sums are widened to `i32` before anything else is added.
 #[inline]
 #[target_feature(enable = "neon")]
-fn min_sum(mins: &[u8; 8], a: &q8_k::Block) -> i32 {
+fn min_sum_pairs(mins: &[u8; 8], a: &q8_k::Block) -> i32 {
     let pairs_lo = vpaddlq_s16(vreinterpretq_s16_u8(load16(a, Q8_K_BSUMS)));
     let pairs_hi = vpaddlq_s16(vreinterpretq_s16_u8(load16(a, Q8_K_BSUMS + 16)));
     let mins = vmovl_u8(vcreate_u8(u64::from_le_bytes(*mins)));
@@ -352,36 +364,152 @@ fn min_sum(mins: &[u8; 8], a: &q8_k::Block) -> i32 {
     vaddvq_s32(vmlaq_s32(vmulq_s32(pairs_lo, mins_lo), pairs_hi, mins_hi))
 }
 
-/// `Σ_s sc_s Σ q_w q_a` over the eight 32-quant sub-blocks of a Q4_K/Q5_K block against
-/// a Q8_K block; `quants(s)` gives sub-block `s`'s quants (at most 31). Exact: a
-/// sub-block's lane is below 8 · 31 · 128 and a scale below 64.
+/// `Σ_k m_k bsum_k` over Q8_K's 16 `bsums`, the minimum term of Q2_K (`mins` at most 15
+/// each), exact in `i32`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn min_sum16(mins: uint8x16_t, a: &q8_k::Block) -> i32 {
+    let bsums_lo = vreinterpretq_s16_u8(load16(a, Q8_K_BSUMS));
+    let bsums_hi = vreinterpretq_s16_u8(load16(a, Q8_K_BSUMS + 16));
+    let mins_lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(mins)));
+    let mins_hi = vreinterpretq_s16_u16(vmovl_high_u8(mins));
+    let acc = vmull_s16(vget_low_s16(bsums_lo), vget_low_s16(mins_lo));
+    let acc = vmlal_high_s16(acc, bsums_lo, mins_lo);
+    let acc = vmlal_s16(acc, vget_low_s16(bsums_hi), vget_low_s16(mins_hi));
+    vaddvq_s32(vmlal_high_s16(acc, bsums_hi, mins_hi))
+}
+
+/// `Σ_s sc_s Σ q_w q_a` over the eight 32-quant sub-blocks of a Q4_K/Q5_K/IQ4_XS block
+/// against a Q8_K block; `quants(s)` gives sub-block `s`'s signed quants (elements
+/// `0..16` and `16..32`), `scale(s)` its scale. Exact: a sub-block's lane is below
+/// 8 · 128 · 128 and a scale at most 64 in magnitude.
 #[inline]
 #[target_feature(enable = "neon")]
 fn scaled_sums32<D: ByteDot>(
     bytes: D,
-    scales: &[u8; 8],
     a: &q8_k::Block,
-    quants: impl Fn(usize) -> (uint8x16_t, uint8x16_t),
+    quants: impl Fn(usize) -> (int8x16_t, int8x16_t),
+    scale: impl Fn(usize) -> i32,
 ) -> i32 {
     // Two accumulators, so consecutive sub-blocks do not wait on each other.
     let mut acc = [vdupq_n_s32(0); 2];
-    for (s, &scale) in scales.iter().enumerate() {
-        let sub = dot32(bytes, signed(quants(s)), a, Q8_K_QS + 32 * s);
-        acc[s % 2] = vmlaq_s32(acc[s % 2], sub, vdupq_n_s32(i32::from(scale)));
+    for s in 0..8 {
+        let sub = dot32(bytes, quants(s), a, Q8_K_QS + 32 * s);
+        acc[s % 2] = vmlaq_s32(acc[s % 2], sub, vdupq_n_s32(scale(s)));
     }
     vaddvq_s32(vaddq_s32(acc[0], acc[1]))
 }
 
-/// `(d_w · d_a) · sumi − (dmin_w · d_a) · summ`, a Q4_K/Q5_K block's term exactly as the
-/// specification computes it (`d` and `dmin` are the block's first two f16s).
+/// `Σ_k sc_k Σ q_w q_a` over the sixteen 16-quant sub-blocks of a Q2_K/Q3_K/Q6_K block
+/// against a Q8_K block; `quants(k)` gives sub-block `k`'s signed quants, `scale(k)` its
+/// scale. Exact: a sub-block's lane is below 4 · 64 · 128 and a scale at most 128 in
+/// magnitude.
 #[inline]
 #[target_feature(enable = "neon")]
-fn k_term<const N: usize>(block: &[u8; N], a: &q8_k::Block, sumi: i32, summ: i32) -> f32 {
-    let bits = u64::from(le_u16(block, 0)) | (u64::from(le_u16(block, 2)) << 16);
+fn scaled_sums16<D: ByteDot>(
+    bytes: D,
+    a: &q8_k::Block,
+    quants: impl Fn(usize) -> int8x16_t,
+    scale: impl Fn(usize) -> i32,
+) -> i32 {
+    let mut acc = [vdupq_n_s32(0); 2];
+    for k in 0..16 {
+        let sub = bytes.dot(vdupq_n_s32(0), quants(k), load16_i8(a, Q8_K_QS + 16 * k));
+        acc[k % 2] = vmlaq_s32(acc[k % 2], sub, vdupq_n_s32(scale(k)));
+    }
+    vaddvq_s32(vaddq_s32(acc[0], acc[1]))
+}
+
+/// `(d_w · d_a) · sumi − (dmin_w · d_a) · summ`, a Q2_K/Q4_K/Q5_K block's term exactly
+/// as the specification computes it (`d` and `dmin` are the f16s at `at` and `at + 2`).
+#[inline]
+#[target_feature(enable = "neon")]
+fn k_term<const N: usize>(
+    block: &[u8; N],
+    at: usize,
+    a: &q8_k::Block,
+    sumi: i32,
+    summ: i32,
+) -> f32 {
+    let bits = u64::from(le_u16(block, at)) | (u64::from(le_u16(block, at + 2)) << 16);
     let scales = f16x4_to_f32(vcreate_u16(bits));
     let (d, dmin) = (vgetq_lane_f32::<0>(scales), vgetq_lane_f32::<1>(scales));
     let d_a = q8_k::d(a);
     (d * d_a) * sumi as f32 - (dmin * d_a) * summ as f32
+}
+
+/// `(d_w · d_a) · sumi`, a Q3_K/Q6_K/IQ4_XS block's term as the specification computes
+/// it (`d` is the f16 at `at`).
+#[inline]
+#[target_feature(enable = "neon")]
+fn scaled_term<const N: usize>(block: &[u8; N], at: usize, a: &q8_k::Block, sumi: i32) -> f32 {
+    (f16_at_offset(block, at) * q8_k::d(a)) * sumi as f32
+}
+
+/// Bits `2j..2j + 2` of each byte, for `j` in `0..4`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn crumbs(bytes: uint8x16_t, j: usize) -> uint8x16_t {
+    let shifted = match j {
+        0 => bytes,
+        1 => vshrq_n_u8::<2>(bytes),
+        2 => vshrq_n_u8::<4>(bytes),
+        _ => vshrq_n_u8::<6>(bytes),
+    };
+    vandq_u8(shifted, vdupq_n_u8(3))
+}
+
+/// Q2_K · Q8_K: 2-bit quants times 4-bit scales per 16-quant sub-block, the minimum
+/// term from the activation's `bsums`, as in the specification.
+#[target_feature(enable = "neon")]
+fn dot_q2_k_q8_k<D: ByteDot>(bytes: D, w: &[q2_k::Block], a: &[q8_k::Block]) -> Result<f32> {
+    same_blocks(w.len(), a.len())?;
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        // Byte k of `scales`: scale of sub-block k in the low nibble, minimum in the high.
+        let scales = load16(wb, 0);
+        let sumi = scaled_sums16(
+            bytes,
+            ab,
+            |k| {
+                // Sub-block k: bits 2j.. (j = k % 8 / 2) of `qs[32 (k / 8) + 16 (k % 2)..]`.
+                let q = load16(wb, 16 + 32 * (k / 8) + 16 * (k % 2));
+                vreinterpretq_s8_u8(crumbs(q, k % 8 / 2))
+            },
+            |k| i32::from(wb[k] & 0x0f),
+        );
+        let summ = min_sum16(vshrq_n_u8::<4>(scales), ab);
+        sum += k_term(wb, 80, ab, sumi, summ);
+    }
+    Ok(sum)
+}
+
+/// Q3_K · Q8_K: 2-bit quants with a high bit from `hmask` (`-4..=3`) times signed 6-bit
+/// scales per 16-quant sub-block.
+#[target_feature(enable = "neon")]
+fn dot_q3_k_q8_k<D: ByteDot>(bytes: D, w: &[q3_k::Block], a: &[q8_k::Block]) -> Result<f32> {
+    same_blocks(w.len(), a.len())?;
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        let sc = q3_k::scales(wb);
+        let sumi = scaled_sums16(
+            bytes,
+            ab,
+            |k| {
+                // Sub-block k is half i = k % 2 of group g = k / 2 of 32: bits 2 (g % 4)..
+                // of `qs[32 (g / 4) + 16 i..]`, minus 4 where bit g of `hmask[16 i..]` is
+                // clear.
+                let (g, i) = (k / 2, k % 2);
+                let low = crumbs(load16(wb, 32 + 32 * (g / 4) + 16 * i), g % 4);
+                let set = vtstq_u8(load16(wb, 16 * i), vdupq_n_u8(1 << g));
+                let q = vorrq_u8(low, vandq_u8(set, vdupq_n_u8(4)));
+                vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(4))
+            },
+            |k| i32::from(sc[k]),
+        );
+        sum += scaled_term(wb, 108, ab, sumi);
+    }
+    Ok(sum)
 }
 
 /// Q4_K · Q8_K: each 32-quant sub-block's exact sum times its 6-bit scale; the minimum
@@ -392,14 +520,19 @@ fn dot_q4_k_q8_k<D: ByteDot>(bytes: D, w: &[q4_k::Block], a: &[q8_k::Block]) -> 
     let mut sum = 0.0f32;
     for (wb, ab) in w.iter().zip(a) {
         let (scales, mins) = q4_k::scales_mins(wb);
-        let sumi = scaled_sums32(bytes, &scales, ab, |s| {
-            // Sub-block 2c is the low nibbles of `qs[32c..32c + 32]`, 2c + 1 the high.
-            let at = 16 + 32 * (s / 2);
-            let (lo0, hi0) = nibbles(load16(wb, at));
-            let (lo1, hi1) = nibbles(load16(wb, at + 16));
-            if s % 2 == 0 { (lo0, lo1) } else { (hi0, hi1) }
-        });
-        sum += k_term(wb, ab, sumi, min_sum(&mins, ab));
+        let sumi = scaled_sums32(
+            bytes,
+            ab,
+            |s| {
+                // Sub-block 2c is the low nibbles of `qs[32c..32c + 32]`, 2c + 1 the high.
+                let at = 16 + 32 * (s / 2);
+                let (lo0, hi0) = nibbles(load16(wb, at));
+                let (lo1, hi1) = nibbles(load16(wb, at + 16));
+                signed(if s % 2 == 0 { (lo0, lo1) } else { (hi0, hi1) })
+            },
+            |s| i32::from(scales[s]),
+        );
+        sum += k_term(wb, 0, ab, sumi, min_sum_pairs(&mins, ab));
     }
     Ok(sum)
 }
@@ -413,16 +546,21 @@ fn dot_q5_k_q8_k<D: ByteDot>(bytes: D, w: &[q5_k::Block], a: &[q8_k::Block]) -> 
     for (wb, ab) in w.iter().zip(a) {
         let (scales, mins) = q5_k::scales_mins(wb);
         let (qh0, qh1) = (load16(wb, 16), load16(wb, 32));
-        let sumi = scaled_sums32(bytes, &scales, ab, |s| {
-            let at = 48 + 32 * (s / 2);
-            let (lo0, hi0) = nibbles(load16(wb, at));
-            let (lo1, hi1) = nibbles(load16(wb, at + 16));
-            let (q0, q1) = if s % 2 == 0 { (lo0, lo1) } else { (hi0, hi1) };
-            let bit = vdupq_n_u8(1 << s);
-            let fifth = |qh| vandq_u8(vtstq_u8(qh, bit), vdupq_n_u8(0x10));
-            (vorrq_u8(q0, fifth(qh0)), vorrq_u8(q1, fifth(qh1)))
-        });
-        sum += k_term(wb, ab, sumi, min_sum(&mins, ab));
+        let sumi = scaled_sums32(
+            bytes,
+            ab,
+            |s| {
+                let at = 48 + 32 * (s / 2);
+                let (lo0, hi0) = nibbles(load16(wb, at));
+                let (lo1, hi1) = nibbles(load16(wb, at + 16));
+                let (q0, q1) = if s % 2 == 0 { (lo0, lo1) } else { (hi0, hi1) };
+                let bit = vdupq_n_u8(1 << s);
+                let fifth = |qh| vandq_u8(vtstq_u8(qh, bit), vdupq_n_u8(0x10));
+                signed((vorrq_u8(q0, fifth(qh0)), vorrq_u8(q1, fifth(qh1))))
+            },
+            |s| i32::from(scales[s]),
+        );
+        sum += k_term(wb, 0, ab, sumi, min_sum_pairs(&mins, ab));
     }
     Ok(sum)
 }
@@ -433,43 +571,59 @@ fn dot_q5_k_q8_k<D: ByteDot>(bytes: D, w: &[q5_k::Block], a: &[q8_k::Block]) -> 
 fn dot_q6_k_q8_k<D: ByteDot>(bytes: D, w: &[q6_k::Block], a: &[q8_k::Block]) -> Result<f32> {
     same_blocks(w.len(), a.len())?;
     let mut sum = 0.0f32;
-    let m4 = vdupq_n_u8(0x0f);
-    let bits_4_5 = vdupq_n_u8(0x30);
     for (wb, ab) in w.iter().zip(a) {
         let sc = q6_k::scales(wb);
-        let mut acc = [vdupq_n_s32(0); 2];
-        for half in 0..2 {
-            let ql = [0, 16, 32, 48].map(|at| load16(wb, 64 * half + at));
-            let qh = [0, 16].map(|at| load16(wb, 128 + 32 * half + at));
-            // Sub-block k holds elements 16k..16k + 16 of the half: group g = k / 2 of 32
-            // takes the low (g < 2) or high nibbles of `ql[32 (g % 2)..]` and bits
-            // 2g, 2g + 1 of `qh`, moved to bits 4 and 5.
-            for k in 0..8 {
-                let (g, i) = (k / 2, k % 2);
-                let l = ql[i + 2 * (g % 2)];
+        let sumi = scaled_sums16(
+            bytes,
+            ab,
+            |k| {
+                // Sub-block k holds elements 16k'..16k' + 16 (k' = k % 8) of half h = k / 8:
+                // group g = k' / 2 of 32 takes the low (g < 2) or high nibbles of
+                // `ql[64h + 32 (g % 2)..]` and bits 2g, 2g + 1 of `qh[32h..]`, moved to bits
+                // 4 and 5.
+                let (h, g, i) = (k / 8, k % 8 / 2, k % 2);
+                let l = load16(wb, 64 * h + 32 * (g % 2) + 16 * i);
                 let low = if g < 2 {
-                    vandq_u8(l, m4)
+                    vandq_u8(l, vdupq_n_u8(0x0f))
                 } else {
                     vshrq_n_u8::<4>(l)
                 };
-                let h = match g {
-                    0 => vshlq_n_u8::<4>(qh[i]),
-                    1 => vshlq_n_u8::<2>(qh[i]),
-                    2 => qh[i],
-                    _ => vshrq_n_u8::<2>(qh[i]),
+                let qh = load16(wb, 128 + 32 * h + 16 * i);
+                let high = match g {
+                    0 => vshlq_n_u8::<4>(qh),
+                    1 => vshlq_n_u8::<2>(qh),
+                    2 => qh,
+                    _ => vshrq_n_u8::<2>(qh),
                 };
-                let q = vsubq_s8(
-                    vreinterpretq_s8_u8(vorrq_u8(low, vandq_u8(h, bits_4_5))),
-                    vdupq_n_s8(32),
-                );
-                let qa = load16_i8(ab, Q8_K_QS + 128 * half + 16 * k);
-                let sub = bytes.dot(vdupq_n_s32(0), q, qa);
-                let scale = vdupq_n_s32(i32::from(sc[8 * half + k]));
-                acc[i] = vmlaq_s32(acc[i], sub, scale);
-            }
-        }
-        let sumi = vaddvq_s32(vaddq_s32(acc[0], acc[1]));
-        sum += (f16_at_offset(wb, 208) * q8_k::d(ab)) * sumi as f32;
+                let q = vorrq_u8(low, vandq_u8(high, vdupq_n_u8(0x30)));
+                vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(32))
+            },
+            |k| i32::from(sc[k]),
+        );
+        sum += scaled_term(wb, 208, ab, sumi);
+    }
+    Ok(sum)
+}
+
+/// IQ4_XS · Q8_K: nibbles looked up in the IQ4_NL codebook, each 32-quant sub-block's
+/// exact sum times its signed 6-bit scale.
+#[target_feature(enable = "neon")]
+fn dot_iq4_xs_q8_k<D: ByteDot>(bytes: D, w: &[iq4_xs::Block], a: &[q8_k::Block]) -> Result<f32> {
+    same_blocks(w.len(), a.len())?;
+    let codebook = iq4_codebook();
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        let sc = iq4_xs::scales(wb);
+        let sumi = scaled_sums32(
+            bytes,
+            ab,
+            |s| {
+                let (lo, hi) = nibbles(load16(wb, 8 + 16 * s));
+                (vqtbl1q_s8(codebook, lo), vqtbl1q_s8(codebook, hi))
+            },
+            |s| i32::from(sc[s]),
+        );
+        sum += scaled_term(wb, 0, ab, sumi);
     }
     Ok(sum)
 }
