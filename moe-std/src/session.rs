@@ -3,10 +3,26 @@
 //! [`moe_core::model::Model`], on the [`ThreadPool`](crate::pool::ThreadPool) the caller
 //! passes.
 
-use moe_core::model::{Model, ModelWorkspace, WorkspaceSize};
+use moe_core::model::{KvCache, Model, ModelWorkspace, WorkspaceSize};
 use moe_core::router::{RouterStats, Selection};
 
 use crate::{Error, GgufFile, Result};
+
+/// The KV cache's element type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// f32: exact.
+    #[default]
+    F32,
+    /// f16: half the memory, llama.cpp's default.
+    F16,
+}
+
+/// The session's KV cache memory.
+enum KvStorage {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
 
 /// One sequence of a model: the model, its KV cache and scratch sized for `context`
 /// positions and batches of up to `max_batch` tokens, and how many positions are filled.
@@ -15,7 +31,7 @@ pub struct Session<'a> {
     model: Box<Model<'a>>,
     size: WorkspaceSize,
     max_batch: usize,
-    kv_cache: Vec<f32>,
+    kv_cache: KvStorage,
     floats: Vec<f32>,
     selections: Vec<Selection>,
     bytes: Vec<u8>,
@@ -25,12 +41,14 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// A session over `gguf`'s model with the best kernels of this CPU
     /// ([`crate::kernels::detect`]) and `pool`'s threads. `context` is the KV cache's
-    /// length in positions (0: the model's training context, capped at 4096).
+    /// length in positions (0: the model's training context, capped at 4096), of `kv`
+    /// elements.
     pub fn new(
         gguf: &'a GgufFile,
         pool: &'a crate::pool::ThreadPool,
         context: usize,
         max_batch: usize,
+        kv: KvType,
     ) -> Result<Self> {
         // Boxed: a model value holds its blocks inline and is large to keep on a stack.
         let mut model =
@@ -48,7 +66,10 @@ impl<'a> Session<'a> {
             model,
             size,
             max_batch,
-            kv_cache: vec![0.0; size.kv_cache],
+            kv_cache: match kv {
+                KvType::F32 => KvStorage::F32(vec![0.0; size.kv_cache]),
+                KvType::F16 => KvStorage::F16(vec![0; size.kv_cache]),
+            },
             floats: vec![0.0; size.floats],
             selections: vec![Selection::new(); size.selections],
             bytes: vec![0; size.bytes],
@@ -78,7 +99,12 @@ impl<'a> Session<'a> {
 
     /// Bytes of memory the session holds (KV cache, scratch, selections).
     pub fn memory_bytes(&self) -> usize {
-        4 * (self.kv_cache.len() + self.floats.len())
+        let kv_bytes = match &self.kv_cache {
+            KvStorage::F32(c) => 4 * c.len(),
+            KvStorage::F16(c) => 2 * c.len(),
+        };
+        kv_bytes
+            + 4 * self.floats.len()
             + self.bytes.len()
             + self.selections.len() * size_of::<Selection>()
     }
@@ -120,7 +146,10 @@ impl<'a> Session<'a> {
                 &mut logits[..n_vocab]
             };
             let mut ws = ModelWorkspace {
-                kv_cache: &mut self.kv_cache,
+                kv_cache: match &mut self.kv_cache {
+                    KvStorage::F32(c) => KvCache::F32(c),
+                    KvStorage::F16(c) => KvCache::F16(c),
+                },
                 floats: &mut self.floats,
                 selections: &mut self.selections,
                 bytes: &mut self.bytes,

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 
 use moe_std::GgufFile;
 use moe_std::pool::ThreadPool;
-use moe_std::session::{Session, argmax};
+use moe_std::session::{KvType, Session, argmax};
 use serde_json::Value as Json;
 
 mod counting;
@@ -197,7 +197,7 @@ fn bad_input_is_a_message_not_a_panic() {
 fn decoding_allocates_nothing_after_the_session_exists() {
     let gguf = GgufFile::open(model("mixtral-tiny-q4_0.gguf")).unwrap();
     let pool = ThreadPool::new(2);
-    let mut session = Session::new(&gguf, &pool, 32, 16).unwrap();
+    let mut session = Session::new(&gguf, &pool, 32, 16, KvType::F16).unwrap();
     let mut logits = vec![0.0f32; session.model().config().n_vocab];
     session.eval(&[1, 5, 17, 42], &mut logits).unwrap();
     let (n, result) = counting::allocations_in(|| {

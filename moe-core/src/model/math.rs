@@ -57,26 +57,31 @@ pub(crate) fn rope_neox(head: &mut [f32], dims: usize, pos: usize, base: f32) {
 }
 
 /// One query head attending over `n` cached positions: `out = Σ_j softmax_j(scale · q·k_j)
-/// v_j`, where `keys(j)` / `values(j)` give cached rows. Two passes over the keys (the
-/// maximum score, then the exponentials) so no per-position scratch is needed.
-pub(crate) fn attend<'k>(
+/// v_j`, where `keys(j)` / `values(j)` give cached rows (f32 or f16). Two passes over the
+/// keys (the maximum score, then the exponentials) so no per-position scratch is needed.
+pub(crate) fn attend<'k, E: super::kv::Element + 'k>(
     q: &[f32],
     n: usize,
     scale: f32,
-    keys: impl Fn(usize) -> &'k [f32],
-    values: impl Fn(usize) -> &'k [f32],
+    keys: impl Fn(usize) -> &'k [E],
+    values: impl Fn(usize) -> &'k [E],
     out: &mut [f32],
 ) {
-    let score =
-        |j: usize| -> f32 { q.iter().zip(keys(j)).map(|(a, b)| a * b).sum::<f32>() * scale };
+    let score = |j: usize| -> f32 {
+        q.iter()
+            .zip(keys(j))
+            .map(|(a, b)| a * b.load())
+            .sum::<f32>()
+            * scale
+    };
     let max = (0..n).map(score).fold(f32::NEG_INFINITY, f32::max);
     out.fill(0.0);
     let mut sum = 0.0f64;
     for j in 0..n {
         let p = libm::expf(score(j) - max);
         sum += f64::from(p);
-        for (o, &v) in out.iter_mut().zip(values(j)) {
-            *o += p * v;
+        for (o, v) in out.iter_mut().zip(values(j)) {
+            *o += p * v.load();
         }
     }
     let inv = (1.0 / sum) as f32;

@@ -136,7 +136,8 @@ impl<'a> Weights<'a> {
 
 impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
     /// The absorbed queries into `q` (`t × n_head × (kv_lora_rank + rope)`) and the batch's
-    /// `[c, k_pe]` keys and `c` values into the cache at positions `start..`.
+    /// `[c, k_pe]` keys and `c` values into `new_keys` / `new_values` (token `i` at position
+    /// `start + i`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn latent_qkv(
         &self,
@@ -146,8 +147,8 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
         acts: &mut [u8],
         scratch: &mut [f32],
         q: &mut [f32],
-        keys: &mut [f32],
-        values: &mut [f32],
+        new_keys: &mut [f32],
+        new_values: &mut [f32],
     ) -> Result<()> {
         let c = &self.config;
         let m = c.mla.ok_or(Error::InvalidModelConfig {
@@ -178,10 +179,10 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
             let (latent, k_pe) = kv.split_at_mut(lora);
             norm_in_place(latent, &w.kv_a_norm, c.rms_eps);
             rope(k_pe, rope_dims, pos, c.rope_base);
-            let key = &mut keys[pos * kd..(pos + 1) * kd];
+            let key = &mut new_keys[i * kd..(i + 1) * kd];
             key[..lora].copy_from_slice(latent);
             key[lora..].copy_from_slice(k_pe);
-            values[pos * vd..(pos + 1) * vd].copy_from_slice(latent);
+            new_values[i * vd..(i + 1) * vd].copy_from_slice(latent);
 
             for h in 0..c.n_head {
                 let at = (i * c.n_head + h) * m.key_length;

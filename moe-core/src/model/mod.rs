@@ -19,10 +19,12 @@
 //! at load with [`Error::UnsupportedArchitecture`].
 
 mod config;
+mod kv;
 mod math;
 mod mla;
 
 pub use config::{MlaConfig, ModelConfig, RopeLayout, SUPPORTED_ARCHITECTURES};
+pub use kv::KvCache;
 
 use crate::error::name_of;
 use crate::gguf::File;
@@ -86,10 +88,10 @@ pub struct Model<'a, const MAX_LAYERS: usize = 128> {
 /// Caller memory for [`Model::forward`].
 #[derive(Debug)]
 pub struct ModelWorkspace<'w> {
-    /// The KV cache: [`WorkspaceSize::kv_cache`] elements for the context it was sized
-    /// for. It holds the keys and values of every evaluated position and must be kept
-    /// (unchanged) between the calls of one sequence.
-    pub kv_cache: &'w mut [f32],
+    /// The KV cache: [`WorkspaceSize::kv_cache`] elements (f32 or f16) for the context it
+    /// was sized for. It holds the keys and values of every evaluated position and must be
+    /// kept (unchanged) between the calls of one sequence.
+    pub kv_cache: KvCache<'w>,
     /// Per-batch f32 scratch.
     pub floats: &'w mut [f32],
     /// One routing decision per token.
@@ -101,7 +103,7 @@ pub struct ModelWorkspace<'w> {
 /// Exact sizes of the parts of a [`ModelWorkspace`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkspaceSize {
-    /// f32 elements of KV cache.
+    /// Elements of KV cache (f32 or f16, the caller's choice).
     pub kv_cache: usize,
     /// f32 elements of scratch.
     pub floats: usize,
@@ -118,6 +120,8 @@ struct FloatRegions {
     q: usize,
     attn: usize,
     proj: usize,
+    /// The batch's new keys and values before they are stored in the cache.
+    kv_new: usize,
     router: usize,
     /// Latent-attention scratch (0 without it).
     mla: usize,
@@ -131,6 +135,7 @@ impl FloatRegions {
             self.q,
             self.attn,
             self.proj,
+            self.kv_new,
             self.router,
             self.mla,
         ]
@@ -425,6 +430,7 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
             q: t.checked_mul(c.q_dim())?,
             attn: t.checked_mul(c.attn_dim())?,
             proj: t.checked_mul(c.n_embd)?,
+            kv_new: t.checked_mul(c.k_dim() + c.v_dim())?,
             router,
             mla: c
                 .mla
@@ -553,6 +559,8 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         let (q, rest) = rest.split_at_mut(r.q);
         let (attn, rest) = rest.split_at_mut(r.attn);
         let (proj, rest) = rest.split_at_mut(r.proj);
+        let (kv_new, rest) = rest.split_at_mut(r.kv_new);
+        let (new_keys, new_values) = kv_new.split_at_mut(t * c.k_dim());
         let (router, rest) = rest.split_at_mut(r.router);
         let mla_scratch = &mut rest[..r.mla];
         let (acts, moe_bytes) = ws.bytes.split_at_mut(t * self.max_act_row_bytes());
@@ -575,7 +583,6 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         for (l, b) in self.blocks.iter().enumerate() {
             // Attention.
             self.norm_rows(x, &b.attn_norm, xn);
-            let (keys, values) = self.layer_cache(ws.kv_cache, l, context);
             match &b.attention {
                 Attention::Standard {
                     wq,
@@ -591,14 +598,21 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                     xn,
                     acts,
                     q,
-                    keys,
-                    values,
+                    new_keys,
+                    new_values,
                 )?,
                 Attention::Latent(w) => {
-                    self.latent_qkv(w, start, xn, acts, mla_scratch, q, keys, values)?
+                    self.latent_qkv(w, start, xn, acts, mla_scratch, q, new_keys, new_values)?
                 }
             }
-            self.attention(start, q, keys, values, attn)?;
+            match &mut ws.kv_cache {
+                KvCache::F32(cache) => {
+                    self.attend_cached(cache, l, start, new_keys, new_values, q, attn)?
+                }
+                KvCache::F16(cache) => {
+                    self.attend_cached(cache, l, start, new_keys, new_values, q, attn)?
+                }
+            }
             if let Attention::Latent(w) = &b.attention {
                 self.latent_values(w, attn, acts, mla_scratch)?;
                 self.project(
@@ -651,8 +665,9 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         Ok(())
     }
 
-    /// Queries into `q` and the batch's keys and values into the cache (positions
-    /// `start..`), with biases, QK norms and RoPE as the block has them.
+    /// Queries into `q` and the batch's keys and values into `new_keys` / `new_values`
+    /// (token `i` at position `start + i`), with biases, QK norms and RoPE as the block
+    /// has them.
     #[allow(clippy::too_many_arguments)]
     fn standard_qkv(
         &self,
@@ -663,14 +678,11 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         xn: &[f32],
         acts: &mut [u8],
         q: &mut [f32],
-        keys: &mut [f32],
-        values: &mut [f32],
+        new_keys: &mut [f32],
+        new_values: &mut [f32],
     ) -> Result<()> {
         let c = &self.config;
-        let end = start + xn.len() / c.n_embd;
-        let (kd, vd) = (c.k_dim(), c.v_dim());
-        let new_keys = &mut keys[start * kd..end * kd];
-        let new_values = &mut values[start * vd..end * vd];
+        let kd = c.k_dim();
         self.project(wq, xn, c.n_embd, acts, q)?;
         self.project(wk, xn, c.n_embd, acts, new_keys)?;
         self.project(wv, xn, c.n_embd, acts, new_values)?;
@@ -711,35 +723,38 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         }
     }
 
-    /// Block `layer`'s keys (`context × k_dim`) and values (`context × v_dim`) in the cache.
-    fn layer_cache<'c>(
+    /// Stores the batch's new keys and values in block `layer`'s part of the cache
+    /// (positions `start..`), then runs causal grouped-query attention of the batch's
+    /// queries (`q`, after RoPE; token `i` at position `start + i`) over the cached keys and
+    /// values of positions `0..=start + i`, into `attn` (`t × n_head · head_dim_v`). Query
+    /// head `h` reads key/value head `h / (n_head / n_head_kv)`. The (token, head) pairs
+    /// are split across the parallel runner.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_cached<E: kv::Element>(
         &self,
-        cache: &'c mut [f32],
+        cache: &mut [E],
         layer: usize,
-        context: usize,
-    ) -> (&'c mut [f32], &'c mut [f32]) {
-        let (kd, vd) = (self.config.k_dim(), self.config.v_dim());
-        let per_layer = context * (kd + vd);
-        let layer = &mut cache[layer * per_layer..(layer + 1) * per_layer];
-        layer.split_at_mut(context * kd)
-    }
-
-    /// Causal grouped-query attention of the batch's queries (`q`, after RoPE; token `i`
-    /// at position `start + i`) over the cached keys and values of positions
-    /// `0..=start + i`, into `attn` (`t × n_head · head_dim_v`). Query head `h` reads
-    /// key/value head `h / (n_head / n_head_kv)`. The (token, head) pairs are split
-    /// across the parallel runner.
-    fn attention(
-        &self,
         start: usize,
+        new_keys: &[f32],
+        new_values: &[f32],
         q: &[f32],
-        keys: &[f32],
-        values: &[f32],
         attn: &mut [f32],
     ) -> Result<()> {
         let c = self.config;
         let (hd, hdv) = (c.head_dim, c.head_dim_v);
         let (kd, vd) = (c.k_dim(), c.v_dim());
+        let context = cache.len() / self.kv_per_position().max(1);
+        let per_layer = context * (kd + vd);
+        let layer_cache = cache
+            .get_mut(layer * per_layer..(layer + 1) * per_layer)
+            .ok_or(Error::InvalidModelConfig {
+                reason: "the KV cache is shorter than its context",
+            })?;
+        let (keys, values) = layer_cache.split_at_mut(context * kd);
+        kv::store(&mut keys[start * kd..], new_keys);
+        kv::store(&mut values[start * vd..], new_values);
+        let (keys, values) = (&*keys, &*values);
+
         let group = c.n_head / c.n_head_kv;
         let scale = c.attention_scale;
         let attn_bytes: &mut [u8] = bytemuck::cast_slice_mut(attn);

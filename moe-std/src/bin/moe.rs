@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use moe_std::pool::ThreadPool;
-use moe_std::session::{Session, argmax};
+use moe_std::session::{KvType, Session, argmax};
 use moe_std::{GgufFile, dequant, inspect};
 
 const USAGE: &str = "\
@@ -20,7 +20,7 @@ usage:
   moe inspect --devices                CUDA devices (none without a driver)
   moe dequant FILE TENSOR [-o OUT]     tensor as little-endian f32 in GGUF order
                                        (ne[0] fastest) to stdout or OUT
-  moe run FILE --tokens 1,2,3 [-n N] [--threads N] [--ctx N] [--batch N]
+  moe run FILE --tokens 1,2,3 [-n N] [--threads N] [--ctx N] [--batch N] [--kv f32|f16]
                                        greedy generation from token ids; prints the
                                        generated ids, then prefill and decode tokens/s
   moe bench FILE [--threads N] [--prompt 128] [--gen 64] [--reps 3] [--json]
@@ -244,6 +244,7 @@ struct ModelArgs {
     batch: usize,
     n_predict: usize,
     output: Option<PathBuf>,
+    kv: KvType,
 }
 
 fn model_args(command: &str, args: Vec<OsString>, extra: &[&str]) -> Result<ModelArgs, Failure> {
@@ -272,6 +273,7 @@ fn model_args(command: &str, args: Vec<OsString>, extra: &[&str]) -> Result<Mode
         batch: 512,
         n_predict: 16,
         output: None,
+        kv: KvType::F32,
     };
     for (flag, value) in &args.flags {
         match flag.as_str() {
@@ -279,6 +281,7 @@ fn model_args(command: &str, args: Vec<OsString>, extra: &[&str]) -> Result<Mode
             "--threads" | "-t" => parsed.threads = number(flag, value)?.max(1),
             "--ctx" | "-c" => parsed.context = number(flag, value)?,
             "--batch" | "-b" => parsed.batch = number(flag, value)?.max(1),
+            "--kv" => parsed.kv = kv_type(command, value)?,
             "-n" | "--n-predict" if extra.contains(&"-n") => {
                 parsed.n_predict = number(flag, value)?
             }
@@ -299,6 +302,15 @@ fn model_args(command: &str, args: Vec<OsString>, extra: &[&str]) -> Result<Mode
     Ok(parsed)
 }
 
+/// `f32` or `f16`.
+fn kv_type(command: &str, value: &Option<OsString>) -> Result<KvType, Failure> {
+    match value.as_ref().and_then(|v| v.to_str()) {
+        Some("f32") => Ok(KvType::F32),
+        Some("f16") => Ok(KvType::F16),
+        _ => Err(usage(format!("{command}: --kv takes f32 or f16"))),
+    }
+}
+
 /// `1,2,3` as token ids.
 fn token_list(command: &str, value: &Option<OsString>) -> Result<Vec<u32>, Failure> {
     let text = value.as_ref().and_then(|v| v.to_str()).unwrap_or("");
@@ -316,7 +328,7 @@ fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let a = model_args("run", args, &["-n", "--n-predict"])?;
     let gguf = GgufFile::open(&a.path)?;
     let pool = ThreadPool::new(a.threads);
-    let mut session = Session::new(&gguf, &pool, a.context, a.batch)?;
+    let mut session = Session::new(&gguf, &pool, a.context, a.batch, a.kv)?;
     if a.tokens.len() + a.n_predict > session.context() {
         return Err(Failure::Error(format!(
             "{}: {} prompt tokens + {} to generate exceed the {}-token context (--ctx)",
@@ -368,7 +380,7 @@ fn logits_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let gguf = GgufFile::open(&a.path)?;
     let pool = ThreadPool::new(a.threads);
     let context = a.context.max(a.tokens.len());
-    let mut session = Session::new(&gguf, &pool, context, a.batch)?;
+    let mut session = Session::new(&gguf, &pool, context, a.batch, a.kv)?;
     let n_vocab = session.model().config().n_vocab;
     let mut logits = vec![0.0f32; a.tokens.len() * n_vocab];
     session.eval(&a.tokens, &mut logits)?;
@@ -399,6 +411,7 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     )?;
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (mut prompt, mut gen_tokens, mut reps, mut json) = (128usize, 64usize, 3usize, false);
+    let mut kv = KvType::F32;
     for (flag, value) in &args.flags {
         let number = || -> Result<usize, Failure> {
             value
@@ -413,6 +426,7 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
             "--gen" | "-n" => gen_tokens = number()?,
             "--reps" | "-r" => reps = number()?.max(1),
             "--json" => json = true,
+            "--kv" => kv = kv_type("bench", value)?,
             other => return Err(usage(format!("bench: unknown flag {other}"))),
         }
     }
@@ -420,7 +434,7 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
         .map_err(|_| usage("bench needs exactly one FILE"))?;
     let gguf = GgufFile::open(PathBuf::from(path))?;
     let pool = ThreadPool::new(threads);
-    let mut session = Session::new(&gguf, &pool, prompt + gen_tokens, prompt)?;
+    let mut session = Session::new(&gguf, &pool, prompt + gen_tokens, prompt, kv)?;
     let n_vocab = session.model().config().n_vocab;
     // A fixed pseudo-random prompt: the same tokens on every run and machine.
     let tokens: Vec<u32> = (0..prompt as u64)
@@ -481,7 +495,7 @@ fn route_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let a = model_args("route", args, &[])?;
     let gguf = GgufFile::open(&a.path)?;
     let pool = ThreadPool::new(a.threads);
-    let mut session = Session::new(&gguf, &pool, a.tokens.len(), a.batch)?;
+    let mut session = Session::new(&gguf, &pool, a.tokens.len(), a.batch, a.kv)?;
     let n_layer = session.model().config().n_layer;
     let n_expert: Vec<usize> = (0..n_layer)
         .map(|l| {
