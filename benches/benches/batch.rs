@@ -19,7 +19,12 @@ const BATCH: usize = 32;
 
 fn batch(c: &mut Criterion) {
     let k = moe_std::kernels::detect();
-    for ty in [TensorType::Q4_0, TensorType::Q8_0, TensorType::Q4_K, TensorType::Q6_K] {
+    for ty in [
+        TensorType::Q4_0,
+        TensorType::Q8_0,
+        TensorType::Q4_K,
+        TensorType::Q6_K,
+    ] {
         let w = matvec_weights(ty, ROWS, COLS);
         let acts: Vec<Vec<u8>> = (0..BATCH).map(|_| matvec_activations(ty, COLS)).collect();
         let refs: Vec<&[u8]> = acts.iter().map(Vec::as_slice).collect();
