@@ -191,7 +191,7 @@ fn local(o: &Options, out: &Path) -> Result<(Report, String)> {
         report.llama = llama;
         report.notes.push(format!(
             "llama.cpp (ggml {info}): ggml_graph_compute of one GGML_OP_MUL_MAT on a persistent \
-             ggml thread pool (f32 activations, quantized inside the op); median of repeated \
+             ggml thread pool (f32 activations, quantized inside the op); fastest of repeated \
              calls. ÷ llama.cpp above 1: ours is faster."
         ));
     }
