@@ -1,11 +1,13 @@
-//! Builds MoE and PEER layers from arbitrary GGUF bytes, and runs one forward pass through
-//! every layer that builds: the configuration and shape checks of `from_gguf` must turn
-//! any file into a typed error or a layer that runs without panicking or reading out of
-//! bounds. Seeded with the fixtures (including the Hugging Face and peer-pytorch ones).
+//! Builds MoE and PEER layers and whole models from arbitrary GGUF bytes, and runs one
+//! forward pass through every layer or model that builds: the configuration and shape
+//! checks of `from_gguf` must turn any file into a typed error or something that runs
+//! without panicking or reading out of bounds. Seeded with the fixtures (including the
+//! Hugging Face, peer-pytorch and whole-model ones).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use moe_core::gguf::File;
+use moe_core::model::{KvCache, Model, ModelWorkspace};
 use moe_core::moe::{MoeLayer, Workspace};
 use moe_core::peer::PeerLayer;
 use moe_core::router::Selection;
@@ -29,7 +31,38 @@ fuzz_target!(|data: &[u8]| {
             run_peer(&peer);
         }
     }
+    if let Ok(model) = Model::<'_, 8>::from_gguf(&file) {
+        run_model(&model);
+    }
 });
+
+/// Context (KV-cache positions) a model run gets.
+const CONTEXT: usize = 4;
+
+fn run_model(model: &Model<'_, 8>) {
+    let size = model.workspace_size(N_TOKENS, CONTEXT);
+    let n_vocab = model.config().n_vocab;
+    if [size.kv_cache, size.floats, size.bytes, n_vocab * N_TOKENS]
+        .into_iter()
+        .any(|n| n > MAX_WORKSPACE)
+    {
+        return;
+    }
+    let mut kv = vec![0u16; size.kv_cache];
+    let mut floats = vec![0f32; size.floats];
+    let mut selections = vec![Selection::new(); size.selections];
+    let mut bytes = vec![0u8; size.bytes];
+    let mut ws = ModelWorkspace {
+        kv_cache: KvCache::F16(&mut kv),
+        floats: &mut floats,
+        selections: &mut selections,
+        bytes: &mut bytes,
+    };
+    let mut logits = vec![0f32; N_TOKENS * n_vocab];
+    // A prompt then one decoded token; token ids past the vocabulary are typed errors.
+    let _ = model.forward(&[1, 2], 0, &mut logits, &mut ws);
+    let _ = model.forward(&[3], N_TOKENS, &mut logits[..n_vocab], &mut ws);
+}
 
 /// A fixed, finite input of `N_TOKENS` rows.
 fn input(n_embd: usize) -> Vec<f32> {
