@@ -106,6 +106,18 @@ fn logits_of(model: &Model<'_>, tokens: &[u32], context: usize) -> Vec<f32> {
     logits
 }
 
+/// The largest |got − expected| and the range of `expected`.
+fn max_diff_and_range(got: &[f32], expected: &[f32]) -> (f32, f32) {
+    let lo = expected.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+    let hi = expected.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max_diff = got
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    (max_diff, hi - lo)
+}
+
 fn argmax(row: &[f32]) -> usize {
     (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b })
 }
@@ -129,18 +141,12 @@ fn f32_models_match_llama_cpp_logits() {
         let model: Model<'_> = Model::from_gguf(&file).unwrap();
         let (tokens, expected, _) = reference(name);
         let got = logits_of(&model, &tokens, 64);
-        let lo = expected.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-        let hi = expected.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let max_diff = got
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let (max_diff, range) = max_diff_and_range(&got, &expected);
         eprintln!(
             "{name}: max |ours − llama.cpp| = {max_diff:e}, logit range {}",
-            hi - lo
+            range
         );
-        assert!(max_diff <= 1e-3 * (hi - lo), "{name}: max diff {max_diff}");
+        assert!(max_diff <= 1e-3 * (range), "{name}: max diff {max_diff}");
     }
 }
 
@@ -307,17 +313,11 @@ fn an_f16_kv_cache_matches_llama_cpp_default_logits() {
         model
             .forward(&tokens, 0, &mut got, &mut buffers.workspace())
             .unwrap();
-        let lo = expected.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-        let hi = expected.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let max_diff = got
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let (max_diff, range) = max_diff_and_range(&got, &expected);
         eprintln!(
             "{name} (f16 KV): max |ours − llama.cpp| = {max_diff:e}, range {}",
-            hi - lo
+            range
         );
-        assert!(max_diff <= 1e-3 * (hi - lo), "{name}: max diff {max_diff}");
+        assert!(max_diff <= 1e-3 * (range), "{name}: max diff {max_diff}");
     }
 }

@@ -403,21 +403,34 @@ impl Parallel for ThreadPool {
         let rows = data.len() / row_bytes;
         let chunk_rows = self.chunk_len(rows, min_rows);
         let pieces = Mutex::new(data.chunks_mut(chunk_rows * row_bytes).enumerate());
-        let first_error: Mutex<Option<moe_core::Error>> = Mutex::new(None);
+        let first_error = FirstError::default();
         self.for_each_range(rows.div_ceil(chunk_rows).max(1), 1, |claims| {
             for _ in claims {
                 let next = lock(&pieces).next();
-                if let Some((i, piece)) = next
-                    && let Err(e) = job(i * chunk_rows, piece)
-                {
-                    lock(&first_error).get_or_insert(e);
+                if let Some((i, piece)) = next {
+                    first_error.record(job(i * chunk_rows, piece));
                 }
             }
         });
-        match first_error
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
+        first_error.into_result()
+    }
+}
+
+/// The first error any thread of a job reported.
+#[derive(Default)]
+struct FirstError(Mutex<Option<moe_core::Error>>);
+
+impl FirstError {
+    /// Keeps `result`'s error unless one is already kept.
+    fn record(&self, result: moe_core::Result<()>) {
+        if let Err(e) = result {
+            lock(&self.0).get_or_insert(e);
+        }
+    }
+
+    /// The kept error, or `Ok`.
+    fn into_result(self) -> moe_core::Result<()> {
+        match self.0.into_inner().unwrap_or_else(PoisonError::into_inner) {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -454,18 +467,10 @@ pub fn matvec_parallel(
         Some(rb) if rows > 0 && rb.checked_mul(rows) == Some(weights.len()) => rb,
         _ => return kernels.matvec(weight_type, weights, activations, out),
     };
-    let first_error: Mutex<Option<moe_core::Error>> = Mutex::new(None);
+    let first_error = FirstError::default();
     pool.for_each_chunk_mut(out, MATVEC_MIN_ROWS, |start, chunk| {
         let w = &weights[start * row_bytes..(start + chunk.len()) * row_bytes];
-        if let Err(e) = kernels.matvec(weight_type, w, activations, chunk) {
-            lock(&first_error).get_or_insert(e);
-        }
+        first_error.record(kernels.matvec(weight_type, w, activations, chunk));
     });
-    match first_error
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner)
-    {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    first_error.into_result()
 }
