@@ -61,12 +61,10 @@ pub struct ModelConfig {
     pub head_dim_v: usize,
     /// Leading dimensions of each head that RoPE rotates.
     pub rope_dims: usize,
-    /// RoPE frequency base.
-    pub rope_base: f32,
     /// RMSNorm epsilon.
     pub rms_eps: f32,
-    /// RoPE element pairing.
-    pub rope_layout: RopeLayout,
+    /// RoPE as applied: layout, base, frequency scaling (`rope.dims` is `rope_dims`).
+    pub rope: super::math::Rope,
     /// Attention logit scale (`1/sqrt(head_dim)` unless the file says otherwise).
     pub attention_scale: f32,
     /// Factor on the token embeddings (Granite; 1 elsewhere).
@@ -130,12 +128,15 @@ impl ModelConfig {
             }
         };
 
-        if let Some(name) = arch_key(arch, "rope.scaling.type")
-            && let Some(v) = file.get(&name)
-            && !matches!(v.as_str(), Some("none" | "linear") | None)
-        {
+        let scaling = match arch_key(arch, "rope.scaling.type").and_then(|k| file.get(&k)) {
+            None => "none",
+            Some(v) => v.as_str().ok_or(Error::WrongValueType {
+                key: name_of(&arch_key(arch, "rope.scaling.type").unwrap_or_default()),
+            })?,
+        };
+        if !matches!(scaling, "none" | "linear" | "yarn") {
             return Err(Error::InvalidModelConfig {
-                reason: "RoPE scaling other than none (YaRN) is not supported yet",
+                reason: "RoPE scaling must be none, linear or yarn",
             });
         }
         let n_embd = required("embedding_length")?;
@@ -171,6 +172,45 @@ impl ModelConfig {
             .ok_or(Error::MissingTensor {
                 tensor: name_of("token_embd.weight"),
             })?;
+        let factor = float("rope.scaling.factor")?.unwrap_or(1.0);
+        let freq_scale = if scaling == "none" || factor == 0.0 {
+            1.0
+        } else {
+            1.0 / factor
+        };
+        let rope_base = float("rope.freq_base")?.unwrap_or(10_000.0);
+        let n_ctx_train = optional("context_length", 0)?;
+        let n_ctx_orig = optional("rope.scaling.original_context_length", n_ctx_train)?;
+        let yarn = scaling == "yarn";
+        let rope_layout = match arch {
+            "qwen2moe" | "qwen3moe" | "olmoe" => RopeLayout::Neox,
+            _ => RopeLayout::Normal,
+        };
+        // DeepSeek's YaRN: cos and sin stay unscaled (the attention factor cancels the
+        // rotation's mscale) and the logit scale takes mscale² instead.
+        let yarn_log_mul = float("rope.scaling.yarn_log_multiplier")?.unwrap_or(0.0);
+        let (attn_factor, kq_mscale) = if yarn && arch == "deepseek2" {
+            let mscale = 1.0 + yarn_log_mul * libm::logf(1.0 / freq_scale);
+            (
+                1.0 / (1.0 + 0.1 * libm::logf(1.0 / freq_scale)),
+                mscale * mscale,
+            )
+        } else {
+            (1.0, 1.0)
+        };
+        let rope = super::math::Rope {
+            layout: rope_layout,
+            dims: rope_dims,
+            base: rope_base,
+            freq_scale,
+            ext_factor: if yarn { 1.0 } else { 0.0 },
+            attn_factor,
+            corr_dims: if yarn {
+                super::math::yarn_corr_dims(rope_dims, n_ctx_orig, rope_base)
+            } else {
+                [0.0, 0.0]
+            },
+        };
         let config = ModelConfig {
             n_vocab,
             n_embd,
@@ -180,19 +220,15 @@ impl ModelConfig {
             head_dim,
             head_dim_v,
             rope_dims,
-            rope_base: float("rope.freq_base")?.unwrap_or(10_000.0),
             rms_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-            rope_layout: match arch {
-                "qwen2moe" | "qwen3moe" | "olmoe" => RopeLayout::Neox,
-                _ => RopeLayout::Normal,
-            },
+            rope,
             attention_scale: float("attention.scale")?
-                .unwrap_or(1.0 / libm::sqrtf(attention_width as f32)),
+                .unwrap_or(kq_mscale / libm::sqrtf(attention_width as f32)),
             embedding_scale: float("embedding_scale")?.unwrap_or(1.0),
             residual_scale: float("residual_scale")?.unwrap_or(1.0),
             logit_scale: float("logit_scale")?.unwrap_or(1.0),
             mla,
-            n_ctx_train: optional("context_length", 0)?,
+            n_ctx_train,
         };
         config.check()?;
         Ok(config)
@@ -213,8 +249,10 @@ impl ModelConfig {
         if self.rope_dims > self.head_dim || !self.rope_dims.is_multiple_of(2) {
             return fail("rope.dimension_count must be even and at most the head width");
         }
-        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
-            return fail("rope.freq_base must be a positive number");
+        if !(self.rope.base.is_finite() && self.rope.base > 0.0)
+            || !(self.rope.freq_scale.is_finite() && self.rope.freq_scale > 0.0)
+        {
+            return fail("rope.freq_base and rope.scaling.factor must be positive numbers");
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
             return fail("attention.layer_norm_rms_epsilon must be a non-negative number");

@@ -26,34 +26,77 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
     1.0 / libm::sqrtf(mean + eps)
 }
 
-/// Rotates the first `dims` elements of `head` in adjacent pairs `(2i, 2i + 1)` by
-/// `pos · base^(−2i/dims)` (llama.cpp's "normal" RoPE, the Llama/Mistral/Mixtral layout in
-/// GGUF files). The angle is advanced by repeated multiplication in f32 as ggml does.
-pub(crate) fn rope_normal(head: &mut [f32], dims: usize, pos: usize, base: f32) {
-    let theta_scale = libm::powf(base, -2.0 / dims as f32);
-    let mut theta = pos as f32;
-    for pair in head[..dims].chunks_exact_mut(2) {
-        let (sin, cos) = (libm::sinf(theta), libm::cosf(theta));
-        let (x0, x1) = (pair[0], pair[1]);
-        pair[0] = x0 * cos - x1 * sin;
-        pair[1] = x0 * sin + x1 * cos;
-        theta *= theta_scale;
+/// RoPE as ggml applies it, with linear and YaRN frequency scaling.
+///
+/// Pair `i` (of `dims / 2`) is rotated by `θ = pos · base^(−2i/dims)`, advanced by repeated
+/// multiplication in f32 as ggml does. With scaling, `θ_interp = freq_scale · θ`; YaRN
+/// mixes `θ_interp` and `θ` by a ramp over the pair index between `corr_dims` and
+/// multiplies cos and sin by `attn_factor · (1 + 0.1 ln(1/freq_scale))`. Without scaling
+/// every factor is 1 and the rotation is the plain one, bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    /// Which elements form a pair.
+    pub layout: super::RopeLayout,
+    /// Leading elements of each head that rotate.
+    pub dims: usize,
+    /// Frequency base.
+    pub base: f32,
+    /// `1 / factor` with linear or YaRN scaling, else 1.
+    pub freq_scale: f32,
+    /// YaRN's extrapolation mix: 1 with YaRN, 0 otherwise.
+    pub ext_factor: f32,
+    /// Factor on cos and sin (YaRN's attention factor), 1 by default.
+    pub attn_factor: f32,
+    /// YaRN's correction range of pair indices `[low, high]`.
+    pub corr_dims: [f32; 2],
+}
+
+impl Rope {
+    /// Rotates the first `dims` elements of `head` for position `pos`.
+    pub fn apply(&self, head: &mut [f32], pos: usize) {
+        let half = self.dims / 2;
+        let theta_scale = libm::powf(self.base, -2.0 / self.dims as f32);
+        let mut theta = pos as f32;
+        for i in 0..half {
+            let (cos, sin) = self.cos_sin(theta, i);
+            let (a, b) = match self.layout {
+                super::RopeLayout::Normal => (2 * i, 2 * i + 1),
+                super::RopeLayout::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
+            theta *= theta_scale;
+        }
+    }
+
+    /// ggml's `rope_yarn`: cos and sin of pair `pair`'s angle `theta_extrap`.
+    fn cos_sin(&self, theta_extrap: f32, pair: usize) -> (f32, f32) {
+        let theta_interp = self.freq_scale * theta_extrap;
+        let (mut theta, mut mscale) = (theta_interp, self.attn_factor);
+        if self.ext_factor != 0.0 {
+            let [low, high] = self.corr_dims;
+            let y = (pair as f32 - low) / (high - low).max(0.001);
+            let ramp_mix = (1.0 - y.clamp(0.0, 1.0)) * self.ext_factor;
+            theta = theta_interp * (1.0 - ramp_mix) + theta_extrap * ramp_mix;
+            mscale *= 1.0 + 0.1 * libm::logf(1.0 / self.freq_scale);
+        }
+        (libm::cosf(theta) * mscale, libm::sinf(theta) * mscale)
     }
 }
 
-/// Rotates the first `dims` elements of `head` in pairs `(i, i + dims/2)` by
-/// `pos · base^(−2i/dims)` (GPT-NeoX's layout: Qwen, OLMoE), angles as in [`rope_normal`].
-pub(crate) fn rope_neox(head: &mut [f32], dims: usize, pos: usize, base: f32) {
-    let theta_scale = libm::powf(base, -2.0 / dims as f32);
-    let mut theta = pos as f32;
-    let (lo, hi) = head[..dims].split_at_mut(dims / 2);
-    for (x0, x1) in lo.iter_mut().zip(hi) {
-        let (sin, cos) = (libm::sinf(theta), libm::cosf(theta));
-        let (a, b) = (*x0, *x1);
-        *x0 = a * cos - b * sin;
-        *x1 = a * sin + b * cos;
-        theta *= theta_scale;
-    }
+/// ggml's YaRN correction range: the pair indices whose wavelength spans `beta_fast` and
+/// `beta_slow` rotations over the original context, floored / ceiled and clamped.
+pub(crate) fn yarn_corr_dims(dims: usize, n_ctx_orig: usize, base: f32) -> [f32; 2] {
+    const BETA_FAST: f32 = 32.0;
+    const BETA_SLOW: f32 = 1.0;
+    let corr_dim = |n_rot: f32| {
+        dims as f32 * libm::logf(n_ctx_orig as f32 / (n_rot * 2.0 * core::f32::consts::PI))
+            / (2.0 * libm::logf(base))
+    };
+    let start = libm::floorf(corr_dim(BETA_FAST));
+    let end = libm::ceilf(corr_dim(BETA_SLOW));
+    [start.max(0.0), end.min(dims as f32 - 1.0)]
 }
 
 /// One query head attending over `n` cached positions: `out = Σ_j softmax_j(scale · q·k_j)

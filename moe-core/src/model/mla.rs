@@ -172,13 +172,12 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
         }
         self.project(&w.kv_a, xn, c.n_embd, acts, kv)?;
 
-        let rope = self.rope();
         let (kd, vd) = (c.k_dim(), c.v_dim());
         for (i, kv) in kv.chunks_exact_mut(lora + rope_dims).enumerate() {
             let pos = start + i;
             let (latent, k_pe) = kv.split_at_mut(lora);
             norm_in_place(latent, &w.kv_a_norm, c.rms_eps);
-            rope(k_pe, rope_dims, pos, c.rope_base);
+            c.rope.apply(k_pe, pos);
             let key = &mut new_keys[i * kd..(i + 1) * kd];
             key[..lora].copy_from_slice(latent);
             key[lora..].copy_from_slice(k_pe);
@@ -187,7 +186,7 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
             for h in 0..c.n_head {
                 let at = (i * c.n_head + h) * m.key_length;
                 let (q_nope, q_pe) = q_full[at..at + m.key_length].split_at_mut(nope);
-                rope(q_pe, rope_dims, pos, c.rope_base);
+                c.rope.apply(q_pe, pos);
                 let out = &mut q[(i * c.n_head + h) * c.head_dim..][..c.head_dim];
                 let (q_lat, q_rope) = out.split_at_mut(lora);
                 self.project(&head(&w.k_b, h)?, q_nope, nope, acts, q_lat)?;

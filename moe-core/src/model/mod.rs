@@ -25,6 +25,7 @@ mod mla;
 
 pub use config::{MlaConfig, ModelConfig, RopeLayout, SUPPORTED_ARCHITECTURES};
 pub use kv::KvCache;
+pub use math::Rope;
 
 use crate::error::name_of;
 use crate::gguf::File;
@@ -699,7 +700,6 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                 norm_in_place(rows, norm, c.rms_eps);
             }
         }
-        let rope = self.rope();
         for (i, (q, k)) in q
             .chunks_exact_mut(c.q_dim())
             .zip(new_keys.chunks_exact_mut(kd))
@@ -709,18 +709,10 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                 .chunks_exact_mut(c.head_dim)
                 .chain(k.chunks_exact_mut(c.head_dim));
             for head in heads {
-                rope(head, c.rope_dims, start + i, c.rope_base);
+                c.rope.apply(head, start + i);
             }
         }
         Ok(())
-    }
-
-    /// The RoPE function of the model's layout.
-    fn rope(&self) -> fn(&mut [f32], usize, usize, f32) {
-        match self.config.rope_layout {
-            RopeLayout::Normal => math::rope_normal,
-            RopeLayout::Neox => math::rope_neox,
-        }
     }
 
     /// Stores the batch's new keys and values in block `layer`'s part of the cache
