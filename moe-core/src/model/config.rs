@@ -249,9 +249,8 @@ impl ModelConfig {
         if self.rope_dims > self.head_dim || !self.rope_dims.is_multiple_of(2) {
             return fail("rope.dimension_count must be even and at most the head width");
         }
-        if !(self.rope.base.is_finite() && self.rope.base > 0.0)
-            || !(self.rope.freq_scale.is_finite() && self.rope.freq_scale > 0.0)
-        {
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !(positive(self.rope.base) && positive(self.rope.freq_scale)) {
             return fail("rope.freq_base and rope.scaling.factor must be positive numbers");
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
