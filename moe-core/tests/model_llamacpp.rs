@@ -19,8 +19,9 @@ use moe_core::router::Selection;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
 
-/// The all-F32 fixtures: dense Llama, and one MoE model per supported architecture.
-const F32_MODELS: [&str; 7] = [
+/// The all-F32 fixtures: dense Llama, one MoE model per supported architecture, and two
+/// with YaRN RoPE scaling (llama's and DeepSeek's variants).
+const F32_MODELS: [&str; 9] = [
     "mistral-tiny",
     "mixtral-tiny",
     "qwen2moe-tiny",
@@ -28,6 +29,8 @@ const F32_MODELS: [&str; 7] = [
     "olmoe-tiny",
     "granitemoe-tiny",
     "deepseek2-tiny",
+    "mixtral-yarn-tiny",
+    "deepseek2-yarn-tiny",
 ];
 
 /// Fixtures quantized by llama.cpp's own quantizer.
