@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod kernels;
 pub mod pool;
 pub mod session;
+pub mod tokenizer;
 
 use std::fmt;
 use std::fs;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use moe_std::pool::ThreadPool;
 use moe_std::session::{KvType, Session, argmax};
+use moe_std::tokenizer::Tokenizer;
 use moe_std::{GgufFile, dequant, inspect};
 
 const USAGE: &str = "\
@@ -20,6 +21,9 @@ usage:
   moe inspect --devices                CUDA devices (none without a driver)
   moe dequant FILE TENSOR [-o OUT]     tensor as little-endian f32 in GGUF order
                                        (ne[0] fastest) to stdout or OUT
+  moe tokenize FILE -p TEXT [--ids-only] [--no-bos] [--no-parse-special]
+                                       TEXT as the file's tokenizer (llama.cpp's) splits
+                                       it: 'id<TAB>piece' lines, or the ids as 1,2,3
   moe run FILE --tokens 1,2,3 [-n N] [--threads N] [--ctx N] [--batch N] [--kv f32|f16]
                                        greedy generation from token ids; prints the
                                        generated ids, then prefill and decode tokens/s
@@ -79,6 +83,7 @@ fn run(args: Vec<OsString>) -> Result<(), Failure> {
     match command.to_str() {
         Some("inspect") => inspect_cmd(rest),
         Some("dequant") => dequant_cmd(rest),
+        Some("tokenize") => tokenize_cmd(rest),
         Some("run") => run_cmd(rest),
         Some("logits") => logits_cmd(rest),
         Some("bench") => bench_cmd(rest),
@@ -233,6 +238,50 @@ fn dequant_cmd(args: Vec<OsString>) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `moe tokenize`: BOS/EOS as the vocabulary asks and special tokens written in the text
+/// recognised, unless turned off (the defaults of llama.cpp's `llama-tokenize`).
+fn tokenize_cmd(args: Vec<OsString>) -> Result<(), Failure> {
+    let args = parse(args, &["-p", "--prompt"])?;
+    let (mut text, mut ids_only, mut add_special, mut parse_special) = (None, false, true, true);
+    for (flag, value) in args.flags {
+        match flag.as_str() {
+            "-p" | "--prompt" => {
+                let value = value.ok_or_else(|| usage("tokenize: -p needs TEXT"))?;
+                text = Some(
+                    value
+                        .into_string()
+                        .map_err(|_| usage("tokenize: TEXT is not UTF-8"))?,
+                );
+            }
+            "--ids-only" => ids_only = true,
+            "--no-bos" => add_special = false,
+            "--no-parse-special" => parse_special = false,
+            other => return Err(usage(format!("tokenize: unknown flag {other}"))),
+        }
+    }
+    let [path] = <[OsString; 1]>::try_from(args.positionals)
+        .map_err(|_| usage("tokenize needs exactly one FILE"))?;
+    let text = text.ok_or_else(|| usage("tokenize: -p TEXT is required"))?;
+    let path = PathBuf::from(path);
+    let gguf = GgufFile::open(&path)?;
+    let tokenizer = Tokenizer::from_gguf(gguf.file())
+        .map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?;
+    let ids = tokenizer.encode(&text, add_special, parse_special);
+    let mut out = io::stdout().lock();
+    let written = if ids_only {
+        let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+        writeln!(out, "{}", list.join(","))
+    } else {
+        // A piece that is not UTF-8 on its own (a byte token) shows its vocabulary text.
+        ids.iter()
+            .try_for_each(|&id| match std::str::from_utf8(tokenizer.piece(id, true)) {
+                Ok(piece) => writeln!(out, "{id}\t{}", piece.escape_debug()),
+                Err(_) => writeln!(out, "{id}\t{}", tokenizer.token_text(id).unwrap_or("")),
+            })
+    };
+    finish_stdout(written.and_then(|()| out.flush()))
 }
 
 /// The flags `run` and `logits` share, parsed.

@@ -1,0 +1,588 @@
+//! Tokenizers built from a GGUF file's `tokenizer.ggml.*` metadata, token for token the
+//! same as llama.cpp's (`src/llama-vocab.cpp`).
+//!
+//! Today: the `llama` model (SentencePiece-style: merges driven by token scores, byte
+//! fallback to `<0xXX>` tokens, the `▁` space marker), with llama.cpp's special-token
+//! partitioning and its detokenization. `gpt2` (byte-level BPE) is the next slice.
+//!
+//! No crate does this: the `tokenizers` crate reads Hugging Face's `tokenizer.json`, not
+//! GGUF metadata, and pulls in a large dependency tree; what llama.cpp does for SPM fits in
+//! a few hundred lines, and matching it exactly (tie-breaking, the space prefix, special
+//! tokens found before tokenizing) is easier in code we control.
+
+mod spm;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use moe_core::gguf::{File, Value, ValueType};
+
+/// Why a tokenizer could not be built from a file's metadata.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TokenizerError {
+    /// A required key is absent.
+    Missing(&'static str),
+    /// A key holds the wrong type of value (or an array of the wrong element type).
+    WrongType {
+        /// The key.
+        key: &'static str,
+        /// What was expected, in words.
+        expected: &'static str,
+    },
+    /// `tokenizer.ggml.model` names a tokenizer this crate does not implement.
+    UnknownModel(String),
+    /// A per-token array is shorter than the token list.
+    TooShort {
+        /// The key.
+        key: &'static str,
+        /// Its length.
+        len: usize,
+        /// The number of tokens.
+        tokens: usize,
+    },
+    /// More tokens than fit in a `u32` id.
+    TooManyTokens(usize),
+}
+
+impl fmt::Display for TokenizerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenizerError::Missing(key) => write!(f, "no '{key}' in the metadata"),
+            TokenizerError::WrongType { key, expected } => {
+                write!(f, "'{key}' is not {expected}")
+            }
+            TokenizerError::UnknownModel(model) => {
+                write!(
+                    f,
+                    "tokenizer model '{model}' is not supported (only 'llama')"
+                )
+            }
+            TokenizerError::TooShort { key, len, tokens } => {
+                write!(f, "'{key}' has {len} entries for {tokens} tokens")
+            }
+            TokenizerError::TooManyTokens(n) => write!(f, "{n} tokens do not fit u32 ids"),
+        }
+    }
+}
+
+impl std::error::Error for TokenizerError {}
+
+/// llama.cpp's token attributes (`LLAMA_TOKEN_ATTR_*`), from `tokenizer.ggml.token_type`.
+pub mod attr {
+    /// `UNDEFINED` token type, or an unknown type number.
+    pub const UNDEFINED: u32 = 0;
+    /// Unknown-token (`<unk>`).
+    pub const UNKNOWN: u32 = 1 << 0;
+    /// Unused slot.
+    pub const UNUSED: u32 = 1 << 1;
+    /// Ordinary text.
+    pub const NORMAL: u32 = 1 << 2;
+    /// Control token (`<s>`, `</s>`): found in text only when parsing special tokens.
+    pub const CONTROL: u32 = 1 << 3;
+    /// Added by the user: always found in text before tokenizing, printed as is.
+    pub const USER_DEFINED: u32 = 1 << 4;
+    /// A raw byte, `<0xXX>`.
+    pub const BYTE: u32 = 1 << 5;
+    /// Whitespace to the left of the token is eaten when it is found in text.
+    pub const LSTRIP: u32 = 1 << 7;
+    /// Whitespace to the right of the token is eaten when it is found in text.
+    pub const RSTRIP: u32 = 1 << 8;
+}
+
+/// The tokenization algorithm, from `tokenizer.ggml.model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// `llama`: SentencePiece-style score-driven merges with byte fallback.
+    Spm,
+}
+
+/// One vocabulary entry.
+#[derive(Debug, Clone)]
+struct Token {
+    text: Box<str>,
+    score: f32,
+    attr: u32,
+}
+
+/// A tokenizer read from GGUF metadata; owns its vocabulary (the file may be closed).
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    model: Model,
+    tokens: Vec<Token>,
+    /// Text → id; a text listed twice maps to its last id, as in llama.cpp.
+    ids: HashMap<Box<[u8]>, u32>,
+    /// Each token's text as produced by detokenization with special tokens shown.
+    pieces: Vec<Box<[u8]>>,
+    /// Tokens matched in the text before tokenizing, longest text first.
+    specials: Vec<u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    add_space_prefix: bool,
+}
+
+/// Reads a string array of per-token values.
+fn array<'a>(
+    file: &File<'a>,
+    key: &'static str,
+) -> Result<Option<moe_core::gguf::Array<'a>>, TokenizerError> {
+    match file.get(key) {
+        None => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(_) => Err(TokenizerError::WrongType {
+            key,
+            expected: "an array",
+        }),
+    }
+}
+
+fn flag(file: &File<'_>, key: &'static str, default: bool) -> Result<bool, TokenizerError> {
+    match file.get(key) {
+        None => Ok(default),
+        Some(v) => v.as_bool().ok_or(TokenizerError::WrongType {
+            key,
+            expected: "a boolean",
+        }),
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by `file`'s `tokenizer.ggml.*` keys, with
+    /// llama.cpp's defaults where a key is absent.
+    pub fn from_gguf(file: &File<'_>) -> Result<Self, TokenizerError> {
+        const MODEL: &str = "tokenizer.ggml.model";
+        let model_name = file
+            .get(MODEL)
+            .ok_or(TokenizerError::Missing(MODEL))?
+            .as_str()
+            .ok_or(TokenizerError::WrongType {
+                key: MODEL,
+                expected: "a string",
+            })?;
+        let model = match model_name {
+            "llama" => Model::Spm,
+            other => return Err(TokenizerError::UnknownModel(other.to_string())),
+        };
+
+        const TOKENS: &str = "tokenizer.ggml.tokens";
+        let list = array(file, TOKENS)?.ok_or(TokenizerError::Missing(TOKENS))?;
+        if list.elem_type() != ValueType::String {
+            return Err(TokenizerError::WrongType {
+                key: TOKENS,
+                expected: "an array of strings",
+            });
+        }
+        let n = list.len();
+        if u32::try_from(n).is_err() {
+            return Err(TokenizerError::TooManyTokens(n));
+        }
+        let per_token = |key: &'static str, types: &[ValueType], expected: &'static str| {
+            match array(file, key)? {
+                None => Ok(None),
+                Some(a) if !types.contains(&a.elem_type()) => {
+                    Err(TokenizerError::WrongType { key, expected })
+                }
+                Some(a) if a.len() < n => Err(TokenizerError::TooShort {
+                    key,
+                    len: a.len(),
+                    tokens: n,
+                }),
+                Some(a) => Ok(Some(a)),
+            }
+        };
+        let scores = per_token(
+            "tokenizer.ggml.scores",
+            &[ValueType::F32, ValueType::I32],
+            "an array of f32 or i32",
+        )?;
+        let types = per_token(
+            "tokenizer.ggml.token_type",
+            &[ValueType::I32],
+            "an array of i32",
+        )?;
+        let mut scores = scores.map(|a| a.iter());
+        let mut types = types.map(|a| a.iter());
+
+        let mut tokens = Vec::with_capacity(n);
+        let mut ids = HashMap::with_capacity(n);
+        for (i, value) in list.iter().enumerate() {
+            let text = match value.as_str() {
+                Some("") | None => format!("[EMPTY_{i}]"),
+                Some(t) => t.to_string(),
+            };
+            let score = scores
+                .as_mut()
+                .and_then(|s| s.next())
+                .and_then(|v| v.as_f32())
+                .unwrap_or(0.0);
+            let attr = match types.as_mut().and_then(|t| t.next()) {
+                None => attr::NORMAL,
+                Some(v) => match v.as_i64() {
+                    Some(1) => attr::NORMAL,
+                    Some(2) => attr::UNKNOWN,
+                    Some(3) => attr::CONTROL,
+                    Some(4) => attr::USER_DEFINED,
+                    Some(5) => attr::UNUSED,
+                    Some(6) => attr::BYTE,
+                    _ => attr::UNDEFINED,
+                },
+            };
+            // `i < n <= u32::MAX`, checked above.
+            ids.insert(text.clone().into_bytes().into_boxed_slice(), i as u32);
+            tokens.push(Token {
+                text: text.into_boxed_str(),
+                score,
+                attr,
+            });
+        }
+
+        // Special ids: llama.cpp's defaults for the model, replaced by the file's keys
+        // when they are in range (an out-of-range id is ignored, as there).
+        let in_range = |id: u32| (id as usize) < n;
+        let special = |key: &'static str, default: Option<u32>| -> Option<u32> {
+            let default = default.filter(|&d| in_range(d));
+            match file.get(key).and_then(|v| v.as_u64()) {
+                Some(id) if id < n as u64 => Some(id as u32),
+                _ => default,
+            }
+        };
+        let bos = special("tokenizer.ggml.bos_token_id", Some(1));
+        let eos = special("tokenizer.ggml.eos_token_id", Some(2));
+        let unk = special("tokenizer.ggml.unknown_token_id", Some(0));
+        let add_bos = flag(file, "tokenizer.ggml.add_bos_token", true)?;
+        let add_eos = flag(file, "tokenizer.ggml.add_eos_token", false)?;
+        let add_space_prefix = flag(file, "tokenizer.ggml.add_space_prefix", true)?;
+
+        let mut specials: Vec<u32> = (0..n as u32)
+            .filter(|&id| {
+                tokens[id as usize].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+            })
+            .collect();
+        specials.sort_by_key(|&id| std::cmp::Reverse(tokens[id as usize].text.len()));
+
+        let mut tokenizer = Tokenizer {
+            model,
+            tokens,
+            ids,
+            pieces: Vec::new(),
+            specials,
+            bos,
+            eos,
+            unk,
+            add_bos,
+            add_eos,
+            add_space_prefix,
+        };
+        tokenizer.pieces = (0..n)
+            .map(|i| tokenizer.render(i).into_boxed_slice())
+            .collect();
+        Ok(tokenizer)
+    }
+
+    /// The tokenization algorithm.
+    pub fn model(&self) -> Model {
+        self.model
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the vocabulary is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The beginning-of-sequence token, if the vocabulary has one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// The end-of-sequence token, if the vocabulary has one.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// A token's text as stored in the vocabulary (`▁Hello`, `<0x0A>`, `<s>`).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(|t| &*t.text)
+    }
+
+    /// A token's attributes ([`attr`]).
+    pub fn token_attr(&self, id: u32) -> Option<u32> {
+        self.tokens.get(id as usize).map(|t| t.attr)
+    }
+
+    /// The id of a token text, if it is in the vocabulary.
+    pub fn token_id(&self, text: &[u8]) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    fn score(&self, id: u32) -> f32 {
+        self.tokens.get(id as usize).map_or(0.0, |t| t.score)
+    }
+
+    /// llama.cpp's `byte_to_token`: `<0xXX>`, else the byte itself as a token, else (where
+    /// llama.cpp would throw) the unknown token, else nothing.
+    fn byte_token(&self, byte: u8) -> Option<u32> {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let name = [
+            b'<',
+            b'0',
+            b'x',
+            HEX[usize::from(byte >> 4)],
+            HEX[usize::from(byte & 15)],
+            b'>',
+        ];
+        self.token_id(&name)
+            .or_else(|| self.token_id(&[byte]))
+            .or(self.unk)
+    }
+
+    /// The bytes a token stands for with special tokens shown (llama.cpp's
+    /// `token_to_piece(…, special = true)` for the SPM vocabulary type).
+    fn render(&self, id: usize) -> Vec<u8> {
+        let Some(token) = self.tokens.get(id) else {
+            return Vec::new();
+        };
+        let a = token.attr;
+        if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
+            token.text.as_bytes().to_vec()
+        } else if a & attr::NORMAL != 0 {
+            token.text.replace('\u{2581}', " ").into_bytes()
+        } else if a & attr::BYTE != 0 {
+            // `<0xXX>`: llama.cpp parses the hex after `<0x` with strtol.
+            let hex = token.text.get(3..5).unwrap_or("");
+            u8::from_str_radix(hex, 16)
+                .map(|b| vec![b])
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The bytes of one token for display or decoding; special (control and unknown)
+    /// tokens give their text only when `special` is set, as in llama.cpp.
+    pub fn piece(&self, id: u32, special: bool) -> &[u8] {
+        match self.tokens.get(id as usize) {
+            Some(t) if !special && t.attr & (attr::UNKNOWN | attr::CONTROL) != 0 => &[],
+            Some(_) => self.pieces.get(id as usize).map_or(&[], |p| &**p),
+            None => &[],
+        }
+    }
+
+    /// Splits `text` into raw-text fragments and special tokens found in it (llama.cpp's
+    /// `tokenizer_st_partition`): each special token, longest first, is searched in every
+    /// remaining raw fragment. Control and unknown tokens only when `parse_special`.
+    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
+        let mut fragments = Vec::new();
+        if text.is_empty() {
+            return fragments;
+        }
+        fragments.push(Fragment::Text(text));
+        for &id in &self.specials {
+            let Some(token) = self.tokens.get(id as usize) else {
+                continue;
+            };
+            if !parse_special && token.attr & (attr::CONTROL | attr::UNKNOWN) != 0 {
+                continue;
+            }
+            let needle = &*token.text;
+            let mut next = Vec::with_capacity(fragments.len());
+            for fragment in fragments {
+                let Fragment::Text(mut rest) = fragment else {
+                    next.push(fragment);
+                    continue;
+                };
+                while let Some(at) = rest.find(needle) {
+                    let mut left = &rest[..at];
+                    if token.attr & attr::LSTRIP != 0 {
+                        left = left.trim_end_matches(is_c_space);
+                    }
+                    if !left.is_empty() {
+                        next.push(Fragment::Text(left));
+                    }
+                    next.push(Fragment::Token(id));
+                    rest = &rest[at + needle.len()..];
+                    if token.attr & attr::RSTRIP != 0 {
+                        rest = rest.trim_start_matches(is_c_space);
+                    }
+                }
+                if !rest.is_empty() {
+                    next.push(Fragment::Text(rest));
+                }
+            }
+            fragments = next;
+        }
+        fragments
+    }
+
+    /// Token ids for `text`: `add_special` adds BOS/EOS as the vocabulary asks
+    /// (`tokenizer.ggml.add_bos_token` / `add_eos_token`), `parse_special` recognises
+    /// control tokens such as `<s>` written in the text (user-defined tokens always are).
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let mut output = Vec::new();
+        let fragments = self.partition(text, parse_special);
+        match self.model {
+            Model::Spm => {
+                // The space prefix goes before the first text and before text that
+                // follows a special token.
+                let mut prev_special = true;
+                if add_special && self.add_bos {
+                    output.extend(self.bos);
+                }
+                for fragment in fragments {
+                    match fragment {
+                        Fragment::Text(t) => {
+                            let mut s = String::with_capacity(t.len() * 3 + 3);
+                            if self.add_space_prefix && prev_special {
+                                s.push(' ');
+                            }
+                            s.push_str(t);
+                            let escaped = s.replace(' ', "\u{2581}");
+                            spm::tokenize(self, escaped.as_bytes(), &mut output);
+                            prev_special = false;
+                        }
+                        Fragment::Token(id) => {
+                            output.push(id);
+                            prev_special = true;
+                        }
+                    }
+                }
+                if add_special && self.add_eos {
+                    output.extend(self.eos);
+                }
+            }
+        }
+        output
+    }
+
+    /// The bytes of `ids` (llama.cpp's `llama_detokenize`): `remove_special` drops a
+    /// leading BOS and trailing EOS that the vocabulary adds, `unparse_special` shows
+    /// control tokens as their text. With the space prefix, the first token's leading
+    /// space is dropped (unless a BOS was removed), as SentencePiece does.
+    pub fn decode_bytes(
+        &self,
+        ids: &[u32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Vec<u8> {
+        let mut ids = ids;
+        let mut remove_space = self.add_space_prefix;
+        if remove_special && self.add_bos && !ids.is_empty() && ids.first() == self.bos.as_ref() {
+            remove_space = false;
+            ids = &ids[1..];
+        }
+        if remove_special && self.add_eos && !ids.is_empty() && ids.last() == self.eos.as_ref() {
+            ids = &ids[..ids.len() - 1];
+        }
+        let mut out = Vec::new();
+        for &id in ids {
+            let mut piece = self.piece(id, unparse_special);
+            if remove_space && let Some(rest) = piece.strip_prefix(b" ") {
+                piece = rest;
+            }
+            remove_space = false;
+            out.extend_from_slice(piece);
+        }
+        out
+    }
+
+    /// `ids` as text with special tokens shown and nothing removed (what llama.cpp's
+    /// `common_detokenize(…, special = true)` gives); invalid UTF-8 (a byte token cut
+    /// from its sequence) becomes U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        String::from_utf8_lossy(&self.decode_bytes(ids, false, true)).into_owned()
+    }
+
+    /// A decoder for generated tokens, one at a time.
+    pub fn stream_decoder(&self, unparse_special: bool) -> StreamDecoder<'_> {
+        StreamDecoder {
+            tokenizer: self,
+            pending: Vec::new(),
+            first: true,
+            unparse_special,
+        }
+    }
+}
+
+/// C's `isspace` in the C locale, which llama.cpp uses for LSTRIP/RSTRIP.
+fn is_c_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\u{0b}' | '\u{0c}' | '\r')
+}
+
+/// A piece of the input: text still to tokenize, or a special token found in it.
+#[derive(Debug, Clone, Copy)]
+enum Fragment<'t> {
+    Text(&'t str),
+    Token(u32),
+}
+
+/// Turns tokens into text as they are generated, holding back the bytes of a UTF-8
+/// sequence split across tokens (byte-fallback tokens) until it is complete, so every
+/// returned string is exactly what [`Tokenizer::decode_bytes`] gives for the whole
+/// sequence, cut at character boundaries.
+#[derive(Debug)]
+pub struct StreamDecoder<'a> {
+    tokenizer: &'a Tokenizer,
+    pending: Vec<u8>,
+    first: bool,
+    unparse_special: bool,
+}
+
+impl StreamDecoder<'_> {
+    /// Adds one token; returns the text that is now complete (possibly empty).
+    pub fn push(&mut self, id: u32) -> String {
+        let mut piece = self.tokenizer.piece(id, self.unparse_special);
+        if self.first
+            && self.tokenizer.add_space_prefix
+            && let Some(rest) = piece.strip_prefix(b" ")
+        {
+            piece = rest;
+        }
+        self.first = false;
+        self.pending.extend_from_slice(piece);
+        self.take_complete()
+    }
+
+    /// The rest at the end of the stream: an unfinished sequence becomes U+FFFD.
+    pub fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        out
+    }
+
+    fn take_complete(&mut self) -> String {
+        let mut out = String::new();
+        let mut at = 0;
+        loop {
+            match std::str::from_utf8(&self.pending[at..]) {
+                Ok(s) => {
+                    out.push_str(s);
+                    at = self.pending.len();
+                    break;
+                }
+                Err(e) => {
+                    let good = e.valid_up_to();
+                    // `good` bytes from `at` are valid UTF-8.
+                    out.push_str(&String::from_utf8_lossy(&self.pending[at..at + good]));
+                    at += good;
+                    match e.error_len() {
+                        // An incomplete sequence at the end: wait for more bytes.
+                        None => break,
+                        Some(bad) => {
+                            out.push('\u{FFFD}');
+                            at += bad;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending.drain(..at);
+        out
+    }
+}

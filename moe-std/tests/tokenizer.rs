@@ -1,0 +1,206 @@
+//! The GGUF tokenizers against llama.cpp: every case of llama.cpp's own tokenizer tests
+//! (`ggml-vocab-*.gguf` with `.inp` / `.out`) and our own strings recorded from llama.cpp by
+//! `tests/fixtures/tokenizer/make_cases.py` (encode three ways, decode).
+
+use std::path::{Path, PathBuf};
+
+use moe_std::GgufFile;
+use moe_std::tokenizer::{Tokenizer, TokenizerError};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tokenizer")
+        .join(name)
+}
+
+fn load(vocab: &str) -> Tokenizer {
+    let gguf = GgufFile::open(fixture(&format!("ggml-vocab-{vocab}.gguf"))).unwrap();
+    Tokenizer::from_gguf(gguf.file()).unwrap()
+}
+
+/// llama.cpp's `test-tokenizer-0`: cases separated by `\n__ggml_vocab_test__\n`, one line
+/// of space-separated ids per case, tokenized without BOS/EOS and without special tokens.
+/// Returns the number of cases checked.
+fn llama_cpp_cases(vocab: &str) -> usize {
+    let tok = load(vocab);
+    let inp = std::fs::read_to_string(fixture(&format!("ggml-vocab-{vocab}.gguf.inp"))).unwrap();
+    let out = std::fs::read_to_string(fixture(&format!("ggml-vocab-{vocab}.gguf.out"))).unwrap();
+    let mut inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    // The file ends with the separator: the last piece is empty.
+    assert_eq!(inputs.pop(), Some(""));
+    let outputs: Vec<&str> = out.lines().collect();
+    assert_eq!(inputs.len(), outputs.len());
+    let mut failures = Vec::new();
+    for (text, line) in inputs.iter().zip(&outputs) {
+        let expected: Vec<u32> = line
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let got = tok.encode(text, false, false);
+        if got != expected {
+            failures.push(format!("{text:?}: got {got:?}, llama.cpp {expected:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{vocab}:\n{}", failures.join("\n"));
+    inputs.len()
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Our own strings (`cases-<vocab>.json`): encode with and without special-token parsing
+/// and with BOS/EOS, decode, and the streaming decoder. Returns the number of cases.
+fn our_cases(vocab: &str) -> usize {
+    let tok = load(vocab);
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("cases-{vocab}.json"))).unwrap(),
+    )
+    .unwrap();
+    let cases = json["cases"].as_array().unwrap();
+    let mut failures = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        for (key, add, special) in [
+            ("ids", false, true),
+            ("ids_no_special", false, false),
+            ("ids_add_special", true, true),
+        ] {
+            let expected = ids(&case[key]);
+            let got = tok.encode(text, add, special);
+            if got != expected {
+                failures.push(format!(
+                    "{key} {text:?}: got {got:?}, llama.cpp {expected:?}"
+                ));
+            }
+        }
+        let id_list = ids(&case["ids"]);
+        let expected = hex(case["decoded_hex"].as_str().unwrap());
+        let got = tok.decode_bytes(&id_list, false, true);
+        if got != expected {
+            failures.push(format!(
+                "decode {text:?}: got {:?}, llama.cpp {:?}",
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&expected)
+            ));
+        }
+        // Streaming gives the same text, cut only at character boundaries.
+        let mut stream = tok.stream_decoder(true);
+        let mut streamed = String::new();
+        for &id in &id_list {
+            streamed.push_str(&stream.push(id));
+        }
+        streamed.push_str(&stream.finish());
+        let whole = String::from_utf8_lossy(&expected);
+        if streamed != whole {
+            failures.push(format!("stream {text:?}: got {streamed:?}, want {whole:?}"));
+        }
+        if tok.decode(&id_list) != whole {
+            failures.push(format!("decode (lossy) {text:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{vocab}:\n{}", failures.join("\n"));
+    cases.len()
+}
+
+#[test]
+fn llama_spm_llama_cpp_cases() {
+    assert_eq!(llama_cpp_cases("llama-spm"), 46);
+}
+
+#[test]
+fn llama_spm_our_cases() {
+    assert!(our_cases("llama-spm") >= 50);
+}
+
+/// A character split over byte-fallback tokens comes out of the streaming decoder only
+/// when its last byte arrives.
+#[test]
+fn stream_holds_split_characters() {
+    let tok = load("llama-spm");
+    // 🦙 is not in the vocabulary: four byte tokens.
+    let ids = tok.encode("🦙", false, false);
+    let bytes: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|&id| tok.token_text(id).is_some_and(|t| t.starts_with("<0x")))
+        .collect();
+    assert_eq!(bytes.len(), 4, "{ids:?}");
+    let mut stream = tok.stream_decoder(false);
+    let mut outputs = Vec::new();
+    for &id in &ids {
+        outputs.push(stream.push(id));
+    }
+    assert_eq!(outputs.last().map(String::as_str), Some("🦙"));
+    assert!(outputs[..outputs.len() - 1].iter().all(|s| s.is_empty()));
+    // A stream cut in the middle of a character ends with U+FFFD.
+    let mut stream = tok.stream_decoder(false);
+    let partial: String = ids[..ids.len() - 1]
+        .iter()
+        .map(|&id| stream.push(id))
+        .collect();
+    assert_eq!(partial, "");
+    assert_eq!(stream.finish(), "\u{FFFD}");
+}
+
+/// Unknown ids decode to nothing instead of panicking (llama.cpp throws); such an id still
+/// counts as the first token, whose leading space the space prefix removes.
+#[test]
+fn out_of_range_ids() {
+    let tok = load("llama-spm");
+    assert_eq!(tok.decode(&[u32::MAX, 15043]), " Hello");
+    assert_eq!(tok.decode(&[15043, u32::MAX]), "Hello");
+    assert!(tok.piece(u32::MAX, true).is_empty());
+}
+
+/// A file without a tokenizer or with an unsupported one is a typed error.
+#[test]
+fn missing_or_unknown_model() {
+    let gguf = GgufFile::open(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../moe-core/tests/fixtures/models/mixtral-tiny-q4_0.gguf"),
+    )
+    .unwrap();
+    match Tokenizer::from_gguf(gguf.file()) {
+        Ok(t) => assert!(!t.is_empty()),
+        Err(e) => assert!(matches!(
+            e,
+            TokenizerError::Missing(_) | TokenizerError::UnknownModel(_)
+        )),
+    }
+}
+
+/// `moe tokenize`: ids as a list, `id<TAB>piece` lines, usage errors exit 2.
+#[test]
+fn cli_tokenize() {
+    let moe = env!("CARGO_BIN_EXE_moe");
+    let file = fixture("ggml-vocab-llama-spm.gguf");
+    let run = |args: &[&str]| {
+        std::process::Command::new(moe)
+            .arg("tokenize")
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["-p", "Hello world", "--ids-only"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1,15043,3186\n");
+    let out = run(&["-p", "Hi\n🦙", "--no-bos"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("6324\t Hi\n13\t\\n\n"), "{text}");
+    assert!(text.contains("\t<0xF0>\n"), "{text}");
+    let out = run(&["--ids-only"]);
+    assert_eq!(out.status.code(), Some(2));
+}
