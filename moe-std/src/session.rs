@@ -56,7 +56,11 @@ impl<'a> Session<'a> {
         model.set_kernels(&crate::kernels::detect());
         model.set_parallel(pool);
         let context = match context {
-            0 => model.config().n_ctx_train.clamp(1, 4096),
+            // The training context, capped; 4096 when the file does not say.
+            0 => match model.config().n_ctx_train {
+                0 => 4096,
+                n => n.min(4096),
+            },
             n => n,
         };
         let max_batch = max_batch.clamp(1, context);
