@@ -7,12 +7,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value as Json;
 
-const MOE: &str = env!("CARGO_BIN_EXE_moe");
+mod run_moe;
+
+use run_moe::{moe, ok};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../moe-core/tests/fixtures")
@@ -29,20 +30,6 @@ fn scratch(label: &str) -> PathBuf {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn moe(args: &[&str]) -> Output {
-    Command::new(MOE).args(args).output().expect("run moe")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = moe(args);
-    assert!(
-        out.status.success(),
-        "moe {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn inspect_json(path: &Path, extra: &[&str]) -> Json {

@@ -10,7 +10,6 @@
 //! - decoding a token allocates nothing on the calling thread once the session exists.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use moe_std::GgufFile;
 use moe_std::pool::ThreadPool;
@@ -18,8 +17,10 @@ use moe_std::session::{KvType, Session, argmax};
 use serde_json::Value as Json;
 
 mod counting;
+mod run_moe;
 
-const MOE: &str = env!("CARGO_BIN_EXE_moe");
+use run_moe::{moe, ok};
+
 const TOKENS: &str = "1,5,17,42,3,77,9,60,31,2,88,14";
 
 fn model(name: &str) -> PathBuf {
@@ -28,20 +29,6 @@ fn model(name: &str) -> PathBuf {
 
 fn reference(name: &str) -> Json {
     serde_json::from_slice(&std::fs::read(model(&format!("{name}.logits.json"))).unwrap()).unwrap()
-}
-
-fn moe(args: &[&str]) -> Output {
-    Command::new(MOE).args(args).output().expect("run moe")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = moe(args);
-    assert!(
-        out.status.success(),
-        "moe {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn ids(json: &Json) -> Vec<u64> {
