@@ -123,6 +123,26 @@ fn llama_spm_our_cases() {
     assert!(our_cases("llama-spm") >= 50);
 }
 
+#[test]
+fn gpt_2_llama_cpp_cases() {
+    assert!(llama_cpp_cases("gpt-2") > 40);
+}
+
+#[test]
+fn gpt_2_our_cases() {
+    assert!(our_cases("gpt-2") >= 50);
+}
+
+#[test]
+fn qwen2_llama_cpp_cases() {
+    assert!(llama_cpp_cases("qwen2") > 40);
+}
+
+#[test]
+fn qwen2_our_cases() {
+    assert!(our_cases("qwen2") >= 50);
+}
+
 /// A character split over byte-fallback tokens comes out of the streaming decoder only
 /// when its last byte arrives.
 #[test]

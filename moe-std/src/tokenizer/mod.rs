@@ -1,16 +1,20 @@
 //! Tokenizers built from a GGUF file's `tokenizer.ggml.*` metadata, token for token the
 //! same as llama.cpp's (`src/llama-vocab.cpp`).
 //!
-//! Today: the `llama` model (SentencePiece-style: merges driven by token scores, byte
-//! fallback to `<0xXX>` tokens, the `▁` space marker), with llama.cpp's special-token
-//! partitioning and its detokenization. `gpt2` (byte-level BPE) is the next slice.
+//! Two models: `llama` (SentencePiece-style: merges driven by token scores, byte fallback
+//! to `<0xXX>` tokens, the `▁` space marker) and `gpt2` (byte-level BPE with the GPT-2,
+//! Llama 3 and Qwen2 pre-tokenizers), with llama.cpp's special-token partitioning and its
+//! detokenization.
 //!
 //! No crate does this: the `tokenizers` crate reads Hugging Face's `tokenizer.json`, not
 //! GGUF metadata, and pulls in a large dependency tree; what llama.cpp does for SPM fits in
 //! a few hundred lines, and matching it exactly (tie-breaking, the space prefix, special
 //! tokens found before tokenizing) is easier in code we control.
 
+mod bpe;
 mod spm;
+
+pub use bpe::Pre;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,6 +36,8 @@ pub enum TokenizerError {
     },
     /// `tokenizer.ggml.model` names a tokenizer this crate does not implement.
     UnknownModel(String),
+    /// `tokenizer.ggml.pre` names a pre-tokenizer this crate does not implement.
+    UnknownPre(String),
     /// A per-token array is shorter than the token list.
     TooShort {
         /// The key.
@@ -55,8 +61,11 @@ impl fmt::Display for TokenizerError {
             TokenizerError::UnknownModel(model) => {
                 write!(
                     f,
-                    "tokenizer model '{model}' is not supported (only 'llama')"
+                    "tokenizer model '{model}' is not supported ('llama', 'gpt2')"
                 )
+            }
+            TokenizerError::UnknownPre(pre) => {
+                write!(f, "pre-tokenizer '{pre}' is not supported yet")
             }
             TokenizerError::TooShort { key, len, tokens } => {
                 write!(f, "'{key}' has {len} entries for {tokens} tokens")
@@ -95,6 +104,8 @@ pub mod attr {
 pub enum Model {
     /// `llama`: SentencePiece-style score-driven merges with byte fallback.
     Spm,
+    /// `gpt2`: byte-level BPE with merge ranks, after the given pre-tokenizer.
+    Bpe(Pre),
 }
 
 /// One vocabulary entry.
@@ -122,6 +133,9 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     add_space_prefix: bool,
+    /// Detokenization removes spaces before `?!.,` and some contractions (BPE).
+    clean_spaces: bool,
+    bpe: Option<bpe::Bpe>,
 }
 
 /// Reads a string array of per-token values.
@@ -162,10 +176,54 @@ impl Tokenizer {
                 key: MODEL,
                 expected: "a string",
             })?;
-        let model = match model_name {
-            "llama" => Model::Spm,
+        let (mut bpe, model) = match model_name {
+            "llama" => (None, Model::Spm),
+            "gpt2" => {
+                const PRE: &str = "tokenizer.ggml.pre";
+                let name = match file.get(PRE) {
+                    None => "",
+                    Some(v) => v.as_str().ok_or(TokenizerError::WrongType {
+                        key: PRE,
+                        expected: "a string",
+                    })?,
+                };
+                let pre =
+                    Pre::from_name(name).ok_or(TokenizerError::UnknownPre(name.to_string()))?;
+                let bpe = bpe::Bpe {
+                    pre,
+                    ranks: HashMap::new(),
+                    ignore_merges: pre == Pre::Llama3,
+                };
+                (Some(bpe), Model::Bpe(pre))
+            }
             other => return Err(TokenizerError::UnknownModel(other.to_string())),
         };
+        if let Some(bpe) = bpe.as_mut() {
+            const MERGES: &str = "tokenizer.ggml.merges";
+            let merges = array(file, MERGES)?.ok_or(TokenizerError::Missing(MERGES))?;
+            if merges.elem_type() != ValueType::String {
+                return Err(TokenizerError::WrongType {
+                    key: MERGES,
+                    expected: "an array of strings",
+                });
+            }
+            bpe.ranks.reserve(merges.len());
+            for (rank, merge) in merges.iter().enumerate() {
+                let merge = merge.as_str().unwrap_or("");
+                // llama.cpp splits at the first space after the first byte; a line
+                // without one gives a pair no lookup matches.
+                if merge
+                    .as_bytes()
+                    .get(1..)
+                    .is_some_and(|rest| rest.contains(&b' '))
+                {
+                    let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+                    bpe.ranks
+                        .entry(merge.as_bytes().to_vec().into_boxed_slice())
+                        .or_insert(rank);
+                }
+            }
+        }
 
         const TOKENS: &str = "tokenizer.ggml.tokens";
         let list = array(file, TOKENS)?.ok_or(TokenizerError::Missing(TOKENS))?;
@@ -239,6 +297,8 @@ impl Tokenizer {
             });
         }
 
+        mark_control_tokens(file, &mut tokens, &ids);
+
         // Special ids: llama.cpp's defaults for the model, replaced by the file's keys
         // when they are in range (an out-of-range id is ignored, as there).
         let in_range = |id: u32| (id as usize) < n;
@@ -249,12 +309,24 @@ impl Tokenizer {
                 _ => default,
             }
         };
-        let bos = special("tokenizer.ggml.bos_token_id", Some(1));
-        let eos = special("tokenizer.ggml.eos_token_id", Some(2));
-        let unk = special("tokenizer.ggml.unknown_token_id", Some(0));
-        let add_bos = flag(file, "tokenizer.ggml.add_bos_token", true)?;
+        // llama.cpp's defaults per model and pre-tokenizer.
+        let (bos, eos, unk, add_bos, add_space_prefix, clean_spaces) = match model {
+            Model::Spm => (Some(1), Some(2), Some(0), true, true, false),
+            Model::Bpe(pre) => (
+                Some(11),
+                Some(11),
+                None,
+                pre == Pre::Llama3,
+                false,
+                pre != Pre::Qwen2,
+            ),
+        };
+        let bos = special("tokenizer.ggml.bos_token_id", bos);
+        let eos = special("tokenizer.ggml.eos_token_id", eos);
+        let unk = special("tokenizer.ggml.unknown_token_id", unk);
+        let add_bos = flag(file, "tokenizer.ggml.add_bos_token", add_bos)?;
         let add_eos = flag(file, "tokenizer.ggml.add_eos_token", false)?;
-        let add_space_prefix = flag(file, "tokenizer.ggml.add_space_prefix", true)?;
+        let add_space_prefix = flag(file, "tokenizer.ggml.add_space_prefix", add_space_prefix)?;
 
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&id| {
@@ -275,6 +347,8 @@ impl Tokenizer {
             add_bos,
             add_eos,
             add_space_prefix,
+            clean_spaces,
+            bpe,
         };
         tokenizer.pieces = (0..n)
             .map(|i| tokenizer.render(i).into_boxed_slice())
@@ -344,7 +418,7 @@ impl Tokenizer {
     }
 
     /// The bytes a token stands for with special tokens shown (llama.cpp's
-    /// `token_to_piece(…, special = true)` for the SPM vocabulary type).
+    /// `token_to_piece(…, special = true)`).
     fn render(&self, id: usize) -> Vec<u8> {
         let Some(token) = self.tokens.get(id) else {
             return Vec::new();
@@ -353,7 +427,29 @@ impl Tokenizer {
         if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
             token.text.as_bytes().to_vec()
         } else if a & attr::NORMAL != 0 {
-            token.text.replace('\u{2581}', " ").into_bytes()
+            match self.model {
+                Model::Spm => token.text.replace('\u{2581}', " ").into_bytes(),
+                Model::Bpe(_) => {
+                    // GPT-2's printable characters back to bytes; one outside the map
+                    // gives llama.cpp's `[UNK_BYTE_0x…]` marker.
+                    let mut out = Vec::new();
+                    for c in token.text.chars() {
+                        match bpe::char_to_byte(c) {
+                            Some(b) => out.push(b),
+                            None => {
+                                out.extend_from_slice(b"[UNK_BYTE_0x");
+                                let mut buf = [0u8; 4];
+                                for b in c.encode_utf8(&mut buf).bytes() {
+                                    out.extend_from_slice(format!("{b:02x}").as_bytes());
+                                }
+                                out.extend_from_slice(token.text.as_bytes());
+                                out.push(b']');
+                            }
+                        }
+                    }
+                    out
+                }
+            }
         } else if a & attr::BYTE != 0 {
             // `<0xXX>`: llama.cpp parses the hex after `<0x` with strtol.
             let hex = token.text.get(3..5).unwrap_or("");
@@ -457,6 +553,24 @@ impl Tokenizer {
                     output.extend(self.eos);
                 }
             }
+            Model::Bpe(_) => {
+                if add_special && self.add_bos {
+                    output.extend(self.bos);
+                }
+                for fragment in fragments {
+                    match fragment {
+                        Fragment::Text(t) => {
+                            if let Some(b) = &self.bpe {
+                                bpe::tokenize(self, b, t, &mut output);
+                            }
+                        }
+                        Fragment::Token(id) => output.push(id),
+                    }
+                }
+                if add_special && self.add_eos {
+                    output.extend(self.eos);
+                }
+            }
         }
         output
     }
@@ -489,6 +603,9 @@ impl Tokenizer {
             remove_space = false;
             out.extend_from_slice(piece);
         }
+        if self.clean_spaces {
+            clean_up_spaces(&mut out);
+        }
         out
     }
 
@@ -507,6 +624,176 @@ impl Tokenizer {
             first: true,
             unparse_special,
         }
+    }
+}
+
+/// llama.cpp's `clean_up_tokenization_spaces`: drops the space before `?`, `!`, `.`, `,`;
+/// around a lone `'` (both sides); and before `'s`, `'m`, `'re`, `'ve`.
+fn clean_up_spaces(text: &mut Vec<u8>) {
+    // First pass: " ?", " !", " .", " ,".
+    let mut out: Vec<u8> = Vec::with_capacity(text.len());
+    for (i, &x) in text.iter().enumerate() {
+        if i > 0 && text[i - 1] == b' ' && matches!(x, b'?' | b'!' | b'.' | b',') {
+            out.pop();
+        }
+        out.push(x);
+    }
+    // Second pass: " ' " becomes "'"; the space after it is skipped.
+    // llama.cpp overwrites the skipped space with NUL in place, so the next byte does not
+    // see a space before it.
+    let mut src = std::mem::take(&mut out);
+    let mut i = 0;
+    while i < src.len() {
+        let x = src[i];
+        if i > 0 && x == b'\'' && i + 1 < src.len() && src[i - 1] == b' ' && src[i + 1] == b' ' {
+            out.pop();
+            out.push(x);
+            src[i + 1] = 0;
+            i += 2;
+            continue;
+        }
+        out.push(x);
+        i += 1;
+    }
+    // Third pass: " 's", " 'm", " 're", " 've" lose the space.
+    let src = std::mem::take(&mut out);
+    for (i, &x) in src.iter().enumerate() {
+        if i > 0 && src[i - 1] == b' ' && x == b'\'' && i + 1 < src.len() {
+            let x1 = src[i + 1];
+            let x2 = src.get(i + 2).copied();
+            let drop = match x1 {
+                b's' | b'm' => true,
+                b'r' | b'v' => i + 2 < src.len() && x2 == Some(b'e'),
+                _ => false,
+            };
+            if drop {
+                out.pop();
+            }
+        }
+        out.push(x);
+    }
+    *text = out;
+}
+
+/// Token texts llama.cpp treats as end of generation: marked CONTROL whatever their type
+/// in the file (so they are found in text only with special parsing, like `<s>`).
+const END_OF_GENERATION: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "[e~[",
+];
+
+/// Fill-in-the-middle token texts, by the key that names the token when the file does;
+/// without the key llama.cpp marks the token it finds by text CONTROL.
+const FILL_IN_THE_MIDDLE: &[(&str, &[&str])] = &[
+    (
+        "tokenizer.ggml.fim_pre_token_id",
+        &[
+            "<|fim_prefix|>",
+            "<fim-prefix>",
+            "<fim_prefix>",
+            "<\u{ff5c}fim\u{2581}begin\u{ff5c}>",
+            "<PRE>",
+            "\u{2581}<PRE>",
+            "<|code_prefix|>",
+            "<|prefix|>",
+        ],
+    ),
+    (
+        "tokenizer.ggml.fim_suf_token_id",
+        &[
+            "<|fim_suffix|>",
+            "<fim-suffix>",
+            "<fim_suffix>",
+            "<\u{ff5c}fim\u{2581}hole\u{ff5c}>",
+            "<SUF>",
+            "\u{2581}<SUF>",
+            "<|code_suffix|>",
+            "<|suffix|>",
+        ],
+    ),
+    (
+        "tokenizer.ggml.fim_mid_token_id",
+        &[
+            "<|fim_middle|>",
+            "<fim-middle>",
+            "<fim_middle>",
+            "<\u{ff5c}fim\u{2581}end\u{ff5c}>",
+            "<MID>",
+            "\u{2581}<MID>",
+            "<|code_middle|>",
+            "<|middle|>",
+        ],
+    ),
+    (
+        "tokenizer.ggml.fim_pad_token_id",
+        &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
+    ),
+    (
+        "tokenizer.ggml.fim_rep_token_id",
+        &[
+            "<|fim_repo|>",
+            "<|repo_name|>",
+            "<fim-repo>",
+            "<REPO>",
+            "<reponame>",
+        ],
+    ),
+    ("tokenizer.ggml.fim_sep_token_id", &["<|file_sep|>"]),
+];
+
+/// llama.cpp's attribute fix-ups at load: end-of-generation and fill-in-the-middle tokens
+/// become CONTROL; `<|end|>` beside `<|return|>`/`<|call|>` (or `<|calls|>`/`<|flush|>`)
+/// is plain user-defined text; `</s>` beside `<|tool_response>` is normal text.
+fn mark_control_tokens(file: &File<'_>, tokens: &mut [Token], ids: &HashMap<Box<[u8]>, u32>) {
+    let id_of = |text: &str| ids.get(text.as_bytes()).map(|&id| id as usize);
+    let mut set = |text: &str, f: &dyn Fn(u32) -> u32| {
+        if let Some(t) = id_of(text).and_then(|id| tokens.get_mut(id)) {
+            t.attr = f(t.attr);
+        }
+    };
+    for text in END_OF_GENERATION {
+        set(text, &|a| a | attr::CONTROL);
+    }
+    for (key, texts) in FILL_IN_THE_MIDDLE {
+        if file.get(key).is_none() {
+            for text in *texts {
+                set(text, &|a| a | attr::CONTROL);
+            }
+        }
+    }
+    let has = |text: &str| id_of(text).is_some();
+    let (ret, call, calls, flush, end) = (
+        has("<|return|>"),
+        has("<|call|>"),
+        has("<|calls|>"),
+        has("<|flush|>"),
+        has("<|end|>"),
+    );
+    if end && (call || calls) && (ret || flush) {
+        set("<|end|>", &|_| attr::USER_DEFINED);
+    }
+    if has("<|tool_response>") {
+        set("</s>", &|_| attr::NORMAL);
     }
 }
 

@@ -55,7 +55,7 @@ impl Ord for Bigram {
 }
 
 /// UTF-8 sequence length from a lead byte (llama.cpp's `unicode_len_utf8`).
-fn utf8_len(byte: u8) -> usize {
+pub(super) fn utf8_len(byte: u8) -> usize {
     const LOOKUP: [usize; 16] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4];
     LOOKUP[usize::from(byte >> 4)]
 }

@@ -1,0 +1,403 @@
+//! The `gpt2` tokenizer: byte-level BPE, llama.cpp's `llm_tokenizer_bpe_session`.
+//!
+//! Text is first split into words by the model family's pre-tokenizer (llama.cpp's
+//! hand-written matchers for the GPT-2, Llama 3 and Qwen2 regular expressions in
+//! `unicode.cpp`), each word's bytes are mapped to GPT-2's printable characters, and then
+//! adjacent symbols are merged by the rank of their pair in `tokenizer.ggml.merges`
+//! (lowest rank first, then leftmost).
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::OnceLock;
+
+use super::Tokenizer;
+
+/// The pre-tokenizer (`tokenizer.ggml.pre`), by the regular expression it implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pre {
+    /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)`
+    /// (`gpt-2`, `phi-2`, `mpt`, `olmo`).
+    Gpt2,
+    /// Llama 3's expression, digits in groups of up to three (`llama-bpe`, `llama3`, …).
+    Llama3,
+    /// Llama 3's expression with single digits (`qwen2`, `deepseek-r1-qwen`, …).
+    Qwen2,
+}
+
+impl Pre {
+    /// The pre-tokenizer llama.cpp uses for `name`, if it is one of those implemented.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "gpt-2" | "phi-2" | "mpt" | "olmo" => Pre::Gpt2,
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "jina-v5-nano" => Pre::Llama3,
+            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => Pre::Qwen2,
+            _ => return None,
+        })
+    }
+}
+
+/// The merge table and the word splitter.
+#[derive(Debug, Clone)]
+pub(super) struct Bpe {
+    pub(super) pre: Pre,
+    /// `"left right"` → rank; a pair listed twice keeps its first rank, as in llama.cpp.
+    pub(super) ranks: HashMap<Box<[u8]>, u32>,
+    /// A word that is a token is taken whole, without merging (Llama 3).
+    pub(super) ignore_merges: bool,
+}
+
+/// `\p{L}` as sorted code point ranges, from regex-syntax's Unicode tables.
+fn letters() -> &'static [(u32, u32)] {
+    static LETTERS: OnceLock<Vec<(u32, u32)>> = OnceLock::new();
+    LETTERS.get_or_init(|| {
+        match regex_syntax::Parser::new()
+            .parse(r"\p{L}")
+            .map(|h| h.into_kind())
+        {
+            Ok(regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class))) => {
+                class
+                    .ranges()
+                    .iter()
+                    .map(|r| (u32::from(r.start()), u32::from(r.end())))
+                    .collect()
+            }
+            // Cannot happen with this constant pattern; ASCII letters as a last resort.
+            _ => vec![(0x41, 0x5A), (0x61, 0x7A)],
+        }
+    })
+}
+
+fn is_letter(c: char) -> bool {
+    let c = u32::from(c);
+    let table = letters();
+    let i = table.partition_point(|&(_, end)| end < c);
+    table.get(i).is_some_and(|&(start, _)| start <= c)
+}
+
+/// llama.cpp's code point flags, for the three classes the matchers look at. Outside the
+/// word (`None`), every flag is clear, including "defined".
+#[derive(Clone, Copy, Default)]
+struct Flags {
+    defined: bool,
+    letter: bool,
+    number: bool,
+    whitespace: bool,
+}
+
+fn flags(c: Option<char>) -> Flags {
+    match c {
+        None => Flags::default(),
+        Some(c) => Flags {
+            defined: true,
+            letter: is_letter(c),
+            // `\p{N}` is exactly Rust's `is_numeric`, `\s` its `is_whitespace`.
+            number: c.is_numeric(),
+            whitespace: c.is_whitespace(),
+        },
+    }
+}
+
+/// Splits `cpts` into word lengths (in code points) as llama.cpp's custom matchers do.
+fn split(pre: Pre, cpts: &[char]) -> Vec<usize> {
+    let end = cpts.len();
+    let cpt = |pos: usize| cpts.get(pos).copied();
+    let fl = |pos: usize| flags(cpt(pos));
+    let mut words = Vec::new();
+    let mut prev_end = 0;
+    let mut add = |to: usize, words: &mut Vec<usize>| -> usize {
+        let len = to.saturating_sub(prev_end);
+        if len > 0 {
+            words.push(len);
+        }
+        prev_end = to;
+        len
+    };
+    let lower = |c: Option<char>| c.map(|c| c.to_lowercase().next().unwrap_or(c));
+    let is_rn = |c: Option<char>| matches!(c, Some('\r' | '\n'));
+    let mut pos = 0;
+    while pos < end {
+        let c = cpt(pos);
+        let f = fl(pos);
+        // Contractions: 's 't 're 've 'm 'll 'd (case-insensitive except for GPT-2).
+        if c == Some('\'') && pos + 1 < end {
+            let fold = |c: Option<char>| if pre == Pre::Gpt2 { c } else { lower(c) };
+            let next = fold(cpt(pos + 1));
+            if matches!(next, Some('s' | 't' | 'm' | 'd')) {
+                pos += add(pos + 2, &mut words);
+                continue;
+            }
+            if pos + 2 < end {
+                let next2 = fold(cpt(pos + 2));
+                if matches!(
+                    (next, next2),
+                    (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))
+                ) {
+                    pos += add(pos + 3, &mut words);
+                    continue;
+                }
+            }
+        }
+        match pre {
+            Pre::Gpt2 => {
+                let mut f2 = if c == Some(' ') { fl(pos + 1) } else { f };
+                let space = usize::from(c == Some(' '));
+                // ` ?\p{L}+`
+                if f2.letter {
+                    pos += space;
+                    while f2.letter {
+                        pos += 1;
+                        f2 = fl(pos);
+                    }
+                    add(pos, &mut words);
+                    continue;
+                }
+                // ` ?\p{N}+`
+                if f2.number {
+                    pos += space;
+                    while f2.number {
+                        pos += 1;
+                        f2 = fl(pos);
+                    }
+                    add(pos, &mut words);
+                    continue;
+                }
+                // ` ?[^\s\p{L}\p{N}]+`
+                if !(f2.whitespace || f2.letter || f2.number) && f2.defined {
+                    pos += space;
+                    while !(f2.whitespace || f2.letter || f2.number) && f2.defined {
+                        pos += 1;
+                        f2 = fl(pos);
+                    }
+                    add(pos, &mut words);
+                    continue;
+                }
+            }
+            Pre::Llama3 | Pre::Qwen2 => {
+                // `[^\r\n\p{L}\p{N}]?\p{L}+`
+                if !(is_rn(c) || f.number) && (f.letter || fl(pos + 1).letter) {
+                    pos += 1;
+                    while fl(pos).letter {
+                        pos += 1;
+                    }
+                    add(pos, &mut words);
+                    continue;
+                }
+                // `\p{N}{1,3}` (Llama 3) or `\p{N}` (Qwen2)
+                if f.number {
+                    if pre == Pre::Qwen2 {
+                        pos += 1;
+                    } else {
+                        let mut start = pos;
+                        while fl(pos).number {
+                            pos += 1;
+                            if pos - start >= 3 {
+                                add(pos, &mut words);
+                                start = pos;
+                            }
+                        }
+                    }
+                    add(pos, &mut words);
+                    continue;
+                }
+                // ` ?[^\s\p{L}\p{N}]+[\r\n]*` (llama.cpp tests the first code point's
+                // "defined" flag here, not the one after the space)
+                let mut f2 = if c == Some(' ') { fl(pos + 1) } else { f };
+                if !(f2.whitespace || f2.letter || f2.number) && f.defined {
+                    pos += usize::from(c == Some(' '));
+                    while !(f2.whitespace || f2.letter || f2.number) && f2.defined {
+                        pos += 1;
+                        f2 = fl(pos);
+                    }
+                    while is_rn(cpt(pos)) {
+                        pos += 1;
+                    }
+                    add(pos, &mut words);
+                    continue;
+                }
+            }
+        }
+        let mut spaces = 0;
+        let mut last_rn_end = 0;
+        while fl(pos + spaces).whitespace {
+            if pre != Pre::Gpt2 && is_rn(cpt(pos + spaces)) {
+                last_rn_end = pos + spaces + 1;
+            }
+            spaces += 1;
+        }
+        // `\s*[\r\n]+`
+        if last_rn_end > 0 {
+            pos = last_rn_end;
+            add(pos, &mut words);
+            continue;
+        }
+        // `\s+(?!\S)`: a run of spaces before a non-space leaves the last one to it.
+        if spaces > 1 && cpt(pos + spaces).is_some() {
+            pos += spaces - 1;
+            add(pos, &mut words);
+            continue;
+        }
+        // `\s+`
+        if spaces > 0 {
+            pos += spaces;
+            add(pos, &mut words);
+            continue;
+        }
+        pos += 1;
+        add(pos, &mut words);
+    }
+    words
+}
+
+/// GPT-2's byte → printable character map: printable Latin-1 bytes stand for themselves,
+/// the other 68 bytes for U+0100 onwards in byte order.
+pub(super) fn byte_to_char(byte: u8) -> char {
+    static MAP: OnceLock<[char; 256]> = OnceLock::new();
+    MAP.get_or_init(|| {
+        let mut map = ['\0'; 256];
+        let mut extra = 0u32;
+        for (b, slot) in map.iter_mut().enumerate() {
+            let printable = matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+            let code = if printable {
+                b as u32
+            } else {
+                extra += 1;
+                255 + extra
+            };
+            *slot = char::from_u32(code).unwrap_or('\0');
+        }
+        map
+    })[usize::from(byte)]
+}
+
+/// The inverse of [`byte_to_char`].
+pub(super) fn char_to_byte(c: char) -> Option<u8> {
+    static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
+    MAP.get_or_init(|| (0..=255u8).map(|b| (byte_to_char(b), b)).collect())
+        .get(&c)
+        .copied()
+}
+
+struct Bigram {
+    left: usize,
+    right: usize,
+    rank: u32,
+    size: usize,
+}
+
+impl PartialEq for Bigram {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Bigram {}
+impl PartialOrd for Bigram {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Bigram {
+    /// The heap's maximum is merged next: the lowest rank, then the leftmost.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .rank
+            .cmp(&self.rank)
+            .then_with(|| other.left.cmp(&self.left))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Symbol {
+    start: usize,
+    len: usize,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+/// Appends the tokens of raw text `text` to `output`.
+pub(super) fn tokenize(vocab: &Tokenizer, bpe: &Bpe, text: &str, output: &mut Vec<u32>) {
+    let cpts: Vec<char> = text.chars().collect();
+    let mut at = 0;
+    for len in split(bpe.pre, &cpts) {
+        let word_chars = cpts.get(at..at + len).unwrap_or(&[]);
+        at += len;
+        let mut word = String::new();
+        let mut buf = [0u8; 4];
+        for &c in word_chars {
+            for &b in c.encode_utf8(&mut buf).as_bytes() {
+                word.push(byte_to_char(b));
+            }
+        }
+        tokenize_word(vocab, bpe, word.as_bytes(), output);
+    }
+}
+
+fn tokenize_word(vocab: &Tokenizer, bpe: &Bpe, word: &[u8], output: &mut Vec<u32>) {
+    if bpe.ignore_merges
+        && let Some(id) = vocab.token_id(word)
+    {
+        output.push(id);
+        return;
+    }
+    let mut symbols = Vec::new();
+    let mut offset = 0;
+    while offset < word.len() {
+        let len = super::spm::utf8_len(word[offset]).min(word.len() - offset);
+        let index = symbols.len();
+        symbols.push(Symbol {
+            start: offset,
+            len,
+            prev: index.checked_sub(1),
+            next: (offset + len < word.len()).then_some(index + 1),
+        });
+        offset += len;
+    }
+    let bytes = |s: Symbol| word.get(s.start..s.start + s.len).unwrap_or(&[]);
+    let mut queue = BinaryHeap::new();
+    let mut key = Vec::new();
+    let mut add = |symbols: &[Symbol], queue: &mut BinaryHeap<Bigram>, l: Option<usize>, r| {
+        let (Some(left), Some(right)) = (l, r) else {
+            return;
+        };
+        let (ls, rs): (Symbol, Symbol) = (symbols[left], symbols[right]);
+        key.clear();
+        key.extend_from_slice(bytes(ls));
+        key.push(b' ');
+        key.extend_from_slice(bytes(rs));
+        if let Some(&rank) = bpe.ranks.get(key.as_slice()) {
+            queue.push(Bigram {
+                left,
+                right,
+                rank,
+                size: ls.len + rs.len,
+            });
+        }
+    };
+    for i in 1..symbols.len() {
+        add(&symbols, &mut queue, Some(i - 1), Some(i));
+    }
+    while let Some(bigram) = queue.pop() {
+        let (l, r) = (symbols[bigram.left], symbols[bigram.right]);
+        // Outdated if either side changed since it was queued: the left symbol's start is
+        // fixed and the right follows it, so equal total length means equal text.
+        if l.len == 0 || r.len == 0 || l.len + r.len != bigram.size {
+            continue;
+        }
+        symbols[bigram.left].len += r.len;
+        symbols[bigram.right].len = 0;
+        symbols[bigram.left].next = r.next;
+        if let Some(next) = r.next {
+            symbols[next].prev = Some(bigram.left);
+        }
+        add(&symbols, &mut queue, l.prev, Some(bigram.left));
+        add(&symbols, &mut queue, Some(bigram.left), r.next);
+    }
+    for s in symbols.iter().filter(|s| s.len > 0) {
+        let text = bytes(*s);
+        match vocab.token_id(text) {
+            Some(id) => output.push(id),
+            // llama.cpp looks each byte of the (byte-encoded) text up as a one-byte token.
+            None => output.extend(text.iter().filter_map(|&b| vocab.token_id(&[b]))),
+        }
+    }
+}
