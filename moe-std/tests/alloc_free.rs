@@ -10,6 +10,7 @@ use moe_core::moe::{Activation, ExpertStack, MoeLayer, SharedExpert, Workspace};
 use moe_core::quant::quantize_row;
 use moe_core::router::{Router, RouterConfig, Selection};
 use moe_core::tensor::TensorView;
+use moe_std::pool::ThreadPool;
 
 mod counting;
 
@@ -114,6 +115,22 @@ fn forward_allocates_nothing_with_quantized_experts_and_capacity() {
     });
     report.unwrap();
     assert_eq!(n, 0, "forward allocated {n} times");
+
+    // On a thread pool with the detected kernels, nothing either (on the calling thread).
+    let pool = ThreadPool::new(2);
+    let pooled = layer
+        .with_kernels(&moe_std::kernels::detect())
+        .with_parallel(&pool);
+    let (n, report) = allocations_in(|| {
+        let mut workspace = Workspace {
+            selections: &mut selections,
+            router: &mut scratch,
+            bytes: &mut ws,
+        };
+        pooled.forward(&hidden, &[], &mut out, &mut workspace)
+    });
+    report.unwrap();
+    assert_eq!(n, 0, "a pooled forward allocated {n} times");
 
     // The caller-routed entry point too.
     let routed = selections.clone();
