@@ -22,6 +22,8 @@ pub enum Pre {
     Llama3,
     /// Llama 3's expression with single digits (`qwen2`, `deepseek-r1-qwen`, …).
     Qwen2,
+    /// Qwen2's with combining marks (`\p{M}`) counted as letters (`qwen35`).
+    Qwen35,
 }
 
 impl Pre {
@@ -32,6 +34,7 @@ impl Pre {
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
             | "midm-2.0" | "lfm2" | "jina-v5-nano" => Pre::Llama3,
             "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => Pre::Qwen2,
+            "qwen35" => Pre::Qwen35,
             _ => return None,
         })
     }
@@ -47,32 +50,38 @@ pub(super) struct Bpe {
     pub(super) ignore_merges: bool,
 }
 
-/// `\p{L}` as sorted code point ranges, from regex-syntax's Unicode tables.
-fn letters() -> &'static [(u32, u32)] {
-    static LETTERS: OnceLock<Vec<(u32, u32)>> = OnceLock::new();
-    LETTERS.get_or_init(|| {
-        match regex_syntax::Parser::new()
-            .parse(r"\p{L}")
-            .map(|h| h.into_kind())
-        {
-            Ok(regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class))) => {
-                class
-                    .ranges()
-                    .iter()
-                    .map(|r| (u32::from(r.start()), u32::from(r.end())))
-                    .collect()
-            }
-            // Cannot happen with this constant pattern; ASCII letters as a last resort.
-            _ => vec![(0x41, 0x5A), (0x61, 0x7A)],
-        }
-    })
+/// A Unicode class as sorted code point ranges, from regex-syntax's tables.
+fn class(pattern: &str) -> Vec<(u32, u32)> {
+    match regex_syntax::Parser::new()
+        .parse(pattern)
+        .map(|h| h.into_kind())
+    {
+        Ok(regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class))) => class
+            .ranges()
+            .iter()
+            .map(|r| (u32::from(r.start()), u32::from(r.end())))
+            .collect(),
+        // Cannot happen with the constant patterns below.
+        _ => Vec::new(),
+    }
 }
 
-fn is_letter(c: char) -> bool {
+fn in_table(table: &[(u32, u32)], c: char) -> bool {
     let c = u32::from(c);
-    let table = letters();
     let i = table.partition_point(|&(_, end)| end < c);
     table.get(i).is_some_and(|&(start, _)| start <= c)
+}
+
+/// `\p{L}`.
+fn is_letter(c: char) -> bool {
+    static LETTERS: OnceLock<Vec<(u32, u32)>> = OnceLock::new();
+    in_table(LETTERS.get_or_init(|| class(r"\p{L}")), c)
+}
+
+/// `\p{M}`.
+fn is_mark(c: char) -> bool {
+    static MARKS: OnceLock<Vec<(u32, u32)>> = OnceLock::new();
+    in_table(MARKS.get_or_init(|| class(r"\p{M}")), c)
 }
 
 /// llama.cpp's code point flags, for the three classes the matchers look at. Outside the
@@ -81,6 +90,7 @@ fn is_letter(c: char) -> bool {
 struct Flags {
     defined: bool,
     letter: bool,
+    mark: bool,
     number: bool,
     whitespace: bool,
 }
@@ -91,6 +101,7 @@ fn flags(c: Option<char>) -> Flags {
         Some(c) => Flags {
             defined: true,
             letter: is_letter(c),
+            mark: is_mark(c),
             // `\p{N}` is exactly Rust's `is_numeric`, `\s` its `is_whitespace`.
             number: c.is_numeric(),
             whitespace: c.is_whitespace(),
@@ -115,6 +126,8 @@ fn split(pre: Pre, cpts: &[char]) -> Vec<usize> {
     };
     let lower = |c: Option<char>| c.map(|c| c.to_lowercase().next().unwrap_or(c));
     let is_rn = |c: Option<char>| matches!(c, Some('\r' | '\n'));
+    // What a letter run takes: `\p{L}`, or `[\p{L}\p{M}]` for Qwen3.5.
+    let wordy = |f: Flags| f.letter || (pre == Pre::Qwen35 && f.mark);
     let mut pos = 0;
     while pos < end {
         let c = cpt(pos);
@@ -173,11 +186,11 @@ fn split(pre: Pre, cpts: &[char]) -> Vec<usize> {
                     continue;
                 }
             }
-            Pre::Llama3 | Pre::Qwen2 => {
+            Pre::Llama3 | Pre::Qwen2 | Pre::Qwen35 => {
                 // `[^\r\n\p{L}\p{N}]?\p{L}+`
-                if !(is_rn(c) || f.number) && (f.letter || fl(pos + 1).letter) {
+                if !(is_rn(c) || f.number) && (wordy(f) || wordy(fl(pos + 1))) {
                     pos += 1;
-                    while fl(pos).letter {
+                    while wordy(fl(pos)) {
                         pos += 1;
                     }
                     add(pos, &mut words);
@@ -185,7 +198,7 @@ fn split(pre: Pre, cpts: &[char]) -> Vec<usize> {
                 }
                 // `\p{N}{1,3}` (Llama 3) or `\p{N}` (Qwen2)
                 if f.number {
-                    if pre == Pre::Qwen2 {
+                    if pre != Pre::Llama3 {
                         pos += 1;
                     } else {
                         let mut start = pos;
@@ -203,9 +216,9 @@ fn split(pre: Pre, cpts: &[char]) -> Vec<usize> {
                 // ` ?[^\s\p{L}\p{N}]+[\r\n]*` (llama.cpp tests the first code point's
                 // "defined" flag here, not the one after the space)
                 let mut f2 = if c == Some(' ') { fl(pos + 1) } else { f };
-                if !(f2.whitespace || f2.letter || f2.number) && f.defined {
+                if !(f2.whitespace || wordy(f2) || f2.number) && f.defined {
                     pos += usize::from(c == Some(' '));
-                    while !(f2.whitespace || f2.letter || f2.number) && f2.defined {
+                    while !(f2.whitespace || wordy(f2) || f2.number) && f2.defined {
                         pos += 1;
                         f2 = fl(pos);
                     }

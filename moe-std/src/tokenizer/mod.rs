@@ -318,7 +318,7 @@ impl Tokenizer {
                 None,
                 pre == Pre::Llama3,
                 false,
-                pre != Pre::Qwen2,
+                !matches!(pre, Pre::Qwen2 | Pre::Qwen35),
             ),
         };
         let bos = special("tokenizer.ggml.bos_token_id", bos);
@@ -334,6 +334,7 @@ impl Tokenizer {
             })
             .collect();
         specials.sort_by_key(|&id| std::cmp::Reverse(tokens[id as usize].text.len()));
+        strip_attributes(file, &mut tokens, &ids, &specials);
 
         let mut tokenizer = Tokenizer {
             model,
@@ -794,6 +795,52 @@ fn mark_control_tokens(file: &File<'_>, tokens: &mut [Token], ids: &HashMap<Box<
     }
     if has("<|tool_response>") {
         set("</s>", &|_| attr::NORMAL);
+    }
+}
+
+/// llama.cpp's per-model LSTRIP/RSTRIP attributes, chosen by name (GGUF does not store
+/// them): Phi-3 eats whitespace after its special tokens (and `</s>`) except `<unk>`, `<s>`
+/// and `<|endoftext|>`; the Jina v2 / Nomic-BERT-MoE / Jina-BERT-v3 `<mask>` and the
+/// ModernBERT `[MASK]` eat whitespace before them.
+fn strip_attributes(
+    file: &File<'_>,
+    tokens: &mut [Token],
+    ids: &HashMap<Box<[u8]>, u32>,
+    specials: &[u32],
+) {
+    let text = |key: &str| file.get(key).and_then(|v| v.as_str()).unwrap_or("");
+    let name = text("general.name").to_ascii_lowercase();
+    let pre = text("tokenizer.ggml.pre");
+    let arch = text("general.architecture");
+    let jina = ["jina-v2-de", "jina-v2-es", "jina-v2-code"];
+    if jina.iter().any(|p| pre.contains(p))
+        || ["nomic-bert-moe", "jina-bert-v3"]
+            .iter()
+            .any(|a| arch.contains(a))
+    {
+        set_attr(tokens, ids, "<mask>", attr::LSTRIP, true);
+    } else if name.contains("phi-3") || name.contains("phi3") {
+        for &id in specials {
+            if let Some(t) = tokens.get_mut(id as usize) {
+                t.attr |= attr::RSTRIP;
+            }
+        }
+        set_attr(tokens, ids, "</s>", attr::RSTRIP, true);
+        for token in ["<unk>", "<s>", "<|endoftext|>"] {
+            set_attr(tokens, ids, token, attr::RSTRIP, false);
+        }
+    } else if name.contains("modern-bert") {
+        set_attr(tokens, ids, "[MASK]", attr::LSTRIP, true);
+    }
+}
+
+/// Sets or clears `flag` on the token with text `token`, if there is one.
+fn set_attr(tokens: &mut [Token], ids: &HashMap<Box<[u8]>, u32>, token: &str, flag: u32, on: bool) {
+    if let Some(t) = ids
+        .get(token.as_bytes())
+        .and_then(|&id| tokens.get_mut(id as usize))
+    {
+        t.attr = if on { t.attr | flag } else { t.attr & !flag };
     }
 }
 
