@@ -224,3 +224,127 @@ fn cli_tokenize() {
     let out = run(&["--ids-only"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Any text survives encode → decode unchanged where llama.cpp's decoding is lossless
+    /// (SentencePiece with its space prefix, Qwen2 without space clean-up), and nothing
+    /// panics, special tokens parsed or not.
+    #[test]
+    fn round_trip(text in "\\PC{0,40}|[ \\t\\n<>/|a-z0-9]{0,40}|(<s>|</s>|<\\|endoftext\\|>| |a|🦙){0,8}") {
+        static VOCABS: std::sync::OnceLock<Vec<(&str, Tokenizer)>> = std::sync::OnceLock::new();
+        let vocabs = VOCABS.get_or_init(|| {
+            ["llama-spm", "qwen2"].into_iter().map(|v| (v, load(v))).collect()
+        });
+        for (vocab, tok) in vocabs {
+            let ids = tok.encode(&text, false, false);
+            proptest::prop_assert_eq!(tok.decode(&ids), text.clone(), "{}", vocab);
+            let ids = tok.encode(&text, true, true);
+            let _ = tok.decode_bytes(&ids, true, false);
+        }
+    }
+}
+
+/// A GGUF v3 file with no tensors and the given metadata (`key`, type id, encoded value).
+fn gguf(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    out.extend((kvs.len() as u64).to_le_bytes());
+    for (key, ty, value) in kvs {
+        out.extend((key.len() as u64).to_le_bytes());
+        out.extend(key.as_bytes());
+        out.extend(ty.to_le_bytes());
+        out.extend(value);
+    }
+    out
+}
+
+fn string(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u64).to_le_bytes().to_vec();
+    out.extend(s.as_bytes());
+    out
+}
+
+/// An array value: element type, count, elements.
+fn array(elem: u32, items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = elem.to_le_bytes().to_vec();
+    out.extend((items.len() as u64).to_le_bytes());
+    items.iter().for_each(|i| out.extend(i));
+    out
+}
+
+/// Malformed or unsupported tokenizer metadata gives typed errors, never a panic.
+#[test]
+fn typed_errors() {
+    const STR: u32 = 8;
+    const ARR: u32 = 9;
+    const I32: u32 = 5;
+    const F32: u32 = 6;
+    let model = |m: &str| ("tokenizer.ggml.model", STR, string(m));
+    let tokens = || {
+        (
+            "tokenizer.ggml.tokens",
+            ARR,
+            array(STR, &[string("<unk>"), string("a"), string("b")]),
+        )
+    };
+    let build = |kvs: &[(&str, u32, Vec<u8>)]| {
+        let bytes = gguf(kvs);
+        let file = moe_core::gguf::File::parse(&bytes).unwrap();
+        Tokenizer::from_gguf(&file)
+    };
+    assert!(matches!(build(&[]), Err(TokenizerError::Missing(_))));
+    assert!(matches!(
+        build(&[("tokenizer.ggml.model", I32, 1i32.to_le_bytes().to_vec())]),
+        Err(TokenizerError::WrongType { .. })
+    ));
+    assert!(matches!(
+        build(&[model("bert"), tokens()]),
+        Err(TokenizerError::UnknownModel(m)) if m == "bert"
+    ));
+    assert!(matches!(
+        build(&[model("llama")]),
+        Err(TokenizerError::Missing("tokenizer.ggml.tokens"))
+    ));
+    assert!(matches!(
+        build(&[
+            model("llama"),
+            ("tokenizer.ggml.tokens", ARR, array(I32, &[vec![0; 4]]))
+        ]),
+        Err(TokenizerError::WrongType { .. })
+    ));
+    assert!(matches!(
+        build(&[
+            model("llama"),
+            tokens(),
+            ("tokenizer.ggml.scores", ARR, array(F32, &[vec![0; 4]]))
+        ]),
+        Err(TokenizerError::TooShort {
+            len: 1,
+            tokens: 3,
+            ..
+        })
+    ));
+    assert!(matches!(
+        build(&[model("gpt2"), tokens(), ("tokenizer.ggml.pre", STR, string("x"))]),
+        Err(TokenizerError::UnknownPre(p)) if p == "x"
+    ));
+    assert!(matches!(
+        build(&[
+            model("gpt2"),
+            tokens(),
+            ("tokenizer.ggml.pre", STR, string("gpt-2"))
+        ]),
+        Err(TokenizerError::Missing("tokenizer.ggml.merges"))
+    ));
+    // A minimal vocabulary works: without byte tokens each byte of an unknown character
+    // becomes <unk> (where llama.cpp throws); BOS is the default id 1.
+    let tok = build(&[model("llama"), tokens()]).unwrap();
+    assert_eq!(
+        tok.encode("ab€", true, true),
+        vec![1, 0, 0, 0, 1, 2, 0, 0, 0]
+    );
+    assert_eq!(tok.decode(&[0, 1, 2, 7]), "<unk>ab");
+}
