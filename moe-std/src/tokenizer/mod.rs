@@ -857,9 +857,10 @@ enum Fragment<'t> {
 }
 
 /// Turns tokens into text as they are generated, holding back the bytes of a UTF-8
-/// sequence split across tokens (byte-fallback tokens) until it is complete, so every
-/// returned string is exactly what [`Tokenizer::decode_bytes`] gives for the whole
-/// sequence, cut at character boundaries.
+/// sequence split across tokens (byte-fallback tokens) until it is complete. The text is
+/// the tokens' pieces (with the space prefix dropped from the first), cut at character
+/// boundaries: [`Tokenizer::decode_bytes`] without the BPE space clean-up, which needs
+/// text after the space (llama.cpp streams pieces the same way).
 #[derive(Debug)]
 pub struct StreamDecoder<'a> {
     tokenizer: &'a Tokenizer,
