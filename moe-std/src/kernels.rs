@@ -41,12 +41,12 @@ pub fn cpu_has(level: Level) -> bool {
     }
 }
 
-/// The levels [`detect`] picks by default, best first. [`Level::Avx512`] is left out: its
-/// VNNI kernels measured no faster than AVX2's on this engine's matrix × vector
-/// (`cargo bench -p moe-benches --bench kernels`), so it is used only when asked for
-/// (`MOE_KERNELS=avx512`, [`with_level`]).
+/// The levels [`detect`] picks by default, best first: AVX-512 VNNI where the CPU has it
+/// (its `vpdpbusd` eight-row kernels measured 1.8–2.9× AVX2's on Q4_0/Q8_0 matrix ×
+/// vector, `cargo bench -p moe-benches --bench batch`; other types run AVX2 code at that
+/// level), then AVX2, then the specification.
 #[cfg(not(target_arch = "aarch64"))]
-pub const PREFERRED: [Level; 2] = [Level::Avx2, Level::Scalar];
+pub const PREFERRED: [Level; 3] = [Level::Avx512, Level::Avx2, Level::Scalar];
 
 /// The levels [`detect`] picks by default, best first: `sdot` where the CPU has it
 /// (Armv8.2+), else NEON (every AArch64 CPU), else the specification (a build without

@@ -9,7 +9,7 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 
 use super::avx2::{self, sum_scaled};
-use super::batch::{self, matmul_scaled, nibbles, q8_0_quants};
+use super::batch::{self, matmul_scaled_vnni, nibbles, q8_0_quants};
 use crate::kernels::{check_matmul, check_row, same_blocks};
 use crate::quant::{q4_0, q8_0};
 use crate::{Result, TensorType};
@@ -80,7 +80,7 @@ unsafe fn matmul_unchecked(
         TensorType::Q4_0 if shape.blocks > 0 => {
             let mask = _mm256_set1_epi8(0x0f);
             let eight = _mm256_set1_epi8(8);
-            matmul_scaled(
+            matmul_scaled_vnni(
                 weights.as_chunks::<18>().0,
                 shape,
                 activations,
@@ -95,7 +95,7 @@ unsafe fn matmul_unchecked(
         }
         TensorType::Q8_0 if shape.blocks > 0 => {
             let bias = _mm256_set1_epi8(i8::MIN);
-            matmul_scaled(
+            matmul_scaled_vnni(
                 weights.as_chunks::<34>().0,
                 shape,
                 activations,

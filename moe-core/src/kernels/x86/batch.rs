@@ -255,96 +255,111 @@ fn widen(q: __m256i) -> (__m256i, __m256i) {
     )
 }
 
-/// `out[t · rows + r] = Σ_b isum(w_rb, a_tb) as f32 · (d(w_rb) · d(a_tb))`, summed over
-/// blocks `b` in order, for weight blocks of `W` bytes led by an f16 scale and Q8_0
-/// activation rows.
-///
-/// `block_sum(unpack(w), prepare(a))` must return a vector whose eight `i32` lanes add up
-/// to the exact integer dot product of the two blocks' quants. `shape` is as for
-/// [`matmul_rows`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn matmul_scaled<const W: usize, U: Copy, P: Copy>(
-    weights: &[[u8; W]],
-    shape: MatmulShape,
-    activations: &[&[u8]],
-    out: &mut [f32],
-    unpack: impl Fn(&[u8; W]) -> U,
-    prepare: impl Fn(&q8_0::Block) -> P,
-    block_sum: impl Fn(U, P) -> __m256i,
-) {
-    matmul_rows(
-        weights,
-        shape,
-        activations,
-        out,
-        |w| (w.map(&unpack), f16_lanes(w, 0)),
-        |a| (prepare(a), f16_at(a, 0)),
-        |(u, d_w), (p, d_a)| {
-            let sums = hsum8(core::array::from_fn(|k| block_sum(u[k], *p)));
-            let d = _mm256_mul_ps(*d_w, _mm256_set1_ps(*d_a));
-            _mm256_mul_ps(_mm256_cvtepi32_ps(sums), d)
-        },
-    );
-}
+/// Defines the drivers for one set of target features. The closures a kernel passes
+/// inherit its function's features, and a function can only be inlined into one with at
+/// least its features: the AVX-512 kernels therefore get their own instance of the
+/// drivers, so their closures inline instead of becoming a call per block.
+macro_rules! drivers {
+    ($features:literal, $scaled:ident, $rows:ident) => {
+        /// `out[t · rows + r] = Σ_b isum(w_rb, a_tb) as f32 · (d(w_rb) · d(a_tb))`, summed over
+        /// blocks `b` in order, for weight blocks of `W` bytes led by an f16 scale and Q8_0
+        /// activation rows.
+        ///
+        /// `block_sum(unpack(w), prepare(a))` must return a vector whose eight `i32` lanes add up
+        /// to the exact integer dot product of the two blocks' quants. `shape` is as for
+        /// the driver below.
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(super) fn $scaled<const W: usize, U: Copy, P: Copy>(
+            weights: &[[u8; W]],
+            shape: MatmulShape,
+            activations: &[&[u8]],
+            out: &mut [f32],
+            unpack: impl Fn(&[u8; W]) -> U,
+            prepare: impl Fn(&q8_0::Block) -> P,
+            block_sum: impl Fn(U, P) -> __m256i,
+        ) {
+            $rows(
+                weights,
+                shape,
+                activations,
+                out,
+                |w| (w.map(&unpack), f16_lanes(w, 0)),
+                |a| (prepare(a), f16_at(a, 0)),
+                |(u, d_w), (p, d_a)| {
+                    let sums = hsum8(core::array::from_fn(|k| block_sum(u[k], *p)));
+                    let d = _mm256_mul_ps(*d_w, _mm256_set1_ps(*d_a));
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(sums), d)
+                },
+            );
+        }
 
-/// The driver: `out[t · rows + r] = Σ_b term(r, t, b)`, summed over blocks `b` in order
-/// from `+0.0` (the specification's order, one lane per row), where lane `k` of
-/// `terms(unpack(w), prepare(a))` is the term of row `k` of the group of eight.
-///
-/// Weight blocks are `W` bytes, activation blocks `A`. `unpack` runs once per group and
-/// block for the whole batch; `prepare` once per activation row and block for all eight
-/// rows. A partial group repeats its last row in the spare lanes, whose sums are dropped.
-/// `shape` must be the one [`check_matmul`] returned for these arguments, with at least
-/// one block per row.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn matmul_rows<const W: usize, const A: usize, U, P>(
-    weights: &[[u8; W]],
-    shape: MatmulShape,
-    activations: &[&[u8]],
-    out: &mut [f32],
-    unpack: impl Fn(&[&[u8; W]; ROWS]) -> U,
-    prepare: impl Fn(&[u8; A]) -> P,
-    terms: impl Fn(&U, &P) -> __m256,
-) {
-    let MatmulShape { blocks, rows } = shape;
-    for (g, group) in weights.chunks(blocks * ROWS).enumerate() {
-        let r0 = g * ROWS;
-        let n_rows = group.len() / blocks;
-        // The next group's bytes (contiguous), prefetched a slice per block step: eight
-        // interleaved short row streams defeat the hardware prefetcher on narrow matrices.
-        let next = weights
-            .get((g + 1) * blocks * ROWS..)
-            .map_or(&[][..], |n| &n[..n.len().min(blocks * ROWS)])
-            .as_flattened();
-        let row: [&[[u8; W]]; ROWS] = core::array::from_fn(|k| {
-            let k = k.min(n_rows - 1);
-            &group[k * blocks..(k + 1) * blocks]
-        });
-        for (c, batch) in activations.chunks(TOKENS).enumerate() {
-            let act: [&[[u8; A]]; TOKENS] =
-                core::array::from_fn(|t| batch.get(t).map_or(&[][..], |a| a.as_chunks().0));
-            let mut acc = [_mm256_setzero_ps(); TOKENS];
-            for b in 0..blocks {
-                if c == 0 {
-                    prefetch_step(next, b, blocks);
+        /// The driver: `out[t · rows + r] = Σ_b term(r, t, b)`, summed over blocks `b` in order
+        /// from `+0.0` (the specification's order, one lane per row), where lane `k` of
+        /// `terms(unpack(w), prepare(a))` is the term of row `k` of the group of eight.
+        ///
+        /// Weight blocks are `W` bytes, activation blocks `A`. `unpack` runs once per group and
+        /// block for the whole batch; `prepare` once per activation row and block for all eight
+        /// rows. A partial group repeats its last row in the spare lanes, whose sums are dropped.
+        /// `shape` must be the one [`check_matmul`] returned for these arguments, with at least
+        /// one block per row.
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(super) fn $rows<const W: usize, const A: usize, U, P>(
+            weights: &[[u8; W]],
+            shape: MatmulShape,
+            activations: &[&[u8]],
+            out: &mut [f32],
+            unpack: impl Fn(&[&[u8; W]; ROWS]) -> U,
+            prepare: impl Fn(&[u8; A]) -> P,
+            terms: impl Fn(&U, &P) -> __m256,
+        ) {
+            let MatmulShape { blocks, rows } = shape;
+            for (g, group) in weights.chunks(blocks * ROWS).enumerate() {
+                let r0 = g * ROWS;
+                let n_rows = group.len() / blocks;
+                // The next group's bytes (contiguous), prefetched a slice per block step: eight
+                // interleaved short row streams defeat the hardware prefetcher on narrow matrices.
+                let next = weights
+                    .get((g + 1) * blocks * ROWS..)
+                    .map_or(&[][..], |n| &n[..n.len().min(blocks * ROWS)])
+                    .as_flattened();
+                let row: [&[[u8; W]]; ROWS] = core::array::from_fn(|k| {
+                    let k = k.min(n_rows - 1);
+                    &group[k * blocks..(k + 1) * blocks]
+                });
+                for (c, batch) in activations.chunks(TOKENS).enumerate() {
+                    let act: [&[[u8; A]]; TOKENS] =
+                        core::array::from_fn(|t| batch.get(t).map_or(&[][..], |a| a.as_chunks().0));
+                    let mut acc = [_mm256_setzero_ps(); TOKENS];
+                    for b in 0..blocks {
+                        if c == 0 {
+                            prefetch_step(next, b, blocks);
+                        }
+                        let unpacked = unpack(&core::array::from_fn(|k| &row[k][b]));
+                        for (acc, act) in acc.iter_mut().zip(&act[..batch.len()]) {
+                            *acc = _mm256_add_ps(*acc, terms(&unpacked, &prepare(&act[b])));
+                        }
+                    }
+                    for (t, acc) in acc.iter().take(batch.len()).enumerate() {
+                        let mut lanes = [0.0f32; ROWS];
+                        // SAFETY: the pointer covers 32 writable bytes; unaligned stores are allowed.
+                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+                        let at = (c * TOKENS + t) * rows + r0;
+                        out[at..at + n_rows].copy_from_slice(&lanes[..n_rows]);
+                    }
                 }
-                let unpacked = unpack(&core::array::from_fn(|k| &row[k][b]));
-                for (acc, act) in acc.iter_mut().zip(&act[..batch.len()]) {
-                    *acc = _mm256_add_ps(*acc, terms(&unpacked, &prepare(&act[b])));
-                }
-            }
-            for (t, acc) in acc.iter().take(batch.len()).enumerate() {
-                let mut lanes = [0.0f32; ROWS];
-                // SAFETY: the pointer covers 32 writable bytes; unaligned stores are allowed.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
-                let at = (c * TOKENS + t) * rows + r0;
-                out[at..at + n_rows].copy_from_slice(&lanes[..n_rows]);
             }
         }
-    }
+    };
 }
+
+drivers!("avx2,fma,f16c", matmul_scaled, matmul_rows);
+drivers!(
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    matmul_scaled_vnni,
+    matmul_rows_vnni
+);
 
 /// Prefetches step `b` of `steps` equal slices of `bytes` into the cache, one line at a
 /// time.
