@@ -369,3 +369,25 @@ fn typed_errors() {
     );
     assert_eq!(tok.decode(&[0, 1, 2, 7]), "<unk>ab");
 }
+
+/// The vocabularies too large to commit, checked the same way when their files are put
+/// here (see `tests/fixtures/tokenizer/README.md`): `cargo test -- --ignored`.
+#[test]
+#[ignore = "needs llama.cpp's larger ggml-vocab-*.gguf files and make_cases.py output"]
+fn uncommitted_vocabs() {
+    for vocab in [
+        "llama-bpe",
+        "phi-3",
+        "mpt",
+        "qwen35",
+        "deepseek-llm",
+        "deepseek-coder",
+        "starcoder",
+        "refact",
+        "command-r",
+        "falcon",
+    ] {
+        assert!(llama_cpp_cases(vocab) > 40, "{vocab}");
+        assert!(our_cases(vocab) >= 50, "{vocab}");
+    }
+}

@@ -24,6 +24,17 @@ pub enum Pre {
     Qwen2,
     /// Qwen2's with combining marks (`\p{M}`) counted as letters (`qwen35`).
     Qwen35,
+    /// Six expressions in turn: line breaks, Latin/Greek/Cyrillic/… letters, punctuation,
+    /// trailing spaces, CJK, digits (`deepseek-llm`).
+    DeepseekLlm,
+    /// Line breaks, letters, punctuation, CJK, single digits (`deepseek-coder`).
+    DeepseekCoder,
+    /// Single digits, then GPT-2's expression (`starcoder`, `refact`).
+    Starcoder,
+    /// StarCoder's, without the decoding's space clean-up (`command-r`).
+    CommandR,
+    /// Punctuation runs, GPT-2's expression, then three-digit groups (`falcon`).
+    Falcon,
 }
 
 impl Pre {
@@ -35,15 +46,113 @@ impl Pre {
             | "midm-2.0" | "lfm2" | "jina-v5-nano" => Pre::Llama3,
             "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => Pre::Qwen2,
             "qwen35" => Pre::Qwen35,
+            "deepseek-llm" => Pre::DeepseekLlm,
+            "deepseek-coder" => Pre::DeepseekCoder,
+            "starcoder" | "refact" => Pre::Starcoder,
+            "command-r" => Pre::CommandR,
+            "falcon" => Pre::Falcon,
             _ => return None,
         })
     }
 }
 
+/// llama.cpp's expressions for the pre-tokenizers it runs through `std::regex` (category
+/// classes on its own tables, `\s` as Unicode white space: what the `regex` crate's
+/// Unicode classes give, none of these needing look-around).
+const DEEPSEEK_LLM: &[&str] = &[
+    "[\r\n]",
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    "\\s?[!-/:-~！-／：-～‘-‟\u{3000}-。]+",
+    "\\s+$",
+    "[一-龥ࠀ-一가-\u{d7ff}]+",
+    "\\p{N}+",
+];
+const DEEPSEEK_CODER: &[&str] = &[
+    "[\r\n]",
+    "\\s?\\p{L}+",
+    "\\s?\\p{P}+",
+    "[一-龥ࠀ-一가-\u{d7ff}]+",
+    "\\p{N}",
+];
+const FALCON_PUNCT: &str = "[\\p{P}\\$\\+<=>\\^~\\|`]+";
+
+/// One pass of a pre-tokenizer over every word found so far.
+#[derive(Debug, Clone)]
+pub(super) enum Step {
+    /// One of llama.cpp's hand-written matchers.
+    Custom(Pre),
+    /// A regular expression: each match and each stretch between matches is a word.
+    Regex(regex::Regex),
+}
+
+impl Pre {
+    /// The passes llama.cpp makes for this pre-tokenizer.
+    pub(super) fn steps(self) -> Vec<Step> {
+        let regex = |p: &str| regex::Regex::new(p).ok().map(Step::Regex);
+        match self {
+            Pre::Gpt2 | Pre::Llama3 | Pre::Qwen2 | Pre::Qwen35 => vec![Step::Custom(self)],
+            Pre::DeepseekLlm => DEEPSEEK_LLM.iter().filter_map(|p| regex(p)).collect(),
+            Pre::DeepseekCoder => DEEPSEEK_CODER.iter().filter_map(|p| regex(p)).collect(),
+            Pre::Starcoder | Pre::CommandR => regex(r"\p{N}")
+                .into_iter()
+                .chain([Step::Custom(Pre::Gpt2)])
+                .collect(),
+            Pre::Falcon => regex(FALCON_PUNCT)
+                .into_iter()
+                .chain([Step::Custom(Pre::Gpt2)])
+                .chain(regex("[0-9][0-9][0-9]"))
+                .collect(),
+        }
+    }
+}
+
+/// Splits `text` into words by `steps`, each applied inside the words of the one before
+/// (llama.cpp's `unicode_regex_split`).
+fn split_words<'t>(steps: &[Step], text: &'t str) -> Vec<&'t str> {
+    let mut words = vec![text];
+    for step in steps {
+        let mut next = Vec::with_capacity(words.len());
+        for word in words {
+            match step {
+                Step::Custom(pre) => {
+                    let cpts: Vec<char> = word.chars().collect();
+                    let (mut byte, mut at) = (0, 0);
+                    for len in split(*pre, &cpts) {
+                        let n: usize = cpts
+                            .get(at..at + len)
+                            .unwrap_or(&[])
+                            .iter()
+                            .map(|c| c.len_utf8())
+                            .sum();
+                        next.push(word.get(byte..byte + n).unwrap_or(""));
+                        byte += n;
+                        at += len;
+                    }
+                }
+                Step::Regex(re) => {
+                    let mut last = 0;
+                    for m in re.find_iter(word) {
+                        if m.start() > last {
+                            next.push(&word[last..m.start()]);
+                        }
+                        next.push(m.as_str());
+                        last = m.end();
+                    }
+                    if last < word.len() {
+                        next.push(&word[last..]);
+                    }
+                }
+            }
+        }
+        words = next;
+    }
+    words
+}
+
 /// The merge table and the word splitter.
 #[derive(Debug, Clone)]
 pub(super) struct Bpe {
-    pub(super) pre: Pre,
+    pub(super) steps: Vec<Step>,
     /// `"left right"` → rank; a pair listed twice keeps its first rank, as in llama.cpp.
     pub(super) ranks: HashMap<Box<[u8]>, u32>,
     /// A word that is a token is taken whole, without merging (Llama 3).
@@ -186,7 +295,7 @@ fn split(pre: Pre, cpts: &[char]) -> Vec<usize> {
                     continue;
                 }
             }
-            Pre::Llama3 | Pre::Qwen2 | Pre::Qwen35 => {
+            _ => {
                 // `[^\r\n\p{L}\p{N}]?\p{L}+`
                 if !(is_rn(c) || f.number) && (wordy(f) || wordy(fl(pos + 1))) {
                     pos += 1;
@@ -329,18 +438,10 @@ struct Symbol {
 
 /// Appends the tokens of raw text `text` to `output`.
 pub(super) fn tokenize(vocab: &Tokenizer, bpe: &Bpe, text: &str, output: &mut Vec<u32>) {
-    let cpts: Vec<char> = text.chars().collect();
-    let mut at = 0;
-    for len in split(bpe.pre, &cpts) {
-        let word_chars = cpts.get(at..at + len).unwrap_or(&[]);
-        at += len;
-        let mut word = String::new();
-        let mut buf = [0u8; 4];
-        for &c in word_chars {
-            for &b in c.encode_utf8(&mut buf).as_bytes() {
-                word.push(byte_to_char(b));
-            }
-        }
+    let mut word = String::new();
+    for raw in split_words(&bpe.steps, text) {
+        word.clear();
+        word.extend(raw.bytes().map(byte_to_char));
         tokenize_word(vocab, bpe, word.as_bytes(), output);
     }
 }

@@ -190,7 +190,7 @@ impl Tokenizer {
                 let pre =
                     Pre::from_name(name).ok_or(TokenizerError::UnknownPre(name.to_string()))?;
                 let bpe = bpe::Bpe {
-                    pre,
+                    steps: pre.steps(),
                     ranks: HashMap::new(),
                     ignore_merges: pre == Pre::Llama3,
                 };
@@ -318,7 +318,15 @@ impl Tokenizer {
                 None,
                 pre == Pre::Llama3,
                 false,
-                !matches!(pre, Pre::Qwen2 | Pre::Qwen35),
+                // llama.cpp turns the clean-up off for these.
+                !matches!(
+                    pre,
+                    Pre::Qwen2
+                        | Pre::Qwen35
+                        | Pre::DeepseekLlm
+                        | Pre::DeepseekCoder
+                        | Pre::CommandR
+                ),
             ),
         };
         let bos = special("tokenizer.ggml.bos_token_id", bos);
