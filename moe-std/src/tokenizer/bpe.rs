@@ -1,8 +1,9 @@
 //! The `gpt2` tokenizer: byte-level BPE, llama.cpp's `llm_tokenizer_bpe_session`.
 //!
 //! Text is first split into words by the model family's pre-tokenizer (llama.cpp's
-//! hand-written matchers for the GPT-2, Llama 3 and Qwen2 regular expressions in
-//! `unicode.cpp`), each word's bytes are mapped to GPT-2's printable characters, and then
+//! hand-written matchers for the GPT-2, Llama 3, Qwen2 and Qwen3.5 regular expressions in
+//! `unicode.cpp`, its other expressions through the `regex` crate, DeepSeek-V3's
+//! look-ahead one by hand), each word's bytes are mapped to GPT-2's printable characters, and then
 //! adjacent symbols are merged by the rank of their pair in `tokenizer.ggml.merges`
 //! (lowest rank first, then leftmost).
 
@@ -35,6 +36,9 @@ pub enum Pre {
     CommandR,
     /// Punctuation runs, GPT-2's expression, then three-digit groups (`falcon`).
     Falcon,
+    /// Digits in threes, CJK runs, then letters/marks, punctuation and space runs
+    /// (`deepseek-v3`).
+    DeepseekV3,
 }
 
 impl Pre {
@@ -51,6 +55,7 @@ impl Pre {
             "starcoder" | "refact" => Pre::Starcoder,
             "command-r" => Pre::CommandR,
             "falcon" => Pre::Falcon,
+            "deepseek-v3" => Pre::DeepseekV3,
             _ => return None,
         })
     }
@@ -96,6 +101,16 @@ impl Pre {
             Pre::Starcoder | Pre::CommandR => regex(r"\p{N}")
                 .into_iter()
                 .chain([Step::Custom(Pre::Gpt2)])
+                .collect(),
+            // The third expression,
+            // `[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+|
+            // ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`, needs look-ahead: matched by hand.
+            Pre::DeepseekV3 => regex(r"\p{N}{1,3}")
+                .into_iter()
+                .chain(regex(
+                    "[\u{4e00}-\u{9fa5}\u{3040}-\u{309f}\u{30a0}-\u{30ff}]+",
+                ))
+                .chain([Step::Custom(Pre::DeepseekV3)])
                 .collect(),
             Pre::Falcon => regex(FALCON_PUNCT)
                 .into_iter()
@@ -218,8 +233,102 @@ fn flags(c: Option<char>) -> Flags {
     }
 }
 
+/// `\p{P}`.
+fn is_punct(c: char) -> bool {
+    static P: OnceLock<Vec<(u32, u32)>> = OnceLock::new();
+    in_table(P.get_or_init(|| class(r"\p{P}")), c)
+}
+
+/// `\p{S}`.
+fn is_symbol(c: char) -> bool {
+    static S: OnceLock<Vec<(u32, u32)>> = OnceLock::new();
+    in_table(S.get_or_init(|| class(r"\p{S}")), c)
+}
+
+/// DeepSeek-V3's third expression as `std::regex` runs it: the leftmost match from each
+/// position (alternatives in order, with the backtracking they imply); the text between
+/// two matches is one word.
+fn split_deepseek_v3(cpts: &[char]) -> Vec<usize> {
+    let at = |i: usize| cpts.get(i).copied();
+    let lm = |c: Option<char>| c.is_some_and(|c| is_letter(c) || is_mark(c));
+    let ps = |c: Option<char>| c.is_some_and(|c| is_punct(c) || is_symbol(c));
+    let rn = |c: Option<char>| matches!(c, Some('\r' | '\n'));
+    let ws = |c: Option<char>| c.is_some_and(char::is_whitespace);
+    let run = |mut i: usize, f: &dyn Fn(Option<char>) -> bool| {
+        while f(at(i)) {
+            i += 1;
+        }
+        i
+    };
+    // The end of a match starting at `pos`, if one does.
+    let match_at = |pos: usize| -> Option<usize> {
+        let c = at(pos);
+        // `[ASCII punctuation][A-Za-z]+`
+        if c.is_some_and(|c| c.is_ascii_punctuation())
+            && at(pos + 1).is_some_and(|c| c.is_ascii_alphabetic())
+        {
+            return Some(run(pos + 1, &|c| {
+                c.is_some_and(|c| c.is_ascii_alphabetic())
+            }));
+        }
+        // `[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+`
+        let optional = c.is_some_and(|ch| !rn(c) && !is_letter(ch) && !ps(c));
+        if optional && lm(at(pos + 1)) {
+            return Some(run(pos + 1, &lm));
+        }
+        if lm(c) {
+            return Some(run(pos, &lm));
+        }
+        // ` ?[\p{P}\p{S}]+[\r\n]*`
+        let start = if c == Some(' ') && ps(at(pos + 1)) {
+            pos + 1
+        } else {
+            pos
+        };
+        if ps(at(start)) {
+            return Some(run(run(start, &ps), &rn));
+        }
+        // `\s*[\r\n]+`: up to the last line break of the white-space run.
+        let end = run(pos, &ws);
+        if let Some(last) = (pos..end).rev().find(|&i| rn(at(i))) {
+            return Some(last + 1);
+        }
+        // `\s+(?!\S)` then `\s+`
+        if end > pos {
+            return Some(if end < cpts.len() && end - pos > 1 {
+                end - 1
+            } else {
+                end
+            });
+        }
+        None
+    };
+    let mut words = Vec::new();
+    let (mut pos, mut gap) = (0, 0);
+    while pos < cpts.len() {
+        match match_at(pos) {
+            Some(end) if end > pos => {
+                if pos > gap {
+                    words.push(pos - gap);
+                }
+                words.push(end - pos);
+                pos = end;
+                gap = end;
+            }
+            _ => pos += 1,
+        }
+    }
+    if cpts.len() > gap {
+        words.push(cpts.len() - gap);
+    }
+    words
+}
+
 /// Splits `cpts` into word lengths (in code points) as llama.cpp's custom matchers do.
 fn split(pre: Pre, cpts: &[char]) -> Vec<usize> {
+    if pre == Pre::DeepseekV3 {
+        return split_deepseek_v3(cpts);
+    }
     let end = cpts.len();
     let cpt = |pos: usize| cpts.get(pos).copied();
     let fl = |pos: usize| flags(cpt(pos));

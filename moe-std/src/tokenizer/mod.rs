@@ -2,9 +2,10 @@
 //! same as llama.cpp's (`src/llama-vocab.cpp`).
 //!
 //! Two models: `llama` (SentencePiece-style: merges driven by token scores, byte fallback
-//! to `<0xXX>` tokens, the `▁` space marker) and `gpt2` (byte-level BPE with the GPT-2,
-//! Llama 3 and Qwen2 pre-tokenizers), with llama.cpp's special-token partitioning and its
-//! detokenization.
+//! to `<0xXX>` tokens, the `▁` space marker) and `gpt2` (byte-level BPE with the
+//! pre-tokenizers of GPT-2/OLMo/MPT, Llama 3, Qwen2, Qwen3.5, DeepSeek LLM/Coder/V3,
+//! StarCoder/Refact/Command-R and Falcon: see [`Pre`]), with llama.cpp's special-token
+//! partitioning and its detokenization.
 //!
 //! No crate does this: the `tokenizers` crate reads Hugging Face's `tokenizer.json`, not
 //! GGUF metadata, and pulls in a large dependency tree; what llama.cpp does for SPM fits in
@@ -325,6 +326,7 @@ impl Tokenizer {
                         | Pre::Qwen35
                         | Pre::DeepseekLlm
                         | Pre::DeepseekCoder
+                        | Pre::DeepseekV3
                         | Pre::CommandR
                 ),
             ),
