@@ -241,7 +241,7 @@ fn cli_tokenize() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.starts_with("6324\t Hi\n13\t\\n\n"), "{text}");
-    assert!(text.contains("\t<0xF0>\n"), "{text}");
+    assert!(text.contains("\t\\xF0\n"), "{text}");
     let out = run(&["--ids-only"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -274,12 +274,19 @@ fn tokenize_cmd(args: Vec<OsString>) -> Result<(), Failure> {
         let list: Vec<String> = ids.iter().map(u32::to_string).collect();
         writeln!(out, "{}", list.join(","))
     } else {
-        // A piece that is not UTF-8 on its own (a byte token) shows its vocabulary text.
-        ids.iter()
-            .try_for_each(|&id| match std::str::from_utf8(tokenizer.piece(id, true)) {
-                Ok(piece) => writeln!(out, "{id}\t{}", piece.escape_debug()),
-                Err(_) => writeln!(out, "{id}\t{}", tokenizer.token_text(id).unwrap_or("")),
-            })
+        // Pieces escaped as Rust strings; bytes that are not UTF-8 on their own (part of
+        // a character split over tokens) as `\xNN`.
+        ids.iter().try_for_each(|&id| {
+            let mut shown = String::new();
+            for chunk in tokenizer.piece(id, true).utf8_chunks() {
+                shown.extend(chunk.valid().escape_debug());
+                chunk
+                    .invalid()
+                    .iter()
+                    .for_each(|b| shown.push_str(&format!("\\x{b:02X}")));
+            }
+            writeln!(out, "{id}\t{shown}")
+        })
     };
     finish_stdout(written.and_then(|()| out.flush()))
 }
