@@ -145,16 +145,32 @@ fn split_words<'t>(steps: &[Step], text: &'t str) -> Vec<&'t str> {
                     }
                 }
                 Step::Regex(re) => {
+                    // llama.cpp matches with non-ASCII white space replaced by U+000B (its
+                    // `\s` fallback), so e.g. U+3000 no longer matches a class naming it.
+                    let mut mapped = String::with_capacity(word.len());
+                    let mut original = Vec::with_capacity(word.len() + 1);
+                    for (at, c) in word.char_indices() {
+                        let m = if !c.is_ascii() && c.is_whitespace() {
+                            '\u{b}'
+                        } else {
+                            c
+                        };
+                        original.extend(std::iter::repeat_n(at, m.len_utf8()));
+                        mapped.push(m);
+                    }
+                    original.push(word.len());
+                    let back = |i: usize| original.get(i).copied().unwrap_or(word.len());
                     let mut last = 0;
-                    for m in re.find_iter(word) {
-                        if m.start() > last {
-                            next.push(&word[last..m.start()]);
+                    for m in re.find_iter(&mapped) {
+                        let (start, end) = (back(m.start()), back(m.end()));
+                        if start > last {
+                            next.push(word.get(last..start).unwrap_or(""));
                         }
-                        next.push(m.as_str());
-                        last = m.end();
+                        next.push(word.get(start..end).unwrap_or(""));
+                        last = end;
                     }
                     if last < word.len() {
-                        next.push(&word[last..]);
+                        next.push(word.get(last..).unwrap_or(""));
                     }
                 }
             }
