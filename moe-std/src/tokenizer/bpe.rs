@@ -93,7 +93,18 @@ pub(super) enum Step {
 impl Pre {
     /// The passes llama.cpp makes for this pre-tokenizer.
     pub(super) fn steps(self) -> Vec<Step> {
-        let regex = |p: &str| regex::Regex::new(p).ok().map(Step::Regex);
+        // Category classes cut to llama.cpp's Unicode version, inside brackets or not.
+        let regex = |p: &str| {
+            let p = ["L", "N", "P", "S", "M"]
+                .iter()
+                .fold(p.to_string(), |p, cat| {
+                    p.replace(
+                        &format!("\\p{{{cat}}}"),
+                        &format!("[\\p{{{cat}}}&&{UNICODE_AGE}]"),
+                    )
+                });
+            regex::Regex::new(&p).ok().map(Step::Regex)
+        };
         match self {
             Pre::Gpt2 | Pre::Llama3 | Pre::Qwen2 | Pre::Qwen35 => vec![Step::Custom(self)],
             Pre::DeepseekLlm => DEEPSEEK_LLM.iter().filter_map(|p| regex(p)).collect(),
@@ -190,10 +201,15 @@ pub(super) struct Bpe {
     pub(super) ignore_merges: bool,
 }
 
-/// A Unicode class as sorted code point ranges, from regex-syntax's tables.
+/// llama.cpp's code point tables are generated from Unicode 15.1: a code point assigned
+/// later is "undefined" there, in no category. Every class we use is cut to that age.
+const UNICODE_AGE: &str = r"\p{Age=V15_1}";
+
+/// `pattern` (a `\p{…}` class) as of [`UNICODE_AGE`], as sorted code point ranges from
+/// regex-syntax's tables.
 fn class(pattern: &str) -> Vec<(u32, u32)> {
     match regex_syntax::Parser::new()
-        .parse(pattern)
+        .parse(&format!("[{pattern}&&{UNICODE_AGE}]"))
         .map(|h| h.into_kind())
     {
         Ok(regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class))) => class
@@ -216,6 +232,12 @@ fn in_table(table: &[(u32, u32)], c: char) -> bool {
 fn is_letter(c: char) -> bool {
     static LETTERS: OnceLock<Vec<(u32, u32)>> = OnceLock::new();
     in_table(LETTERS.get_or_init(|| class(r"\p{L}")), c)
+}
+
+/// `\p{N}`.
+fn is_number(c: char) -> bool {
+    static NUMBERS: OnceLock<Vec<(u32, u32)>> = OnceLock::new();
+    in_table(NUMBERS.get_or_init(|| class(r"\p{N}")), c)
 }
 
 /// `\p{M}`.
@@ -242,8 +264,8 @@ fn flags(c: Option<char>) -> Flags {
             defined: true,
             letter: is_letter(c),
             mark: is_mark(c),
-            // `\p{N}` is exactly Rust's `is_numeric`, `\s` its `is_whitespace`.
-            number: c.is_numeric(),
+            // `\s` is exactly Rust's `is_whitespace` (White_Space, unchanged for years).
+            number: is_number(c),
             whitespace: c.is_whitespace(),
         },
     }
