@@ -19,9 +19,10 @@ use moe_core::router::Selection;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
 
-/// The all-F32 fixtures: dense Llama, one MoE model per supported architecture, and two
-/// with YaRN RoPE scaling (llama's and DeepSeek's variants).
-const F32_MODELS: [&str; 9] = [
+/// The float fixtures: dense Llama, one MoE model per supported architecture, two with YaRN
+/// RoPE scaling (llama's and DeepSeek's variants), all F32, and an F16 conversion by
+/// llama.cpp's own tool.
+const FLOAT_MODELS: [&str; 10] = [
     "mistral-tiny",
     "mixtral-tiny",
     "qwen2moe-tiny",
@@ -31,6 +32,7 @@ const F32_MODELS: [&str; 9] = [
     "deepseek2-tiny",
     "mixtral-yarn-tiny",
     "deepseek2-yarn-tiny",
+    "qwen2moe-tiny-f16",
 ];
 
 /// Fixtures quantized by llama.cpp's own quantizer.
@@ -138,7 +140,7 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 
 #[test]
 fn f32_models_match_llama_cpp_logits() {
-    for name in F32_MODELS {
+    for name in FLOAT_MODELS {
         let bytes = read(&format!("{name}.gguf"));
         let file = File::parse(&bytes).unwrap();
         let model: Model<'_> = Model::from_gguf(&file).unwrap();
@@ -303,7 +305,7 @@ fn bad_inputs_are_typed_errors() {
 fn an_f16_kv_cache_matches_llama_cpp_default_logits() {
     // llama.cpp's default context keeps K and V in f16 too; its other f16 roundings (the
     // query and the softmax probabilities) differ from ours: measured ≤ 5.3e-4 of the range.
-    for name in F32_MODELS {
+    for name in FLOAT_MODELS {
         let bytes = read(&format!("{name}.gguf"));
         let file = File::parse(&bytes).unwrap();
         let model: Model<'_> = Model::from_gguf(&file).unwrap();
