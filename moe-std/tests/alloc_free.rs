@@ -6,15 +6,15 @@
 use moe_core::TensorType;
 use moe_core::gguf::File;
 use moe_core::moe::capacity::{Capacity, CapacityPolicy, DropPriority};
-use moe_core::moe::{Activation, ExpertStack, MoeLayer, SharedExpert, Workspace};
-use moe_core::quant::quantize_row;
-use moe_core::router::{Router, RouterConfig, Selection};
-use moe_core::tensor::TensorView;
+use moe_core::moe::{MoeLayer, SharedExpert, Workspace};
+use moe_core::router::Selection;
 use moe_std::pool::ThreadPool;
 
 mod counting;
+mod quantized_layer;
 
 use counting::allocations_in;
+use quantized_layer::{QuantizedLayer, values};
 
 #[test]
 fn the_counter_sees_allocations() {
@@ -59,45 +59,17 @@ fn forward_allocates_nothing_with_a_router_and_a_shared_expert() {
 #[test]
 fn forward_allocates_nothing_with_quantized_experts_and_capacity() {
     let (n_embd, n_ff, n_expert, k, t) = (64usize, 64usize, 4usize, 2usize, 9usize);
-    let values = |n: usize, seed: usize| -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + seed) * 7919 % 1009) as f32 - 504.0) / 1009.0)
-            .collect()
-    };
-    let quantized = |ty: TensorType, v: &[f32]| {
-        let mut out = vec![0u8; v.len() / ty.block_len() * ty.block_bytes()];
-        quantize_row(ty, v, &mut out).unwrap();
-        out
-    };
-    let size = n_embd * n_ff * n_expert;
-    let gate = quantized(TensorType::Q4_0, &values(size, 1));
-    let up = quantized(TensorType::Q8_0, &values(size, 2));
-    let down = quantized(TensorType::Q4_1, &values(size, 3));
-    let router_w: Vec<u8> = values(n_embd * n_expert, 4)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let (d, f, e) = (n_embd as u64, n_ff as u64, n_expert as u64);
-    let stack = ExpertStack::new(
-        Some(TensorView::new(TensorType::Q4_0, &[d, f, e], &gate).unwrap()),
-        TensorView::new(TensorType::Q8_0, &[d, f, e], &up).unwrap(),
-        TensorView::new(TensorType::Q4_1, &[f, d, e], &down).unwrap(),
-        Activation::Silu,
-    )
-    .unwrap();
-    let router = Router::new(RouterConfig::mixtral(n_embd, n_expert, k))
-        .unwrap()
-        .with_weight(TensorView::new(TensorType::F32, &[d, e], &router_w).unwrap())
-        .unwrap();
-    let layer = MoeLayer::new(stack, k)
-        .unwrap()
-        .with_router(router)
-        .unwrap()
-        .with_capacity(CapacityPolicy {
-            capacity: Capacity::Megatron { factor: 1.0 },
-            min_capacity: 0,
-            priority: DropPriority::BatchPrioritized,
-        });
+    let weights = QuantizedLayer::new(
+        n_embd,
+        n_ff,
+        n_expert,
+        [TensorType::Q4_0, TensorType::Q8_0, TensorType::Q4_1],
+    );
+    let layer = weights.layer(k).with_capacity(CapacityPolicy {
+        capacity: Capacity::Megatron { factor: 1.0 },
+        min_capacity: 0,
+        priority: DropPriority::BatchPrioritized,
+    });
 
     let hidden = values(t * n_embd, 5);
     let size = layer.workspace_size(t);

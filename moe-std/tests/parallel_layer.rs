@@ -5,18 +5,13 @@
 
 use moe_core::TensorType;
 use moe_core::gguf::File;
-use moe_core::moe::{Activation, ExpertStack, MoeLayer, Workspace};
-use moe_core::quant::quantize_row;
-use moe_core::router::{Router, RouterConfig, Selection};
-use moe_core::tensor::TensorView;
+use moe_core::moe::{MoeLayer, Workspace};
+use moe_core::router::Selection;
 use moe_std::pool::ThreadPool;
 
-/// Deterministic values in `[-0.5, 0.5)`.
-fn values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| (((i + seed) * 7919 % 1009) as f32 - 504.0) / 1009.0)
-        .collect()
-}
+mod quantized_layer;
+
+use quantized_layer::{QuantizedLayer, values};
 
 /// Runs `layer` (routing included) on `hidden` and returns the output.
 fn forward(layer: &MoeLayer<'_>, hidden: &[f32]) -> Vec<f32> {
@@ -70,46 +65,13 @@ fn every_fixture_architecture_gives_the_serial_bits() {
     }
 }
 
-/// A quantized layer whose `n_ff` is not a multiple of the 16-row kernel chunk.
-fn quantized_layer_bytes(n_embd: usize, n_ff: usize, n_expert: usize) -> [Vec<u8>; 4] {
-    let quantized = |ty: TensorType, v: &[f32]| {
-        let mut out = vec![0u8; v.len() / ty.block_len() * ty.block_bytes()];
-        quantize_row(ty, v, &mut out).unwrap();
-        out
-    };
-    let size = n_embd * n_ff * n_expert;
-    let router: Vec<u8> = values(n_embd * n_expert, 4)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    [
-        quantized(TensorType::Q4_0, &values(size, 1)),
-        quantized(TensorType::Q8_0, &values(size, 2)),
-        quantized(TensorType::Q4_0, &values(size, 3)),
-        router,
-    ]
-}
-
 #[test]
 fn quantized_experts_on_the_pool_give_the_serial_scalar_bits() {
+    // n_ff = 160: the pool's two pieces of rows are not whole 64-row kernel chunks.
     let (n_embd, n_ff, n_expert, k) = (96usize, 160usize, 4usize, 2usize);
-    let [gate, up, down, router_w] = quantized_layer_bytes(n_embd, n_ff, n_expert);
-    let (d, f, e) = (n_embd as u64, n_ff as u64, n_expert as u64);
-    let stack = ExpertStack::new(
-        Some(TensorView::new(TensorType::Q4_0, &[d, f, e], &gate).unwrap()),
-        TensorView::new(TensorType::Q8_0, &[d, f, e], &up).unwrap(),
-        TensorView::new(TensorType::Q4_0, &[f, d, e], &down).unwrap(),
-        Activation::Silu,
-    )
-    .unwrap();
-    let router = Router::new(RouterConfig::mixtral(n_embd, n_expert, k))
-        .unwrap()
-        .with_weight(TensorView::new(TensorType::F32, &[d, e], &router_w).unwrap())
-        .unwrap();
-    let serial = MoeLayer::new(stack, k)
-        .unwrap()
-        .with_router(router)
-        .unwrap();
+    let types = [TensorType::Q4_0, TensorType::Q8_0, TensorType::Q4_0];
+    let weights = QuantizedLayer::new(n_embd, n_ff, n_expert, types);
+    let serial = weights.layer(k);
     let pool = ThreadPool::new(2);
     let fast = serial
         .with_kernels(&moe_std::kernels::detect())
