@@ -164,13 +164,16 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
 
         match &w.q_a {
             Some((q_a, norm)) => {
-                self.project(q_a, xn, c.n_embd, acts, q_latent)?;
+                let mut targets = [(&w.kv_a, &mut *kv), (q_a, &mut *q_latent)];
+                self.project_each(xn, c.n_embd, acts, &mut targets)?;
                 norm_in_place(q_latent, norm, c.rms_eps);
                 self.project(&w.q, q_latent, m.q_lora_rank, acts, q_full)?;
             }
-            None => self.project(&w.q, xn, c.n_embd, acts, q_full)?,
+            None => {
+                let mut targets = [(&w.kv_a, &mut *kv), (&w.q, &mut *q_full)];
+                self.project_each(xn, c.n_embd, acts, &mut targets)?;
+            }
         }
-        self.project(&w.kv_a, xn, c.n_embd, acts, kv)?;
 
         let (kd, vd) = (c.k_dim(), c.v_dim());
         for (i, kv) in kv.chunks_exact_mut(lora + rope_dims).enumerate() {

@@ -31,6 +31,7 @@ use crate::error::name_of;
 use crate::gguf::File;
 use crate::gguf::names::layer_tensor;
 use crate::kernels::Kernels;
+use crate::moe::ffn::act_row_bytes;
 use crate::moe::{Activation, ExpertStack, MoeLayer, Workspace};
 use crate::parallel::{Parallel, Serial};
 use crate::quant::{TensorType, dequantize_row, quantize_row};
@@ -82,6 +83,9 @@ pub struct Model<'a, const MAX_LAYERS: usize = 128> {
     output_norm: TensorView<'a>,
     output: TensorView<'a>,
     blocks: heapless::Vec<Block<'a>, MAX_LAYERS>,
+    /// The largest quantized activation row any projection or the head reads (computed
+    /// at load: it sizes every forward's activation scratch).
+    max_act_row_bytes: usize,
     kernels: Kernels,
     parallel: &'a dyn Parallel,
 }
@@ -254,12 +258,20 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                 reason: "more blocks than this build's MAX_LAYERS",
             })?;
         }
+        let mut max_act_row_bytes = Self::input_row_bytes(&output, c.n_embd);
+        for b in &blocks {
+            for (v, width) in b.projections() {
+                max_act_row_bytes = max_act_row_bytes.max(Self::input_row_bytes(&v, width));
+            }
+            max_act_row_bytes = max_act_row_bytes.max(Self::input_row_bytes(&b.wo, c.out_dim()));
+        }
         Ok(Model {
             config,
             token_embd,
             output_norm,
             output,
             blocks,
+            max_act_row_bytes,
             kernels: Kernels::scalar(),
             parallel: &Serial,
         })
@@ -440,22 +452,9 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
     }
 
     /// Bytes of one quantized activation row of `width` elements for the weight `view`.
-    fn act_row_bytes(view: &TensorView<'_>, width: usize) -> usize {
+    fn input_row_bytes(view: &TensorView<'_>, width: usize) -> usize {
         let act = view.ty().activation_type().unwrap_or(TensorType::F32);
-        width / act.block_len() * act.block_bytes()
-    }
-
-    /// The largest quantized activation row any projection or the head reads.
-    fn max_act_row_bytes(&self) -> usize {
-        let c = &self.config;
-        let mut max = Self::act_row_bytes(&self.output, c.n_embd);
-        for b in &self.blocks {
-            for (v, width) in b.projections() {
-                max = max.max(Self::act_row_bytes(&v, width));
-            }
-            max = max.max(Self::act_row_bytes(&b.wo, c.out_dim()));
-        }
-        max
+        act_row_bytes(act, width)
     }
 
     /// Exact sizes of the workspace for batches of up to `max_batch` tokens and a context
@@ -473,7 +472,7 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
             .max()
             .unwrap_or(0);
         let bytes = t
-            .checked_mul(self.max_act_row_bytes())
+            .checked_mul(self.max_act_row_bytes)
             .and_then(|a| a.checked_add(moe_bytes))
             .unwrap_or(usize::MAX);
         WorkspaceSize {
@@ -564,7 +563,7 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         let (new_keys, new_values) = kv_new.split_at_mut(t * c.k_dim());
         let (router, rest) = rest.split_at_mut(r.router);
         let mla_scratch = &mut rest[..r.mla];
-        let (acts, moe_bytes) = ws.bytes.split_at_mut(t * self.max_act_row_bytes());
+        let (acts, moe_bytes) = ws.bytes.split_at_mut(t * self.max_act_row_bytes);
 
         // Embeddings.
         for (row, &token) in x.chunks_exact_mut(c.n_embd).zip(tokens) {
@@ -684,9 +683,8 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
     ) -> Result<()> {
         let c = &self.config;
         let kd = c.k_dim();
-        self.project(wq, xn, c.n_embd, acts, q)?;
-        self.project(wk, xn, c.n_embd, acts, new_keys)?;
-        self.project(wv, xn, c.n_embd, acts, new_values)?;
+        let mut targets = [(wq, &mut *q), (wk, &mut *new_keys), (wv, &mut *new_values)];
+        self.project_each(xn, c.n_embd, acts, &mut targets)?;
         for (rows, bias) in [&mut *q, &mut *new_keys, new_values]
             .into_iter()
             .zip(biases)
@@ -777,10 +775,8 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         }
     }
 
-    /// `out[t] = W · rows[t]` for every row of `rows` (each `width` wide): the rows are
-    /// quantized to `W`'s activation type in `acts`, then multiplied through the batch
-    /// kernel, split across the parallel runner — by output rows for one token, by tokens
-    /// for a batch (each piece then streams `W` once for up to [`TOKEN_CHUNK`] tokens).
+    /// `out[t] = W · rows[t]` for every row of `rows` (each `width` wide); see
+    /// [`project_each`](Self::project_each).
     fn project(
         &self,
         w: &TensorView<'_>,
@@ -789,10 +785,56 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         acts: &mut [u8],
         out: &mut [f32],
     ) -> Result<()> {
-        let ty = w.ty();
-        let act = ty.activation_type().ok_or(Error::UnsupportedType { ty })?;
-        let rb = Self::act_row_bytes(w, width);
+        self.project_each(rows, width, acts, &mut [(w, out)])
+    }
+
+    /// `out[t] = W · rows[t]` for each `(W, out)` of `targets`: the rows are quantized to
+    /// `W`'s activation type in `acts` (once for consecutive matrices that read the same
+    /// type, as Q, K and V usually do), then multiplied through the batch kernel, split
+    /// across the parallel runner — by output rows for one token, by tokens for a batch
+    /// (each piece then streams `W` once for up to [`TOKEN_CHUNK`] tokens).
+    fn project_each(
+        &self,
+        rows: &[f32],
+        width: usize,
+        acts: &mut [u8],
+        targets: &mut [(&TensorView<'_>, &mut [f32])],
+    ) -> Result<()> {
         let n_tokens = rows.len() / width;
+        let mut quantized = None;
+        for (w, out) in targets.iter_mut() {
+            let ty = w.ty();
+            let act = ty.activation_type().ok_or(Error::UnsupportedType { ty })?;
+            let rb = act_row_bytes(act, width);
+            let available = acts.len();
+            let acts = acts
+                .get_mut(..n_tokens * rb)
+                .ok_or(Error::WorkspaceTooSmall {
+                    needed: n_tokens * rb,
+                    actual: available,
+                })?;
+            if quantized != Some(act) {
+                for (src, dst) in rows.chunks_exact(width).zip(acts.chunks_exact_mut(rb)) {
+                    quantize_row(act, src, dst)?;
+                }
+                quantized = Some(act);
+            }
+            self.multiply(w, acts, n_tokens, out)?;
+        }
+        Ok(())
+    }
+
+    /// `out[t] = W · acts[t]` for `n_tokens` quantized activation rows (see
+    /// [`project_each`](Self::project_each)).
+    fn multiply(
+        &self,
+        w: &TensorView<'_>,
+        acts: &[u8],
+        n_tokens: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let ty = w.ty();
+        let rb = acts.len() / n_tokens.max(1);
         let n_out = w.ne(1) as usize;
         if out.len() != n_tokens * n_out {
             return Err(Error::LengthMismatch {
@@ -800,17 +842,6 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                 actual: out.len(),
             });
         }
-        let available = acts.len();
-        let acts = acts
-            .get_mut(..n_tokens * rb)
-            .ok_or(Error::WorkspaceTooSmall {
-                needed: n_tokens * rb,
-                actual: available,
-            })?;
-        for (src, dst) in rows.chunks_exact(width).zip(acts.chunks_exact_mut(rb)) {
-            quantize_row(act, src, dst)?;
-        }
-        let acts = &*acts;
         let kernels = &self.kernels;
         let (data, row_bytes) = (w.data(), w.row_bytes());
         let out_bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
