@@ -101,18 +101,6 @@ impl<'a> Session<'a> {
         c.n_layer * (c.k_dim() + c.v_dim())
     }
 
-    /// Bytes of memory the session holds (KV cache, scratch, selections).
-    pub fn memory_bytes(&self) -> usize {
-        let kv_bytes = match &self.kv_cache {
-            KvStorage::F32(c) => 4 * c.len(),
-            KvStorage::F16(c) => 2 * c.len(),
-        };
-        kv_bytes
-            + 4 * self.floats.len()
-            + self.bytes.len()
-            + self.selections.len() * size_of::<Selection>()
-    }
-
     /// Forgets every position (the next tokens start at position 0).
     pub fn reset(&mut self) {
         self.filled = 0;

@@ -1,7 +1,9 @@
 //! AVX-512 VNNI kernels (x86-64): `vpdpbusd` on 256-bit vectors (AVX-512 VL) in the
-//! eight-row drivers for Q4_0 and Q8_0; the row dot product and every other type use the
-//! AVX2 kernels (a row-at-a-time VNNI dot measured no faster: its block sums are not the
-//! bottleneck, the in-order float sum is).
+//! eight-row drivers for Q4_0 and Q8_0, through which every matrix product goes; the row
+//! dot product and every other type use the AVX2 kernels. (The VNNI row dot measured in
+//! the first session was slowed by the closure-inlining problem the drivers' macro
+//! solves; a row dot still adds its block terms one at a time, so the drivers are where
+//! VNNI pays.)
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes and adds groups of four into `i32`
 //! lanes without saturation, so the block sums are exact; the float scaling is the
