@@ -160,6 +160,46 @@ fn qwen2_llama_cpp_cases() {
 }
 
 #[test]
+fn deepseek_coder_llama_cpp_cases() {
+    assert!(llama_cpp_cases("deepseek-coder") > 40);
+}
+
+#[test]
+fn deepseek_coder_our_cases() {
+    assert!(our_cases("deepseek-coder") >= 200);
+}
+
+/// `is_end_of_generation` against llama.cpp's `llama_vocab_is_eog`, token by token, for
+/// every vocabulary `make_eog.py` recorded whose file is here (the uncommitted ones too,
+/// when they have been copied in).
+#[test]
+fn end_of_generation_tokens() {
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("eog.json")).unwrap()).unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../moe-core/tests/fixtures/models");
+    let mut checked = 0;
+    for (name, want) in recorded.as_object().unwrap() {
+        let path = [fixture(name), models.join(name)]
+            .into_iter()
+            .find(|p| p.exists());
+        let Some(path) = path else { continue };
+        let gguf = GgufFile::open(path).unwrap();
+        let tok = Tokenizer::from_gguf(gguf.file()).unwrap();
+        assert_eq!(
+            tok.len() as u64,
+            want["n_tokens"].as_u64().unwrap(),
+            "{name}"
+        );
+        let got: Vec<u32> = (0..tok.len() as u32)
+            .filter(|&id| tok.is_end_of_generation(id))
+            .collect();
+        assert_eq!(got, ids(&want["eog"]), "{name}");
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} vocabularies checked");
+}
+
+#[test]
 fn qwen2_our_cases() {
     assert!(our_cases("qwen2") >= 50);
 }
@@ -387,7 +427,6 @@ fn uncommitted_vocabs() {
         "mpt",
         "qwen35",
         "deepseek-llm",
-        "deepseek-coder",
         "starcoder",
         "refact",
         "command-r",

@@ -131,6 +131,8 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     unk: Option<u32>,
+    /// Tokens that end generation (sorted): EOS, EOT, EOM and the texts llama.cpp knows.
+    end_of_generation: Vec<u32>,
     add_bos: bool,
     add_eos: bool,
     add_space_prefix: bool,
@@ -334,6 +336,7 @@ impl Tokenizer {
         let bos = special("tokenizer.ggml.bos_token_id", bos);
         let eos = special("tokenizer.ggml.eos_token_id", eos);
         let unk = special("tokenizer.ggml.unknown_token_id", unk);
+        let end_of_generation = end_of_generation_ids(file, &tokens, &ids, eos, in_range);
         let add_bos = flag(file, "tokenizer.ggml.add_bos_token", add_bos)?;
         let add_eos = flag(file, "tokenizer.ggml.add_eos_token", false)?;
         let add_space_prefix = flag(file, "tokenizer.ggml.add_space_prefix", add_space_prefix)?;
@@ -355,6 +358,7 @@ impl Tokenizer {
             bos,
             eos,
             unk,
+            end_of_generation,
             add_bos,
             add_eos,
             add_space_prefix,
@@ -390,6 +394,12 @@ impl Tokenizer {
     /// The end-of-sequence token, if the vocabulary has one.
     pub fn eos(&self) -> Option<u32> {
         self.eos
+    }
+
+    /// Whether generation stops at `id`: llama.cpp's `llama_vocab_is_eog` (the EOS, EOT
+    /// and EOM tokens, and control tokens whose text ends a turn, such as `<|im_end|>`).
+    pub fn is_end_of_generation(&self, id: u32) -> bool {
+        self.end_of_generation.binary_search(&id).is_ok()
     }
 
     /// A token's text as stored in the vocabulary (`▁Hello`, `<0x0A>`, `<s>`).
@@ -712,6 +722,55 @@ const END_OF_GENERATION: &[&str] = &[
     "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
     "[e~[",
 ];
+
+/// llama.cpp's end-of-generation set: EOS, the EOT and EOM tokens named by their keys, the
+/// fill-in-the-middle pad, repo and separator tokens, and every token with an [`END_OF_GENERATION`] text that the load fix-ups left CONTROL
+/// (`<|end|>` beside `<|return|>` is plain text there, so it does not end generation).
+fn end_of_generation_ids(
+    file: &File<'_>,
+    tokens: &[Token],
+    ids: &HashMap<Box<[u8]>, u32>,
+    eos: Option<u32>,
+    in_range: impl Fn(u32) -> bool,
+) -> Vec<u32> {
+    let keyed_id = |key: &str| {
+        let id = file.get(key).and_then(|v| v.as_u64())?;
+        u32::try_from(id).ok().filter(|&id| in_range(id))
+    };
+    let keyed = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+        .into_iter()
+        .filter_map(keyed_id);
+    // The fill-in-the-middle pad, repo and separator tokens (by key, else by text) end
+    // generation too.
+    let fim = FILL_IN_THE_MIDDLE
+        .iter()
+        .filter(|(key, _)| {
+            key.ends_with("fim_pad_token_id")
+                || key.ends_with("fim_rep_token_id")
+                || key.ends_with("fim_sep_token_id")
+        })
+        .filter_map(|(key, texts)| {
+            let by_text = || texts.iter().find_map(|t| ids.get(t.as_bytes()).copied());
+            if file.get(key).is_some() {
+                keyed_id(key)
+            } else {
+                by_text()
+            }
+        });
+    let by_text = END_OF_GENERATION.iter().filter_map(|text| {
+        let id = *ids.get(text.as_bytes())?;
+        (tokens[id as usize].attr & attr::CONTROL != 0).then_some(id)
+    });
+    let mut set: Vec<u32> = eos
+        .into_iter()
+        .chain(keyed)
+        .chain(fim)
+        .chain(by_text)
+        .collect();
+    set.sort_unstable();
+    set.dedup();
+    set
+}
 
 /// Fill-in-the-middle token texts, by the key that names the token when the file does;
 /// without the key llama.cpp marks the token it finds by text CONTROL.
