@@ -15,6 +15,7 @@
 // allowed there alone.
 #![deny(unsafe_code)]
 
+pub mod chat;
 pub mod dequant;
 pub mod inspect;
 pub mod kernels;
