@@ -307,6 +307,12 @@ pub enum Error {
         /// The context length the workspace was sized for.
         context: usize,
     },
+    /// A sampler configuration that cannot sample (a NaN temperature, `top_p` outside
+    /// `(0, 1]`, …) or logits with nothing to draw (every one NaN or `-inf`).
+    CannotSample {
+        /// What is wrong, in words.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -474,6 +480,7 @@ impl fmt::Display for Error {
             Error::InvalidPeerConfig { reason } => {
                 write!(f, "invalid PEER layer configuration: {reason}")
             }
+            Error::CannotSample { reason } => write!(f, "cannot sample a token: {reason}"),
         }
     }
 }

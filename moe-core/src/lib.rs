@@ -21,6 +21,7 @@ pub mod peer;
 pub mod quant;
 pub mod reference;
 pub mod router;
+pub mod sample;
 mod sort;
 pub mod tensor;
 mod workspace;
