@@ -1,20 +1,28 @@
-//! AVX-512 VNNI kernels (x86-64): `vpdpbusd` on 256-bit vectors (AVX-512 VL) in the
-//! eight-row drivers for Q4_0 and Q8_0, through which every matrix product goes; the row
-//! dot product and every other type use the AVX2 kernels. (The VNNI row dot measured in
-//! the first session was slowed by the closure-inlining problem the drivers' macro
-//! solves; a row dot still adds its block terms one at a time, so the drivers are where
-//! VNNI pays.)
+//! AVX-512 VNNI kernels (x86-64) on 256-bit vectors (AVX-512 VL), in the eight-row
+//! drivers through which every matrix product goes: `vpdpbusd` for Q4_0 and Q8_0;
+//! `vpdpwssd` for Q4_K and Q6_K, which multiplies the `maddubs` pair sums by the
+//! sub-block scales and accumulates in one instruction (for Q4_K with the scale
+//! broadcast from memory, so no shuffle builds it), with the eight rows' scales and
+//! minimums decoded together a row per lane. The row dot product and every other type
+//! use the AVX2 kernels. (The VNNI row dot measured in the first session was slowed by
+//! the closure-inlining problem the drivers' macro solves; a row dot still adds its
+//! block terms one at a time, so the drivers are where VNNI pays.)
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes and adds groups of four into `i32`
-//! lanes without saturation, so the block sums are exact; the float scaling is the
-//! specification's, so results are bit-identical to it.
+//! lanes without saturation, `vpdpwssd` the same for pairs of `i16`, so the block sums
+//! are exact; the float scaling is the specification's, so results are bit-identical to
+//! it. The intrinsics need Rust 1.89 (the workspace's minimum is 1.88), hence inline
+//! assembly for the AVX-512 instructions.
 
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use super::avx2;
-use super::batch::{self, matmul_scaled_vnni, nibbles, q8_0_quants};
-use crate::kernels::check_matmul;
+use super::avx2::{self, hsum8, load16, q4_k_quants, q6_k_quants, q8_k_qs};
+use super::batch::{
+    self, ROWS, f16_lanes, matmul_rows_into_vnni, matmul_scaled_vnni, nibbles, q8_0_quants,
+};
+use crate::kernels::{MatmulShape, check_matmul};
+use crate::quant::{q4_k, q6_k, q8_k};
 use crate::{Result, TensorType};
 
 /// The table entry: the AVX2 dot product (see the module docs).
@@ -94,6 +102,8 @@ unsafe fn matmul_unchecked(
                 |w, (qa, seed)| dpbusd(seed, w, qa),
             );
         }
+        TensorType::Q4_K if shape.blocks > 0 => matmul_q4_k(weights, shape, activations, out),
+        TensorType::Q6_K if shape.blocks > 0 => matmul_q6_k(weights, shape, activations, out),
         // SAFETY: the caller guarantees a superset of the AVX2 level's features.
         _ => return unsafe { batch::matmul_unchecked(weight_type, weights, activations, out) },
     }
@@ -126,4 +136,300 @@ fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
 fn load32(bytes: &[u8; 32]) -> __m256i {
     // SAFETY: the reference covers 32 readable bytes; unaligned loads are allowed.
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// `vpdpwssd`: `acc + Σ` over each pair of `i16` lanes of `a · b`, exact in `i32` (the
+/// non-saturating form).
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: the enclosing function's target features include AVX-512 VNNI and VL, the
+    // instruction's requirements; it reads and writes registers only.
+    unsafe {
+        asm!(
+            "vpdpwssd {acc}, {a}, {b}",
+            acc = inout(ymm_reg) acc,
+            a = in(ymm_reg) a,
+            b = in(ymm_reg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
+/// [`dpwssd`] with `b` the pair of `i16` at `pair` broadcast to every lane (an embedded
+/// `{1to8}` broadcast, which costs no shuffle).
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn dpwssd_bcst(acc: __m256i, a: __m256i, pair: &u32) -> __m256i {
+    let mut acc = acc;
+    // SAFETY: the enclosing function's target features include AVX-512 VNNI and VL, the
+    // instruction's requirements; it reads the four bytes `pair` refers to and writes a
+    // register only.
+    unsafe {
+        asm!(
+            "vpdpwssd {acc}, {a}, dword ptr [{b}]{{1to8}}",
+            acc = inout(ymm_reg) acc,
+            a = in(ymm_reg) a,
+            b = in(reg) core::ptr::from_ref(pair),
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
+/// Loads 32 bytes from a constant table.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn table(bytes: &[u8; 32]) -> __m256i {
+    // SAFETY: the reference covers 32 readable bytes; unaligned loads are allowed.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// `pshufb` indices that turn byte `j` of each `i32` lane into the `i16` pair `(b, b)`
+/// (zero-extended) in that lane.
+const fn pair_index(j: usize) -> [u8; 32] {
+    let mut t = [0x80u8; 32];
+    let mut d = 0;
+    while d < 8 {
+        let at = 4 * (d % 4) + j;
+        t[4 * d] = at as u8;
+        t[4 * d + 2] = at as u8;
+        d += 1;
+    }
+    t
+}
+
+const PAIR_INDEX: [[u8; 32]; 4] = [pair_index(0), pair_index(1), pair_index(2), pair_index(3)];
+
+/// The first 16 bytes of eight Q4_K blocks (`d`, `dmin`, the 12 packed scale bytes) as
+/// four vectors whose lane `k` is dword `i` of row `k`'s bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q4_k_heads(w: &[&q4_k::Block; ROWS]) -> [__m256i; 4] {
+    let mut r = [_mm256_setzero_si256(); 4];
+    for (k, r) in r.iter_mut().enumerate() {
+        let head = |k: usize| load16(&w[k][..16].as_chunks().0[0]);
+        *r = _mm256_set_m128i(head(k + 4), head(k));
+    }
+    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    [
+        _mm256_unpacklo_epi64(t0, t2),
+        _mm256_unpackhi_epi64(t0, t2),
+        _mm256_unpacklo_epi64(t1, t3),
+        _mm256_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// Eight Q4_K rows' unpacked block.
+struct Q4kRows {
+    /// Quants `0..=15`, vector `j` being sub-block `j`.
+    q: [[__m256i; 8]; ROWS],
+    /// `scales[j][k]`: row `k`'s sub-block `j` scale as the `i16` pair `(s, s)`.
+    scales: [[u32; ROWS]; 8],
+    /// `mins[s]`: lane `k` is row `k`'s sub-block `s` minimum as the `i16` pair `(m, m)`.
+    mins: [__m256i; 8],
+    d: __m256,
+    dmin: __m256,
+}
+
+/// Q4_K · Q8_K for eight rows: per row `Σ_j scale_j Σ q a` (`maddubs` pairs times the
+/// broadcast scale by `vpdpwssd`) and `Σ_s min_s (bsum_2s + bsum_2s+1)` (lane per row,
+/// one `vpdpwssd` per sub-block), both exact, then `(d d_a) sumi − (dmin d_a) summ` as
+/// the specification computes it. The scales and minimums of the eight rows are decoded
+/// together, a row per lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
+    let m6 = _mm256_set1_epi32(0x3f3f_3f3f);
+    let m4 = _mm256_set1_epi32(0x0f0f_0f0f);
+    let hi2 = _mm256_set1_epi32(0x3030_3030);
+    let index = PAIR_INDEX.map(|t| table(&t));
+    // Bytes 0, 1 (`d`) of each dword to the low half of each 128-bit lane, 2, 3 (`dmin`)
+    // to the high half.
+    let f16_index = table(&[
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+    ]);
+    matmul_rows_into_vnni(
+        weights.as_chunks::<{ q4_k::BLOCK_BYTES }>().0,
+        shape,
+        activations,
+        out,
+        Q4kRows {
+            q: [[_mm256_setzero_si256(); 8]; ROWS],
+            scales: [[0; ROWS]; 8],
+            mins: [_mm256_setzero_si256(); 8],
+            d: _mm256_setzero_ps(),
+            dmin: _mm256_setzero_ps(),
+        },
+        |w: &[&q4_k::Block; ROWS], rows: &mut Q4kRows| {
+            let [u0, u1, u2, u3] = q4_k_heads(w);
+            // As `q4_k::scales_mins`, a row per lane: bytes of scales 0..4 and 4..8, of
+            // minimums 0..4 and 4..8.
+            let sc_lo = _mm256_and_si256(u1, m6);
+            let sc_hi = _mm256_or_si256(
+                _mm256_and_si256(u3, m4),
+                _mm256_and_si256(_mm256_srli_epi32::<2>(u1), hi2),
+            );
+            let m_lo = _mm256_and_si256(u2, m6);
+            let m_hi = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi32::<4>(u3), m4),
+                _mm256_and_si256(_mm256_srli_epi32::<2>(u2), hi2),
+            );
+            for (j, s) in rows.scales.iter_mut().enumerate() {
+                let src = if j < 4 { sc_lo } else { sc_hi };
+                let v = _mm256_shuffle_epi8(src, index[j % 4]);
+                // SAFETY: the pointer covers 32 writable bytes; unaligned stores are allowed.
+                unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), v) };
+            }
+            for (s, m) in rows.mins.iter_mut().enumerate() {
+                *m = _mm256_shuffle_epi8(if s < 4 { m_lo } else { m_hi }, index[s % 4]);
+            }
+            // `d` of the eight rows in the low 128 bits, `dmin` in the high.
+            let h = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(u0, f16_index));
+            rows.d = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+            rows.dmin = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(h));
+            for (q, w) in rows.q.iter_mut().zip(w) {
+                *q = q4_k_quants(w);
+            }
+        },
+        |a: &q8_k::Block| {
+            let qs = q8_k_qs(a);
+            let mut qa = [_mm256_setzero_si256(); 8];
+            for (v, q) in qa.iter_mut().zip(qs) {
+                *v = avx2::load32(q);
+            }
+            // The `bsums` as eight pairs `(bsum_2s, bsum_2s+1)`.
+            let pairs: &[[u8; 4]] = a[260..].as_chunks().0;
+            let mut bsums = [0u32; 8];
+            for (b, p) in bsums.iter_mut().zip(pairs) {
+                *b = u32::from_le_bytes(*p);
+            }
+            (qa, bsums, q8_k::d(a))
+        },
+        |rows, (qa, bsums, d_a)| {
+            let mut sums = [_mm256_setzero_si256(); ROWS];
+            for (k, acc) in sums.iter_mut().enumerate() {
+                for (j, (q, a)) in rows.q[k].iter().zip(qa).enumerate() {
+                    *acc = dpwssd_bcst(*acc, _mm256_maddubs_epi16(*q, *a), &rows.scales[j][k]);
+                }
+            }
+            let sumi = hsum8(sums);
+            let mut summ = _mm256_setzero_si256();
+            for (m, pair) in rows.mins.iter().zip(bsums) {
+                summ = dpwssd_bcst(summ, *m, pair);
+            }
+            let d_a = _mm256_set1_ps(*d_a);
+            _mm256_sub_ps(
+                _mm256_mul_ps(_mm256_mul_ps(rows.d, d_a), _mm256_cvtepi32_ps(sumi)),
+                _mm256_mul_ps(_mm256_mul_ps(rows.dmin, d_a), _mm256_cvtepi32_ps(summ)),
+            )
+        },
+    );
+}
+
+/// Eight Q6_K rows' unpacked block.
+struct Q6kRows {
+    /// 6-bit quants `0..=63` as [`q6_k_quants`] orders them.
+    u: [[__m256i; 8]; ROWS],
+    /// `i16` scales matching `u`'s pairs: vector `v` has sub-block `2v`'s scale in its
+    /// low 128 bits and `2v + 1`'s in its high.
+    scales: [[__m256i; 8]; ROWS],
+    /// `−32 · scale` per sub-block, even sub-blocks in the low 128 bits and odd ones in
+    /// the high (the order of [`q6_k_sub_sums`]).
+    offsets: [__m256i; ROWS],
+    d: __m256,
+}
+
+/// The sixteen sub-block sums `Σ a` (16 quants each) of a Q8_K block as `i16`, even
+/// sub-blocks in the low 128 bits, odd in the high; exact (|Σ| ≤ 2048).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q6_k_sub_sums(qa: &[__m256i; 8]) -> __m256i {
+    let ones = _mm256_set1_epi8(1);
+    let mut p = [_mm256_setzero_si256(); 8];
+    for (p, a) in p.iter_mut().zip(qa) {
+        *p = _mm256_maddubs_epi16(ones, *a);
+    }
+    let h01 = _mm256_hadd_epi16(p[0], p[1]);
+    let h23 = _mm256_hadd_epi16(p[2], p[3]);
+    let h45 = _mm256_hadd_epi16(p[4], p[5]);
+    let h67 = _mm256_hadd_epi16(p[6], p[7]);
+    _mm256_hadd_epi16(_mm256_hadd_epi16(h01, h23), _mm256_hadd_epi16(h45, h67))
+}
+
+/// Q6_K · Q8_K for eight rows: per row `Σ_k sc_k Σ u a − 32 Σ_k sc_k Σ a` (the quants'
+/// offset taken out through the activation's own sub-block sums, shared by the eight
+/// rows), exact, then `(d d_a) sumi` as the specification computes it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
+    // Scale `2v` (bytes 4v, 4v + 1 of the widened scales) to every `i16` of the low
+    // half, scale `2v + 1` to the high half.
+    let index: [__m256i; 4] = core::array::from_fn(|v| {
+        let mut t = [0u8; 32];
+        for i in 0..16 {
+            let pair = if i < 8 { 4 * v } else { 4 * v + 2 };
+            t[2 * i] = pair as u8;
+            t[2 * i + 1] = pair as u8 + 1;
+        }
+        table(&t)
+    });
+    let even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    matmul_rows_into_vnni(
+        weights.as_chunks::<{ q6_k::BLOCK_BYTES }>().0,
+        shape,
+        activations,
+        out,
+        Q6kRows {
+            u: [[_mm256_setzero_si256(); 8]; ROWS],
+            scales: [[_mm256_setzero_si256(); 8]; ROWS],
+            offsets: [_mm256_setzero_si256(); ROWS],
+            d: _mm256_setzero_ps(),
+        },
+        |w: &[&q6_k::Block; ROWS], rows: &mut Q6kRows| {
+            for (k, w) in w.iter().enumerate() {
+                rows.u[k] = q6_k_quants(w);
+                let raw = load16(&w[192..208].as_chunks().0[0]);
+                let wide = _mm256_cvtepi8_epi16(raw);
+                let lo = _mm256_permute2x128_si256::<0x00>(wide, wide);
+                let hi = _mm256_permute2x128_si256::<0x11>(wide, wide);
+                for v in 0..8 {
+                    let src = if v < 4 { lo } else { hi };
+                    rows.scales[k][v] = _mm256_shuffle_epi8(src, index[v % 4]);
+                }
+                let eo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(raw, even_odd));
+                rows.offsets[k] =
+                    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(eo));
+            }
+            rows.d = f16_lanes(w, 208);
+        },
+        |a: &q8_k::Block| {
+            let qs = q8_k_qs(a);
+            let mut qa = [_mm256_setzero_si256(); 8];
+            for (v, q) in qa.iter_mut().zip(qs) {
+                *v = avx2::load32(q);
+            }
+            (qa, q6_k_sub_sums(&qa), q8_k::d(a))
+        },
+        |rows, (qa, sub_sums, d_a)| {
+            let mut sums = [_mm256_setzero_si256(); ROWS];
+            for (k, acc) in sums.iter_mut().enumerate() {
+                *acc = dpwssd(*acc, rows.offsets[k], *sub_sums);
+                for ((u, a), s) in rows.u[k].iter().zip(qa).zip(&rows.scales[k]) {
+                    *acc = dpwssd(*acc, _mm256_maddubs_epi16(*u, *a), *s);
+                }
+            }
+            let sumi = hsum8(sums);
+            _mm256_mul_ps(
+                _mm256_mul_ps(rows.d, _mm256_set1_ps(*d_a)),
+                _mm256_cvtepi32_ps(sumi),
+            )
+        },
+    );
 }

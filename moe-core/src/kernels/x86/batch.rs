@@ -24,7 +24,7 @@ use crate::quant::{q4_k, q6_k, q8_0, q8_k};
 use crate::{Result, TensorType};
 
 /// Weight rows summed together: one lane each of an `f32 × 8` vector.
-const ROWS: usize = 8;
+pub(super) const ROWS: usize = 8;
 
 /// Activation rows whose running sums are kept at once (on the stack, 32 bytes each).
 const TOKENS: usize = 16;
@@ -361,6 +361,60 @@ drivers!(
     matmul_rows_vnni
 );
 
+/// [`matmul_rows_vnni`] for large unpacked blocks: `unpack` writes the eight rows' block
+/// into one buffer made by `init` once per call, instead of returning a new value per
+/// block (which the compiler zeroes or copies on the stack, kilobytes per block).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)] // `matmul_rows`' seven and the buffer.
+pub(super) fn matmul_rows_into_vnni<const W: usize, const A: usize, U, P>(
+    weights: &[[u8; W]],
+    shape: MatmulShape,
+    activations: &[&[u8]],
+    out: &mut [f32],
+    init: U,
+    unpack: impl Fn(&[&[u8; W]; ROWS], &mut U),
+    prepare: impl Fn(&[u8; A]) -> P,
+    terms: impl Fn(&U, &P) -> __m256,
+) {
+    let MatmulShape { blocks, rows } = shape;
+    let mut unpacked = init;
+    for (g, group) in weights.chunks(blocks * ROWS).enumerate() {
+        let r0 = g * ROWS;
+        let n_rows = group.len() / blocks;
+        // The next group's bytes, prefetched a slice per block step (see `matmul_rows`).
+        let next = weights
+            .get((g + 1) * blocks * ROWS..)
+            .map_or(&[][..], |n| &n[..n.len().min(blocks * ROWS)])
+            .as_flattened();
+        let row: [&[[u8; W]]; ROWS] = core::array::from_fn(|k| {
+            let k = k.min(n_rows - 1);
+            &group[k * blocks..(k + 1) * blocks]
+        });
+        for (c, batch) in activations.chunks(TOKENS).enumerate() {
+            let act: [&[[u8; A]]; TOKENS] =
+                core::array::from_fn(|t| batch.get(t).map_or(&[][..], |a| a.as_chunks().0));
+            let mut acc = [_mm256_setzero_ps(); TOKENS];
+            for b in 0..blocks {
+                if c == 0 {
+                    prefetch_step(next, b, blocks);
+                }
+                unpack(&core::array::from_fn(|k| &row[k][b]), &mut unpacked);
+                for (acc, act) in acc.iter_mut().zip(&act[..batch.len()]) {
+                    *acc = _mm256_add_ps(*acc, terms(&unpacked, &prepare(&act[b])));
+                }
+            }
+            for (t, acc) in acc.iter().take(batch.len()).enumerate() {
+                let mut lanes = [0.0f32; ROWS];
+                // SAFETY: the pointer covers 32 writable bytes; unaligned stores are allowed.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+                let at = (c * TOKENS + t) * rows + r0;
+                out[at..at + n_rows].copy_from_slice(&lanes[..n_rows]);
+            }
+        }
+    }
+}
+
 /// Prefetches step `b` of `steps` equal slices of `bytes` into the cache, one line at a
 /// time.
 #[inline]
@@ -380,7 +434,7 @@ fn prefetch_step(bytes: &[u8], b: usize, steps: usize) {
 /// specification's software conversion).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn f16_lanes<const W: usize>(w: &[&[u8; W]; ROWS], at: usize) -> __m256 {
+pub(super) fn f16_lanes<const W: usize>(w: &[&[u8; W]; ROWS], at: usize) -> __m256 {
     let bits: [u16; ROWS] = w.map(|b| u16::from_le_bytes([b[at], b[at + 1]]));
     // SAFETY: the pointer covers 16 readable bytes; unaligned loads are allowed.
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(bits.as_ptr().cast()) })
