@@ -21,7 +21,8 @@ usage: cargo xtask <task> [options]
 tasks:
   ci [--fuzz-seconds N]      fmt --check, clippy -D warnings, cargo test --workspace,
                              nostd, firmware, aarch64-test, then fuzz smokes of
-                             gguf_parse and layer_from_gguf (N seconds each, default 45,
+                             gguf_parse, layer_from_gguf and tokenizer_from_gguf (N seconds
+                             each, default 45,
                              or $MOE_FUZZ_SECONDS)
   nostd                      build moe-core for bare-metal targets and prove that neither
                              std nor alloc is linked
@@ -48,9 +49,10 @@ tasks:
 /// Seconds each fuzz smoke of `cargo xtask ci` runs when nothing else is asked for.
 const DEFAULT_FUZZ_SECONDS: u64 = 45;
 
-/// The fuzz targets `cargo xtask ci` smoke-tests: the GGUF reader, and the layers built
-/// from GGUF metadata (`from_gguf` of MoE and PEER layers, then one forward pass).
-const FUZZ_TARGETS: [&str; 2] = ["gguf_parse", "layer_from_gguf"];
+/// The fuzz targets `cargo xtask ci` smoke-tests: the GGUF reader, the layers built from
+/// GGUF metadata (`from_gguf` of MoE and PEER layers, then one forward pass), and the
+/// tokenizer built from GGUF metadata (then encoding and decoding through it).
+const FUZZ_TARGETS: [&str; 3] = ["gguf_parse", "layer_from_gguf", "tokenizer_from_gguf"];
 
 /// What a task returns: `Err` carries the message printed before exiting with status 1.
 type Result<T = (), E = String> = std::result::Result<T, E>;
