@@ -6,6 +6,7 @@
 
 mod aarch64;
 mod bench;
+mod cuda_check;
 mod firmware;
 mod fuzz;
 mod nostd;
@@ -44,6 +45,9 @@ tasks:
   bench --target aarch64-unknown-linux-gnu (--runner qemu | --remote USER@HOST [--dry-run])
                              cross-build; smoke-run under qemu-aarch64 (timings mean
                              nothing), or copy to HOST with scp and run over ssh
+  cuda-check                 build moe-cuda's test binaries and GPU bench (release) into
+                             target/cuda-check/ with a run script, and print the one
+                             command that runs them on a GPU machine (no Rust there)
 ";
 
 /// Seconds each fuzz smoke of `cargo xtask ci` runs when nothing else is asked for.
@@ -95,6 +99,7 @@ fn run(args: &[String]) -> Result {
             aarch64::run()
         }
         "bench" => bench::run(rest),
+        "cuda-check" => cuda_check::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,174 @@
+//! Shared by the device tests and the host check: a random layer in any pair of weight
+//! types, the CPU forward, and the comparisons.
+
+#![allow(dead_code)]
+
+use moe_core::TensorType;
+use moe_core::moe::{Activation, ExpertStack, MoeLayer, Workspace};
+use moe_core::router::{Router, RouterConfig, Selection};
+use moe_core::tensor::TensorView;
+use moe_cuda::RouterTensors;
+use moe_cuda::synthetic::{random_f32, random_matrix};
+
+/// Largest |gpu − cpu| allowed, relative to max |cpu|.
+pub const TOLERANCE: f32 = 1e-3;
+
+pub const N_EMBD: usize = 512;
+pub const N_FF: usize = 768;
+
+/// The bytes of one layer: gate, up and down stacks, router weight and bias.
+pub struct Weights {
+    pub gate: Vec<u8>,
+    pub up: Vec<u8>,
+    pub down: Vec<u8>,
+    pub router: Vec<u8>,
+    pub bias: Vec<u8>,
+    pub gate_up_ty: TensorType,
+    pub down_ty: TensorType,
+    pub n_expert: usize,
+}
+
+impl Weights {
+    pub fn new(gate_up_ty: TensorType, down_ty: TensorType, n_expert: usize, seed: u64) -> Self {
+        let m = |ty, rows, cols, s| random_matrix(ty, rows, cols, seed * 10 + s).unwrap();
+        let router: Vec<u8> = random_f32(N_EMBD * n_expert, 0.1, seed * 10 + 4)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let bias: Vec<u8> = random_f32(n_expert, 0.05, seed * 10 + 5)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        Weights {
+            gate: m(gate_up_ty, N_FF * n_expert, N_EMBD, 1),
+            up: m(gate_up_ty, N_FF * n_expert, N_EMBD, 2),
+            down: m(down_ty, N_EMBD * n_expert, N_FF, 3),
+            router,
+            bias,
+            gate_up_ty,
+            down_ty,
+            n_expert,
+        }
+    }
+
+    pub fn stack(&self) -> ExpertStack<'_> {
+        let e = self.n_expert as u64;
+        let v = |ty, dims: &[u64], bytes| TensorView::new(ty, dims, bytes).unwrap();
+        ExpertStack::new(
+            Some(v(
+                self.gate_up_ty,
+                &[N_EMBD as u64, N_FF as u64, e],
+                &self.gate,
+            )),
+            v(self.gate_up_ty, &[N_EMBD as u64, N_FF as u64, e], &self.up),
+            v(self.down_ty, &[N_FF as u64, N_EMBD as u64, e], &self.down),
+            Activation::Silu,
+        )
+        .unwrap()
+    }
+
+    pub fn router_tensors(&self, with_bias: bool) -> RouterTensors<'_> {
+        RouterTensors {
+            weight: TensorView::new(
+                TensorType::F32,
+                &[N_EMBD as u64, self.n_expert as u64],
+                &self.router,
+            )
+            .unwrap(),
+            bias: with_bias.then(|| {
+                TensorView::new(TensorType::F32, &[self.n_expert as u64], &self.bias).unwrap()
+            }),
+        }
+    }
+
+    pub fn layer(&self, config: RouterConfig, with_bias: bool) -> MoeLayer<'_> {
+        let t = self.router_tensors(with_bias);
+        let mut router = Router::token_choice(config)
+            .unwrap()
+            .with_weight(t.weight)
+            .unwrap();
+        if let Some(b) = t.bias {
+            router = router.with_bias(b).unwrap();
+        }
+        MoeLayer::new(self.stack(), config.k)
+            .unwrap()
+            .with_router(router)
+            .unwrap()
+    }
+}
+
+/// CPU forward: output and selections.
+pub fn cpu_forward(layer: &MoeLayer<'_>, hidden: &[f32]) -> (Vec<f32>, Vec<Selection>) {
+    let n_tokens = hidden.len() / N_EMBD;
+    let size = layer.workspace_size(n_tokens);
+    let mut selections = vec![Selection::new(); size.selections];
+    let mut router = vec![0f32; size.router];
+    let mut bytes = vec![0u8; size.bytes];
+    let mut ws = Workspace {
+        selections: &mut selections,
+        router: &mut router,
+        bytes: &mut bytes,
+    };
+    let mut out = vec![0f32; hidden.len()];
+    layer.forward(hidden, &[], &mut out, &mut ws).unwrap();
+    (out, selections)
+}
+
+pub fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+/// Asserts the GPU output is within the tolerance of the CPU's.
+pub fn assert_close(label: &str, gpu: &[f32], cpu: &[f32]) {
+    assert_eq!(gpu.len(), cpu.len());
+    let scale = max_abs(cpu).max(1e-6);
+    let mut worst = (0f32, 0usize);
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        let d = (g - c).abs();
+        assert!(g.is_finite(), "{label}: non-finite GPU output at {i}");
+        if d > worst.0 {
+            worst = (d, i);
+        }
+    }
+    let rel = worst.0 / scale;
+    println!(
+        "{label}: max |gpu - cpu| = {:.3e} at {} ({rel:.2e} of max |cpu| = {scale:.3e})",
+        worst.0, worst.1
+    );
+    assert!(
+        rel <= TOLERANCE,
+        "{label}: relative error {rel:e} > {TOLERANCE:e} (gpu {} vs cpu {})",
+        gpu[worst.1],
+        cpu[worst.1]
+    );
+}
+
+/// Asserts the GPU chose the same experts as the CPU, with weights within 1e-5.
+pub fn assert_same_routing(label: &str, gpu: &[Vec<(u32, f32)>], cpu: &[Selection]) {
+    for (t, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        let gi: Vec<u32> = g.iter().map(|x| x.0).collect();
+        let ci: Vec<u32> = c.iter().map(|x| x.expert).collect();
+        assert_eq!(gi, ci, "{label}: token {t} routed differently");
+        for (a, b) in g.iter().zip(c) {
+            assert!(
+                (a.1 - b.weight).abs() <= 1e-5 * b.weight.abs().max(1.0),
+                "{label}: token {t} expert {} weight {} vs {}",
+                a.0,
+                a.1,
+                b.weight
+            );
+        }
+    }
+}
+
+/// The weight type pairs every check covers.
+pub const TYPES: [(TensorType, TensorType); 7] = [
+    (TensorType::Q4_0, TensorType::Q4_0),
+    (TensorType::Q8_0, TensorType::Q8_0),
+    (TensorType::Q4_K, TensorType::Q4_K),
+    (TensorType::Q6_K, TensorType::Q6_K),
+    (TensorType::F16, TensorType::F16),
+    (TensorType::BF16, TensorType::BF16),
+    // Q4_K_M files mix types: Q4_K gate/up with Q6_K down.
+    (TensorType::Q4_K, TensorType::Q6_K),
+];

@@ -1,0 +1,207 @@
+//! The GPU path against the CPU path (`moe_core::moe::MoeLayer`) on the same weights:
+//! every quant type the kernels read, decode (at most 64 routed pairs) and prefill
+//! (more, through the align step), routing on the device; the same selected experts and
+//! outputs within 1e-3 of the CPU output's largest magnitude.
+//!
+//! Without a CUDA device every test prints `skipped: no CUDA device` and passes; with
+//! `MOE_REQUIRE_GPU=1` a missing device is a failure (the GPU machine's command sets it).
+//! The checks that need no device (typed errors for unsupported layers) always run.
+
+mod common;
+
+use common::{N_EMBD, TYPES, Weights, assert_close, assert_same_routing, cpu_forward};
+use moe_core::TensorType;
+use moe_core::router::{GroupLimit, GroupScore, Normalize, RouterConfig, ScoreFunc};
+use moe_cuda::synthetic::random_f32;
+use moe_cuda::{GpuDevice, GpuError, GpuMoeLayer};
+
+fn device_or_skip() -> Option<GpuDevice> {
+    match GpuDevice::first() {
+        Some(Ok(d)) => {
+            println!(
+                "device {} (kernels cached: {})",
+                d.arch(),
+                d.kernels_cached()
+            );
+            Some(d)
+        }
+        Some(Err(e)) => panic!("a CUDA device is present but could not be opened: {e}"),
+        None => {
+            assert!(
+                std::env::var_os("MOE_REQUIRE_GPU").is_none(),
+                "MOE_REQUIRE_GPU is set but there is no CUDA device"
+            );
+            println!("skipped: no CUDA device");
+            None
+        }
+    }
+}
+
+fn run_case(
+    device: &GpuDevice,
+    w: &Weights,
+    config: RouterConfig,
+    with_bias: bool,
+    n_tokens: usize,
+    label: &str,
+) {
+    let layer = w.layer(config, with_bias);
+    let hidden = random_f32(n_tokens * N_EMBD, 1.0, n_tokens as u64 + 99);
+    let (cpu, selections) = cpu_forward(&layer, &hidden);
+    let mut gpu_layer =
+        GpuMoeLayer::new(device, &layer, Some(w.router_tensors(with_bias))).unwrap();
+    let mut gpu = vec![0f32; hidden.len()];
+    gpu_layer.forward(&hidden, &mut gpu).unwrap();
+    let routed = gpu_layer.routed(n_tokens).unwrap();
+    assert_same_routing(label, &routed, &selections[..n_tokens]);
+    assert_close(label, &gpu, &cpu);
+    // The caller's selections give the same output.
+    let mut gpu2 = vec![0f32; hidden.len()];
+    gpu_layer
+        .forward_selected(&hidden, &selections[..n_tokens], &mut gpu2)
+        .unwrap();
+    assert_close(&format!("{label} (host selections)"), &gpu2, &cpu);
+}
+
+#[test]
+fn decode_matches_cpu_for_every_type() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    for (i, (gu, dn)) in TYPES.into_iter().enumerate() {
+        let w = Weights::new(gu, dn, 8, i as u64 + 1);
+        let config = RouterConfig::mixtral(N_EMBD, 8, 2);
+        for n_tokens in [1, 4] {
+            run_case(
+                &device,
+                &w,
+                config,
+                false,
+                n_tokens,
+                &format!("{gu}/{dn} decode T={n_tokens}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn prefill_matches_cpu_for_every_type() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    for (i, (gu, dn)) in TYPES.into_iter().enumerate() {
+        let w = Weights::new(gu, dn, 8, i as u64 + 11);
+        let config = RouterConfig::mixtral(N_EMBD, 8, 2);
+        // 37 tokens × 2 = 74 pairs > 64: the align + tiled path, with partial tiles.
+        run_case(
+            &device,
+            &w,
+            config,
+            false,
+            37,
+            &format!("{gu}/{dn} prefill T=37"),
+        );
+    }
+}
+
+#[test]
+fn deepseek_style_routing_matches_cpu() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    let w = Weights::new(TensorType::Q8_0, TensorType::Q8_0, 16, 21);
+    let config = RouterConfig {
+        score: ScoreFunc::Sigmoid,
+        normalize: Normalize::Sum { epsilon: 1e-20 },
+        scale: 2.5,
+        groups: Some(GroupLimit {
+            n_group: 4,
+            topk_group: 2,
+            score: GroupScore::SumTop(2),
+        }),
+        ..RouterConfig::top_k(N_EMBD, 16, 4)
+    };
+    for n_tokens in [1, 3, 40] {
+        run_case(
+            &device,
+            &w,
+            config,
+            true,
+            n_tokens,
+            &format!("deepseek-style T={n_tokens}"),
+        );
+    }
+    let qwen = RouterConfig::top_k(N_EMBD, 16, 4);
+    run_case(
+        &device,
+        &w,
+        qwen,
+        false,
+        5,
+        "softmax top-4 without renormalisation",
+    );
+    let selected = RouterConfig {
+        score: ScoreFunc::SoftmaxSelected,
+        groups: Some(GroupLimit {
+            n_group: 4,
+            topk_group: 3,
+            score: GroupScore::Max,
+        }),
+        ..RouterConfig::top_k(N_EMBD, 16, 2)
+    };
+    run_case(
+        &device,
+        &w,
+        selected,
+        false,
+        6,
+        "softmax over the selected, group max",
+    );
+}
+
+#[test]
+fn too_small_a_budget_is_an_error_not_a_crash() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    let w = Weights::new(TensorType::Q4_0, TensorType::Q4_0, 8, 31);
+    let layer = w.layer(RouterConfig::mixtral(N_EMBD, 8, 2), false);
+    let err = GpuMoeLayer::with_budget(&device, &layer, Some(w.router_tensors(false)), Some(1024))
+        .unwrap_err();
+    assert!(matches!(err, GpuError::OutOfMemory { .. }), "{err}");
+}
+
+// ---- No device needed ----
+
+#[test]
+fn unsupported_weight_types_are_typed_errors() {
+    let w = Weights::new(TensorType::Q5_0, TensorType::Q5_0, 4, 41);
+    let layer = w.layer(RouterConfig::mixtral(N_EMBD, 4, 2), false);
+    let err = GpuMoeLayer::check(&layer, true).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GpuError::UnsupportedType {
+                ty: TensorType::Q5_0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let ok = Weights::new(TensorType::Q4_0, TensorType::Q6_K, 4, 42);
+    let layer = ok.layer(RouterConfig::mixtral(N_EMBD, 4, 2), true);
+    GpuMoeLayer::check(&layer, true).unwrap();
+    assert!(matches!(
+        GpuMoeLayer::check(&layer, false),
+        Err(GpuError::Unsupported { .. })
+    ));
+}
+
+#[test]
+fn no_device_means_no_panic() {
+    if moe_cuda::devices().is_empty() {
+        assert!(GpuDevice::first().is_none());
+    } else {
+        println!("skipped: a CUDA device is present");
+    }
+}

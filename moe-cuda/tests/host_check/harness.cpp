@@ -1,0 +1,292 @@
+// Host check of the CUDA kernels: the kernel sources compiled as C++ with g++ and
+// launched in the same sequence as moe-cuda's GpuMoeLayer, one thread at a time. The two
+// warp-cooperative helpers (warp_row_dot, warp_dot_f32) are replaced by versions that
+// run the 32 lanes' strided loops in turn and add the partial sums in the butterfly
+// order of the shuffles; warp kernels then run lane 0 of each warp only. Driven by tests/host_check.rs, which compares the
+// result with moe-core's CPU layer. Not a GPU: it proves the kernels' arithmetic,
+// indexing, tiling, routing and align logic, not their behaviour on hardware (memory
+// model, occupancy, timing).
+//
+// stdin (little-endian): i32 gate_up_ty, down_ty, n_embd, n_ff, n_expert, k, n_tokens,
+// has_router, has_bias; RouteParams (48 bytes); u64 len + gate bytes; u64 len + up;
+// u64 len + down; f32 router[n_expert * n_embd]; f32 bias[n_expert]; f32
+// hidden[n_tokens * n_embd]; when !has_router: i32 ids[n_tokens * k], f32 weights[...].
+// stdout: f32 out[n_tokens * n_embd], i32 ids[n_tokens * k'], f32 weights[n_tokens * k'].
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#define MOE_HOST_SHIM
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+
+struct dim3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+static dim3 threadIdx;
+static dim3 blockIdx; // the block being run (set before each warp job)
+static dim3 blockDim;
+
+static float __shfl_xor_sync(unsigned, float, int) {
+    fprintf(stderr, "a warp shuffle outside the emulated helpers\n");
+    abort();
+}
+static void __syncthreads() {}
+static int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static int __dp4a(int a, int b, int c) {
+    for (int i = 0; i < 4; ++i) {
+        c += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));
+    }
+    return c;
+}
+static float __fmul_rn(float a, float b) { return a * b; }
+static float __fdiv_rn(float a, float b) { return a / b; }
+static float __int_as_float(int x) {
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+static float __int_as_float(unsigned x) { return __int_as_float((int)x); }
+static float __uint_as_float(unsigned x) { return __int_as_float((int)x); }
+static float f16_to_f32(unsigned short h) {
+    _Float16 v;
+    std::memcpy(&v, &h, 2);
+    return (float)v;
+}
+static unsigned short f32_to_f16(float f) {
+    _Float16 v = (_Float16)f;
+    unsigned short h;
+    std::memcpy(&h, &v, 2);
+    return h;
+}
+
+#include "../../kernels/common.cu"
+
+// The 32 lanes of a warp in turn; partial sums combined as the xor butterfly does.
+static float butterfly(float *v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float next[32];
+        for (int l = 0; l < 32; ++l) next[l] = v[l] + v[l ^ o];
+        std::memcpy(v, next, sizeof(next));
+    }
+    return v[0];
+}
+
+template <int TY, int M>
+static void warp_row_dot(const u8 *wrow, const u8 *const *arows, int n_valid, int n_blocks, float *out) {
+    typedef WeightFormat<TY> F;
+    float acc[M][32];
+    for (int lane = 0; lane < 32; ++lane) {
+        for (int m = 0; m < M; ++m) acc[m][lane] = 0.0f;
+        for (int b = lane; b < n_blocks; b += WARP) {
+            const u8 *wb = wrow + (size_t)b * F::block_bytes;
+            for (int m = 0; m < M; ++m) {
+                if (m < n_valid) acc[m][lane] += block_dot<TY>(wb, arows[m] + (size_t)b * F::act_bytes);
+            }
+        }
+    }
+    for (int m = 0; m < M; ++m) out[m] = butterfly(acc[m]);
+}
+
+static float warp_dot_f32(const float *a, const float *b, int n) {
+    float v[32];
+    for (int lane = 0; lane < 32; ++lane) {
+        v[lane] = 0.0f;
+        for (int i = lane; i < n; i += WARP) v[lane] += a[i] * b[i];
+    }
+    return butterfly(v);
+}
+
+#include "../../kernels/quantize.cu"
+#include "../../kernels/route.cu"
+#include "../../kernels/moe.cu"
+
+// ---- Launches, one thread at a time ----
+struct Launcher {
+    // Runs `f` for every thread of the grid (`warp`: lane 0 of each warp only).
+    void launch(dim3 grid, unsigned block, const std::function<void()> &f, bool warp = false) {
+        blockDim.x = block;
+        blockDim.y = blockDim.z = 1;
+        for (unsigned y = 0; y < grid.y; ++y) {
+            for (unsigned x = 0; x < grid.x; ++x) {
+                blockIdx.x = x;
+                blockIdx.y = y;
+                for (unsigned t = 0; t < block; t += warp ? 32 : 1) {
+                    threadIdx.x = t;
+                    f();
+                }
+            }
+        }
+    }
+};
+
+template <class T> static std::vector<T> read_vec(size_t n) {
+    std::vector<T> v(n);
+    if (n && fread(v.data(), sizeof(T), n, stdin) != n) {
+        fprintf(stderr, "short read\n");
+        exit(2);
+    }
+    return v;
+}
+static std::vector<u8> read_bytes() {
+    uint64_t len = read_vec<uint64_t>(1)[0];
+    return read_vec<u8>(len);
+}
+
+struct Fmt {
+    int block_len, act_block_len, act_block_bytes, act; // act: 0 f32, 1 q8_0, 2 q8_k
+};
+static Fmt fmt_of(int ty) {
+    switch (ty) {
+    case TY_Q4_0:
+    case TY_Q8_0:
+        return {32, 32, Q8_0_BYTES, 1};
+    case TY_Q4_K:
+    case TY_Q6_K:
+        return {256, 256, Q8_K_BYTES, 2};
+    default:
+        return {32, 1, 4, 0};
+    }
+}
+
+int main() {
+    auto h = read_vec<int32_t>(9);
+    const int gu_ty = h[0], dn_ty = h[1], n_embd = h[2], n_ff = h[3], n_expert = h[4], k = h[5],
+              T = h[6], has_router = h[7], has_bias = h[8];
+    RouteParams rp;
+    auto rpb = read_vec<u8>(sizeof(RouteParams));
+    std::memcpy(&rp, rpb.data(), sizeof(rp));
+    auto gate = read_bytes();
+    auto up = read_bytes();
+    auto down = read_bytes();
+    auto router = read_vec<float>((size_t)n_expert * n_embd);
+    auto bias = read_vec<float>(n_expert);
+    auto hidden = read_vec<float>((size_t)T * n_embd);
+    const int slots = has_router ? rp.k : k;
+    const int P = T * slots;
+    std::vector<int> ids(P, -1);
+    std::vector<float> weights(P, 0.0f);
+    if (!has_router) {
+        ids = read_vec<int>(P);
+        weights = read_vec<float>(P);
+    }
+    (void)has_bias;
+
+    Launcher pool;
+    const Fmt gf = fmt_of(gu_ty), df = fmt_of(dn_ty);
+    const size_t x_rb = (size_t)n_embd / gf.act_block_len * gf.act_block_bytes;
+    const size_t h_rb = (size_t)n_ff / df.act_block_len * df.act_block_bytes;
+    std::vector<u8> xq(T * x_rb + 1), hq(P * h_rb + 1);
+    std::vector<float> hid((size_t)P * n_ff, 0.0f), y((size_t)P * n_embd, 0.0f),
+        out((size_t)T * n_embd, 0.0f), logits((size_t)T * n_expert), route((size_t)T * 2 * n_expert);
+
+    // 1. Quantize the input.
+    if (gf.act) {
+        int nb = T * n_embd / gf.act_block_len;
+        pool.launch({(unsigned)((nb + 127) / 128), 1}, 128, [&] {
+            if (gf.act == 1) {
+                moe_quantize_q8_0(hidden.data(), xq.data(), nb);
+            } else {
+                moe_quantize_q8_k(hidden.data(), xq.data(), nb);
+            }
+        });
+    }
+    // 2. Route.
+    if (has_router) {
+        pool.launch({(unsigned)((n_expert + 3) / 4), (unsigned)T}, 128, [&] {
+            moe_router_logits(router.data(), hidden.data(), logits.data(), T, n_expert, n_embd);
+        }, true);
+        rp.n_tokens = T;
+        pool.launch({(unsigned)((T + 63) / 64), 1}, 64, [&] {
+            moe_router_select(logits.data(), bias.data(), rp, route.data(), ids.data(), weights.data());
+        });
+    }
+    // 3. Tiles.
+    const bool decode = P <= 64;
+    const int M = decode ? 1 : 8;
+    const int n_tiles = decode ? P : (P + 7) / 8 + n_expert;
+    std::vector<int> identity(P), tile_pairs((size_t)n_tiles * 8, -1), tile_expert(n_tiles, -1),
+        counts(n_expert), cursor(n_expert), slot_of(n_expert);
+    for (int i = 0; i < P; ++i) identity[i] = i;
+    for (int e = 0; e < n_expert; ++e) slot_of[e] = e;
+    if (!decode) {
+        // One thread: the strided loops and __syncthreads phases then run in order.
+        pool.launch({1, 1}, 1, [&] {
+            moe_align(ids.data(), P, n_expert, 8, n_tiles, counts.data(), cursor.data(),
+                      tile_pairs.data(), tile_expert.data());
+        });
+    }
+    const int *tp = decode ? identity.data() : tile_pairs.data();
+    const int *te = decode ? ids.data() : tile_expert.data();
+    FfnParams p;
+    p.n_embd = n_embd;
+    p.n_ff = n_ff;
+    p.k = slots;
+    p.has_gate = 1;
+    p.activation = 0;
+    p.n_pairs = P;
+    p.gate_up_matrix_bytes = up.size() / n_expert;
+    p.down_matrix_bytes = down.size() / n_expert;
+    p.x_row_bytes = x_rb;
+    p.h_row_bytes = h_rb;
+    const u8 *x_in = gf.act ? xq.data() : (const u8 *)hidden.data();
+    // 4. gate/up.
+#define GU(NAME, TY)                                                                                \
+    case TY:                                                                                        \
+        if (M == 1) moe_gate_up_##NAME##_m1(gate.data(), up.data(), x_in, tp, te, slot_of.data(), p, hid.data()); \
+        else moe_gate_up_##NAME##_m8(gate.data(), up.data(), x_in, tp, te, slot_of.data(), p, hid.data()); \
+        break;
+    pool.launch({(unsigned)((n_ff + 3) / 4), (unsigned)n_tiles}, 128, [&] {
+        switch (gu_ty) {
+            GU(q4_0, TY_Q4_0)
+            GU(q8_0, TY_Q8_0)
+            GU(q4_k, TY_Q4_K)
+            GU(q6_k, TY_Q6_K)
+            GU(f16, TY_F16)
+            GU(bf16, TY_BF16)
+        }
+    }, true);
+    // 5. Quantize the intermediate rows.
+    if (df.act) {
+        int nb = P * n_ff / df.act_block_len;
+        pool.launch({(unsigned)((nb + 127) / 128), 1}, 128, [&] {
+            if (df.act == 1) {
+                moe_quantize_q8_0(hid.data(), hq.data(), nb);
+            } else {
+                moe_quantize_q8_k(hid.data(), hq.data(), nb);
+            }
+        });
+    }
+    const u8 *h_in = df.act ? hq.data() : (const u8 *)hid.data();
+    // 6. down.
+#define DN(NAME, TY)                                                                                \
+    case TY:                                                                                        \
+        if (M == 1) moe_down_##NAME##_m1(down.data(), h_in, tp, te, slot_of.data(), p, y.data());  \
+        else moe_down_##NAME##_m8(down.data(), h_in, tp, te, slot_of.data(), p, y.data());          \
+        break;
+    pool.launch({(unsigned)((n_embd + 3) / 4), (unsigned)n_tiles}, 128, [&] {
+        switch (dn_ty) {
+            DN(q4_0, TY_Q4_0)
+            DN(q8_0, TY_Q8_0)
+            DN(q4_k, TY_Q4_K)
+            DN(q6_k, TY_Q6_K)
+            DN(f16, TY_F16)
+            DN(bf16, TY_BF16)
+        }
+    }, true);
+    // 7. Combine.
+    pool.launch({(unsigned)((n_embd + 255) / 256), (unsigned)T}, 256, [&] {
+        moe_combine(y.data(), ids.data(), weights.data(), slot_of.data(), T, n_embd, slots, out.data());
+    });
+    fwrite(out.data(), 4, out.size(), stdout);
+    fwrite(ids.data(), 4, ids.size(), stdout);
+    fwrite(weights.data(), 4, weights.size(), stdout);
+    return 0;
+}

@@ -1,0 +1,169 @@
+//! `cargo xtask cuda-check`: builds moe-cuda's test binaries and its bench in release,
+//! copies them with a run script to `target/cuda-check/`, and prints the one command
+//! that runs them on a GPU machine with no Rust toolchain (the folder travels as an
+//! ignored path; the command runs in the repository root there).
+//!
+//! The script finds libnvrtc (CUDA toolkit folders, or `$MOE_NVRTC_LIB`), links it as
+//! `libnvrtc.so` in a private folder put on `LD_LIBRARY_PATH` (cudarc's dynamic loading
+//! tries `libnvrtc.so` first, then `.so.12`, `.so.11`, …, never `.so.13`), sets
+//! `MOE_REQUIRE_GPU=1` and `MOE_REQUIRE_NVRTC=1` so a skip is a failure, then runs the
+//! unit tests, the GPU-vs-CPU tests and the bench, each under `timeout`, logging to
+//! `$OUT/cuda-check.log` when `$OUT` is set.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::{Result, cargo_cmd, root, show, step};
+
+/// Where the binaries and the script go, relative to the repository root.
+const DIR: &str = "target/cuda-check";
+
+/// The run script (POSIX sh).
+const SCRIPT: &str = r#"#!/bin/sh
+# moe-cuda device checks, prepared by `cargo xtask cuda-check`. No Rust toolchain needed.
+# Run from the repository root: sh target/cuda-check/run.sh
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+log=${OUT:-/tmp}/cuda-check.log
+: > "$log"
+say() { echo "$@" | tee -a "$log"; }
+
+# NVRTC: $MOE_NVRTC_LIB, else the toolkit folders, else whatever ldconfig knows.
+lib=${MOE_NVRTC_LIB:-}
+if [ -z "$lib" ]; then
+  for d in ${CUDA_HOME:-/nonexistent} /usr/local/cuda /usr/local/cuda-* /usr/lib/x86_64-linux-gnu /usr/lib64 /opt/cuda; do
+    for f in "$d"/lib64/libnvrtc.so* "$d"/lib/libnvrtc.so* "$d"/targets/x86_64-linux/lib/libnvrtc.so* "$d"/libnvrtc.so*; do
+      case "$f" in *builtins*|*alt*|*'*'*) continue ;; esac
+      [ -f "$f" ] && lib=$f && break 2
+    done
+  done
+fi
+if [ -z "$lib" ]; then
+  lib=$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libnvrtc\.so[.0-9]*$' | head -n 1)
+fi
+nvdir=${TMPDIR:-/tmp}/moe-nvrtc
+mkdir -p "$nvdir"
+if [ -n "$lib" ]; then
+  ln -sf "$lib" "$nvdir/libnvrtc.so"
+  # NVRTC loads its builtins library from its own folder or the loader path.
+  export LD_LIBRARY_PATH="$nvdir:$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+say "nvrtc: ${lib:-not found}"
+nvidia-smi -L 2>&1 | tee -a "$log"
+export MOE_REQUIRE_GPU=1 MOE_REQUIRE_NVRTC=1 RUST_BACKTRACE=1
+export MOE_CUDA_CACHE=${TMPDIR:-/tmp}/moe-cuda-cache
+
+status=0
+rcfile=$(mktemp)
+run() {
+  limit=$1; shift
+  say "==> $*"
+  { timeout "$limit" "$@" 2>&1; echo $? > "$rcfile"; } | tee -a "$log"
+  rc=$(cat "$rcfile")
+  say "<== exit $rc: $*"
+  [ "$rc" = 0 ] || status=1
+}
+run 60 "$here/moe_cuda" --test-threads=1
+run 150 "$here/device" --nocapture --test-threads=1
+run 150 "$here/moe-cuda-bench"
+# Last: the sm_80/sm_90 compile matrix again, with this machine's own NVRTC.
+run 120 "$here/nvrtc_compile" --nocapture --test-threads=1
+say "cuda-check: $([ $status = 0 ] && echo PASS || echo FAIL)"
+exit $status
+"#;
+
+/// `cargo xtask cuda-check`.
+pub fn run(args: &[String]) -> Result {
+    crate::no_extra_args(args)?;
+    let out = root().join(DIR);
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+
+    step("build moe-cuda's tests and bench (release)");
+    let mut artifacts = Vec::new();
+    for args in [
+        &["test", "--no-run"][..],
+        &["build", "--bin", "moe-cuda-bench"][..],
+    ] {
+        let mut cmd = cargo_cmd();
+        cmd.args(args)
+            .args(["--release", "-p", "moe-cuda", "--message-format=json"])
+            // Fast release builds that carry well under the device tool's 64 MiB.
+            .env("CARGO_PROFILE_RELEASE_LTO", "false")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+        let shown = show(&cmd);
+        eprintln!("$ {shown}");
+        let output = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("could not start `{shown}`: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("`{shown}` failed ({})", output.status));
+        }
+        artifacts.extend(executables(&String::from_utf8_lossy(&output.stdout)));
+    }
+
+    step(&format!("copy to {DIR}"));
+    let mut total = 0u64;
+    for (name, path) in &artifacts {
+        let dst = out.join(name);
+        fs::copy(path, &dst).map_err(|e| format!("{} → {}: {e}", path.display(), dst.display()))?;
+        let size = fs::metadata(&dst).map(|m| m.len()).unwrap_or(0);
+        total += size;
+        eprintln!(
+            "{DIR}/{name} ({:.1} MiB)",
+            size as f64 / (1u64 << 20) as f64
+        );
+    }
+    for needed in ["moe_cuda", "device", "nvrtc_compile", "moe-cuda-bench"] {
+        if !artifacts.iter().any(|(n, _)| n == needed) {
+            return Err(format!("cargo built no `{needed}` binary"));
+        }
+    }
+    let script = out.join("run.sh");
+    fs::write(&script, SCRIPT).map_err(|e| format!("{}: {e}", script.display()))?;
+    eprintln!(
+        "{DIR}: {:.1} MiB in all (the device tool carries at most 64 MiB)",
+        total as f64 / (1u64 << 20) as f64
+    );
+
+    step("run on the GPU machine (repository root, no Rust toolchain needed)");
+    println!("carry: [\"{DIR}\"]");
+    println!("command: sh {DIR}/run.sh");
+    println!("(log: $OUT/cuda-check.log; expected wall time 1-3 minutes, give it timeout_s 420)");
+    Ok(())
+}
+
+/// `(name, path)` of every executable in cargo's JSON messages: test binaries by target
+/// name (`moe_cuda` for the library's unit tests), binaries by name.
+fn executables(json: &str) -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    for line in json.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str())
+        else {
+            continue;
+        };
+        if msg["package_id"]
+            .as_str()
+            .is_some_and(|id| id.contains("moe-cuda"))
+        {
+            let name = if msg["target"]["kind"][0] == "bin" {
+                name.to_string()
+            } else {
+                name.replace('-', "_")
+            };
+            if !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, Path::new(exe).to_path_buf()));
+            }
+        }
+    }
+    found
+}
