@@ -7,10 +7,12 @@
 //! - `moe bench --json` and `moe route --json` print the documented keys;
 //! - bad input (no such file, a token outside the vocabulary, a context too small) is a
 //!   message and a failing status, not a panic;
-//! - decoding a token allocates nothing on the calling thread once the session exists.
+//! - decoding a token (sampling included) allocates nothing on the calling thread once the
+//!   session exists.
 
 use std::path::{Path, PathBuf};
 
+use moe_core::sample::{Candidate, Sampler, SamplerConfig};
 use moe_std::GgufFile;
 use moe_std::pool::ThreadPool;
 use moe_std::session::{KvType, Session, argmax};
@@ -60,6 +62,9 @@ fn run_generates_llama_cpp_greedy_tokens() {
             TOKENS,
             "-n",
             "12",
+            "--temp",
+            "0",
+            "--ignore-eos",
         ]);
         let got: Vec<u64> = String::from_utf8(out.stdout)
             .unwrap()
@@ -187,9 +192,24 @@ fn decoding_allocates_nothing_after_the_session_exists() {
     let mut session = Session::new(&gguf, &pool, 32, 16, KvType::F16).unwrap();
     let mut logits = vec![0.0f32; session.model().config().n_vocab];
     session.eval(&[1, 5, 17, 42], &mut logits).unwrap();
+    // Sampling (llama.cpp's default chain) in its own workspace is part of the step.
+    let mut candidates = vec![Candidate::default(); Sampler::workspace_len(logits.len())];
+    let config = SamplerConfig {
+        repeat_penalty: 1.1,
+        seed: 7,
+        ..SamplerConfig::default()
+    };
+    let mut sampler = Sampler::new(config, &mut candidates).unwrap();
+    let mut history = [0u32; 12];
+    history[..4].copy_from_slice(&[1, 5, 17, 42]);
     let (n, result) = counting::allocations_in(|| {
-        for _ in 0..8 {
-            let next = argmax(&logits);
+        for i in 0..8 {
+            let next = if i % 2 == 0 {
+                argmax(&logits)
+            } else {
+                sampler.sample(&logits, &history[..4 + i]).unwrap()
+            };
+            history[4 + i] = next;
             session.eval(&[next], &mut logits)?;
         }
         Ok::<(), moe_std::Error>(())

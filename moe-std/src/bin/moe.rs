@@ -4,12 +4,14 @@
 //! parser crate, and the error messages stay ours.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
-use std::path::PathBuf;
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use std::time::Instant;
 
+use moe_core::sample::{Candidate, Sampler, SamplerConfig};
+use moe_std::chat::{ChatTemplate, Message};
 use moe_std::pool::ThreadPool;
 use moe_std::session::{KvType, Session, argmax};
 use moe_std::tokenizer::Tokenizer;
@@ -24,9 +26,19 @@ usage:
   moe tokenize FILE -p TEXT [--ids-only] [--no-bos] [--no-parse-special]
                                        TEXT as the file's tokenizer (llama.cpp's) splits
                                        it: 'id<TAB>piece' lines, or the ids as 1,2,3
-  moe run FILE --tokens 1,2,3 [-n N] [--threads N] [--ctx N] [--batch N] [--kv f32|f16]
-                                       greedy generation from token ids; prints the
-                                       generated ids, then prefill and decode tokens/s
+  moe run FILE (-p TEXT | -f FILE | --tokens 1,2,3) [-n N] [--threads N] [--ctx N]
+          [--batch N] [--kv f32|f16] [--temp T] [--top-k K] [--top-p P] [--min-p P]
+          [--repeat-penalty R] [--repeat-last-n N] [--presence-penalty P]
+          [--frequency-penalty F] [--seed S] [--chat [--system TEXT]
+          [--chat-template-file FILE]] [--ignore-eos] [--no-display-prompt] [--progress]
+                                       generate: text prompts (-f - reads stdin) stream
+                                       text, --tokens prints the generated ids; stops
+                                       after N tokens (default 128, -1: no limit), at an
+                                       end-of-generation token or a full context; then
+                                       prefill and decode tokens/s and the seed. Sampling
+                                       defaults are llama.cpp's (temp 0.8, top-k 40,
+                                       top-p 0.95, min-p 0.05); --temp 0 is greedy.
+                                       --chat applies the file's chat template
   moe bench FILE [--threads N] [--prompt 128] [--gen 64] [--reps 3] [--json]
                                        median prefill and decode tokens/s, weight bytes
                                        per decoded token and the GB/s they make
@@ -291,20 +303,28 @@ fn tokenize_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     finish_stdout(written.and_then(|()| out.flush()))
 }
 
-/// The flags `run` and `logits` share, parsed.
+/// The flags `run`, `logits` and `route` share, parsed; the command's own flags are left
+/// in `extra` for it.
 struct ModelArgs {
     path: PathBuf,
     tokens: Vec<u32>,
     threads: usize,
     context: usize,
     batch: usize,
-    n_predict: usize,
     output: Option<PathBuf>,
     kv: KvType,
+    extra: Vec<(String, Option<OsString>)>,
 }
 
-fn model_args(command: &str, args: Vec<OsString>, extra: &[&str]) -> Result<ModelArgs, Failure> {
-    let mut with_value = vec![
+/// Parses the shared flags; `with_value` and `switches` are the command's own flags
+/// (returned in `extra`, in order), anything else is a usage error.
+fn model_args(
+    command: &str,
+    args: Vec<OsString>,
+    with_value: &[&str],
+    switches: &[&str],
+) -> Result<ModelArgs, Failure> {
+    let mut takes_value = vec![
         "--tokens",
         "--threads",
         "-t",
@@ -312,37 +332,32 @@ fn model_args(command: &str, args: Vec<OsString>, extra: &[&str]) -> Result<Mode
         "-c",
         "--batch",
         "-b",
+        "--kv",
     ];
-    with_value.extend_from_slice(extra);
-    let args = parse(args, &with_value)?;
-    let number = |flag: &str, v: &Option<OsString>| -> Result<usize, Failure> {
-        v.as_ref()
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| usage(format!("{command}: {flag} needs a non-negative integer")))
-    };
+    takes_value.extend_from_slice(with_value);
+    let args = parse(args, &takes_value)?;
     let mut parsed = ModelArgs {
         path: PathBuf::new(),
         tokens: Vec::new(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         context: 0,
         batch: 512,
-        n_predict: 16,
         output: None,
         kv: KvType::F32,
+        extra: Vec::new(),
     };
-    for (flag, value) in &args.flags {
+    for (flag, value) in args.flags {
         match flag.as_str() {
-            "--tokens" => parsed.tokens = token_list(command, value)?,
-            "--threads" | "-t" => parsed.threads = number(flag, value)?.max(1),
-            "--ctx" | "-c" => parsed.context = number(flag, value)?,
-            "--batch" | "-b" => parsed.batch = number(flag, value)?.max(1),
-            "--kv" => parsed.kv = kv_type(command, value)?,
-            "-n" | "--n-predict" if extra.contains(&"-n") => {
-                parsed.n_predict = number(flag, value)?
-            }
-            "-o" | "--output" if extra.contains(&"-o") => {
+            "--tokens" => parsed.tokens = token_list(command, &value)?,
+            "--threads" | "-t" => parsed.threads = number(command, &flag, &value)?.max(1),
+            "--ctx" | "-c" => parsed.context = number(command, &flag, &value)?,
+            "--batch" | "-b" => parsed.batch = number(command, &flag, &value)?.max(1),
+            "--kv" => parsed.kv = kv_type(command, &value)?,
+            "-o" | "--output" if with_value.contains(&"-o") => {
                 parsed.output = value.as_ref().map(PathBuf::from)
+            }
+            own if with_value.contains(&own) || switches.contains(&own) => {
+                parsed.extra.push((flag, value))
             }
             other => return Err(usage(format!("{command}: unknown flag {other}"))),
         }
@@ -350,12 +365,33 @@ fn model_args(command: &str, args: Vec<OsString>, extra: &[&str]) -> Result<Mode
     let [path] = <[OsString; 1]>::try_from(args.positionals)
         .map_err(|_| usage(format!("{command} needs exactly one FILE")))?;
     parsed.path = PathBuf::from(path);
-    if parsed.tokens.is_empty() {
-        return Err(usage(format!(
-            "{command}: --tokens with at least one id is required"
-        )));
-    }
     Ok(parsed)
+}
+
+/// A flag's value as a non-negative integer.
+fn number(command: &str, flag: &str, value: &Option<OsString>) -> Result<usize, Failure> {
+    value
+        .as_ref()
+        .and_then(|v| v.to_str())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| usage(format!("{command}: {flag} needs a non-negative integer")))
+}
+
+/// A flag's value as a number (`f32`; range checks are the sampler's).
+fn real(command: &str, flag: &str, value: &Option<OsString>) -> Result<f32, Failure> {
+    value
+        .as_ref()
+        .and_then(|v| v.to_str())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| usage(format!("{command}: {flag} needs a number")))
+}
+
+/// A flag's value as UTF-8 text.
+fn text(command: &str, flag: &str, value: Option<OsString>) -> Result<String, Failure> {
+    value
+        .ok_or_else(|| usage(format!("{command}: {flag} needs a value")))?
+        .into_string()
+        .map_err(|_| usage(format!("{command}: the value of {flag} is not UTF-8")))
 }
 
 /// `f32` or `f16`.
@@ -380,51 +416,361 @@ fn token_list(command: &str, value: &Option<OsString>) -> Result<Vec<u32>, Failu
         .collect()
 }
 
+/// `--tokens` with at least one id, for the commands that take only ids.
+fn require_tokens(command: &str, a: &ModelArgs) -> Result<(), Failure> {
+    if a.tokens.is_empty() {
+        return Err(usage(format!(
+            "{command}: --tokens with at least one id is required"
+        )));
+    }
+    Ok(())
+}
+
+/// `run`'s own flags that take a value.
+const RUN_VALUE_FLAGS: &[&str] = &[
+    "-n",
+    "--n-predict",
+    "-p",
+    "--prompt",
+    "-f",
+    "--file",
+    "--temp",
+    "--top-k",
+    "--top-p",
+    "--min-p",
+    "--repeat-penalty",
+    "--repeat-last-n",
+    "--presence-penalty",
+    "--frequency-penalty",
+    "--seed",
+    "-s",
+    "--system",
+    "--chat-template-file",
+];
+
+/// `run`'s own switches.
+const RUN_SWITCHES: &[&str] = &[
+    "--chat",
+    "--ignore-eos",
+    "--no-display-prompt",
+    "--progress",
+];
+
+/// What `run` generates from: token ids (printed back as ids) or text (streamed as text).
+enum Prompt {
+    Ids(Vec<u32>),
+    Text(String),
+}
+
+/// `run`'s options beyond the model's.
+struct RunOptions {
+    prompt: Prompt,
+    /// Tokens to generate; `None`: until end of generation or a full context.
+    n_predict: Option<usize>,
+    sampling: SamplerConfig,
+    chat: bool,
+    system: Option<String>,
+    chat_template_file: Option<PathBuf>,
+    ignore_eos: bool,
+    display_prompt: bool,
+    progress: bool,
+}
+
+fn run_options(a: &mut ModelArgs) -> Result<RunOptions, Failure> {
+    const C: &str = "run";
+    let mut sampling = SamplerConfig::default();
+    let mut seed = None;
+    let (mut prompt_text, mut file) = (None, None);
+    let mut o = RunOptions {
+        prompt: Prompt::Ids(std::mem::take(&mut a.tokens)),
+        n_predict: Some(128),
+        sampling,
+        chat: false,
+        system: None,
+        chat_template_file: None,
+        ignore_eos: false,
+        display_prompt: true,
+        progress: io::stderr().is_terminal(),
+    };
+    for (flag, value) in std::mem::take(&mut a.extra) {
+        match flag.as_str() {
+            "-n" | "--n-predict" => {
+                o.n_predict = match value.as_ref().and_then(|v| v.to_str()) {
+                    Some("-1") => None,
+                    _ => Some(number(C, &flag, &value)?),
+                }
+            }
+            "-p" | "--prompt" => prompt_text = Some(text(C, &flag, value)?),
+            "-f" | "--file" => file = value.map(PathBuf::from),
+            "--temp" => sampling.temperature = real(C, &flag, &value)?,
+            "--top-k" => sampling.top_k = number(C, &flag, &value)?,
+            "--top-p" => sampling.top_p = real(C, &flag, &value)?,
+            "--min-p" => sampling.min_p = real(C, &flag, &value)?,
+            "--repeat-penalty" => sampling.repeat_penalty = real(C, &flag, &value)?,
+            "--repeat-last-n" => sampling.penalty_last_n = number(C, &flag, &value)?,
+            "--presence-penalty" => sampling.presence_penalty = real(C, &flag, &value)?,
+            "--frequency-penalty" => sampling.frequency_penalty = real(C, &flag, &value)?,
+            "--seed" | "-s" => {
+                seed = Some(
+                    value
+                        .as_ref()
+                        .and_then(|v| v.to_str())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .ok_or_else(|| usage("run: --seed needs a non-negative integer"))?,
+                )
+            }
+            "--system" => o.system = Some(text(C, &flag, value)?),
+            "--chat-template-file" => o.chat_template_file = value.map(PathBuf::from),
+            "--chat" => o.chat = true,
+            "--ignore-eos" => o.ignore_eos = true,
+            "--no-display-prompt" => o.display_prompt = false,
+            "--progress" => o.progress = true,
+            other => return Err(usage(format!("run: unknown flag {other}"))),
+        }
+    }
+    sampling
+        .validate()
+        .map_err(|e| usage(format!("run: {e}")))?;
+    // No seed given: a fresh one (printed with the statistics, so the run can be redone).
+    sampling.seed = seed.unwrap_or_else(random_seed);
+    o.sampling = sampling;
+    let given = [
+        !matches!(&o.prompt, Prompt::Ids(ids) if ids.is_empty()),
+        prompt_text.is_some(),
+        file.is_some(),
+    ];
+    match given.iter().filter(|&&g| g).count() {
+        0 => {
+            return Err(usage(
+                "run: give a prompt: -p TEXT, -f FILE or --tokens 1,2,3",
+            ));
+        }
+        1 => {}
+        _ => return Err(usage("run: -p, -f and --tokens exclude each other")),
+    }
+    if let Some(path) = file {
+        o.prompt = Prompt::Text(read_prompt_file(&path)?);
+    } else if let Some(text) = prompt_text {
+        o.prompt = Prompt::Text(text);
+    }
+    if matches!(o.prompt, Prompt::Ids(_))
+        && (o.chat || o.system.is_some() || o.chat_template_file.is_some())
+    {
+        return Err(usage("run: --chat needs a text prompt (-p or -f)"));
+    }
+    if !o.chat && (o.system.is_some() || o.chat_template_file.is_some()) {
+        return Err(usage("run: --system and --chat-template-file need --chat"));
+    }
+    Ok(o)
+}
+
+/// The prompt in `path` (`-`: standard input), which must be UTF-8.
+fn read_prompt_file(path: &Path) -> Result<String, Failure> {
+    let (name, bytes) = if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::Error(format!("<stdin>: {e}")))?;
+        ("<stdin>".to_string(), bytes)
+    } else {
+        let bytes =
+            std::fs::read(path).map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?;
+        (path.display().to_string(), bytes)
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        Failure::Error(format!(
+            "{name}: the prompt is not valid UTF-8 (byte offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// A seed for a run that was given none: the clock and the process id, mixed.
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = moe_core::sample::Rng::new(nanos ^ (u64::from(std::process::id()) << 32));
+    rng.next_u64()
+}
+
+/// The prompt's token ids: `--tokens` as given, or the text (through the chat template
+/// with `--chat`) tokenized with BOS as the vocabulary asks and special tokens parsed.
+fn prompt_ids(
+    o: &RunOptions,
+    gguf: &GgufFile,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Vec<u32>, Failure> {
+    let text = match &o.prompt {
+        Prompt::Ids(ids) => return Ok(ids.clone()),
+        Prompt::Text(text) => text,
+    };
+    let file = gguf.path().display();
+    let tokenizer = tokenizer.ok_or_else(|| {
+        Failure::Error(format!(
+            "{file}: no tokenizer in the file (tokenizer.ggml.*): give --tokens instead"
+        ))
+    })?;
+    if !o.chat {
+        return Ok(tokenizer.encode(text, true, true));
+    }
+    let token = |id: Option<u32>| {
+        id.and_then(|id| tokenizer.token_text(id))
+            .unwrap_or("")
+            .to_string()
+    };
+    let (bos, eos) = (token(tokenizer.bos()), token(tokenizer.eos()));
+    let template = match &o.chat_template_file {
+        Some(path) => {
+            let source = std::fs::read_to_string(path)
+                .map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?;
+            ChatTemplate::new(&source, &bos, &eos)
+                .map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?
+        }
+        None => ChatTemplate::from_gguf(gguf.file(), &bos, &eos)
+            .map_err(|e| Failure::Error(format!("{file}: {e}")))?,
+    };
+    let mut messages = Vec::new();
+    if let Some(system) = &o.system {
+        messages.push(Message::new("system", system));
+    }
+    messages.push(Message::new("user", text));
+    let rendered = template
+        .render(&messages, true)
+        .map_err(|e| Failure::Error(format!("{file}: {e}")))?;
+    // Templates that write the BOS themselves must not get a second one.
+    let has_bos = !bos.is_empty() && rendered.starts_with(&bos);
+    Ok(tokenizer.encode(&rendered, !has_bos, true))
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy)]
+enum Stop {
+    Length,
+    EndOfGeneration,
+    ContextFull,
+}
+
 fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
-    let a = model_args("run", args, &["-n", "--n-predict"])?;
+    let mut a = model_args("run", args, RUN_VALUE_FLAGS, RUN_SWITCHES)?;
+    let o = run_options(&mut a)?;
     let gguf = GgufFile::open(&a.path)?;
+    let tokenizer = Tokenizer::from_gguf(gguf.file());
+    if let (Prompt::Text(_), Err(e)) = (&o.prompt, &tokenizer) {
+        return Err(Failure::Error(format!("{}: {e}", a.path.display())));
+    }
+    let tokenizer = tokenizer.ok();
+    let prompt = prompt_ids(&o, &gguf, tokenizer.as_ref())?;
     let pool = ThreadPool::new(a.threads);
     let mut session = Session::new(&gguf, &pool, a.context, a.batch, a.kv)?;
-    if a.tokens.len() + a.n_predict > session.context() {
+    let context = session.context();
+    if prompt.is_empty() {
         return Err(Failure::Error(format!(
-            "{}: {} prompt tokens + {} to generate exceed the {}-token context (--ctx)",
+            "{}: the prompt has no tokens",
+            a.path.display()
+        )));
+    }
+    if prompt.len() >= context {
+        return Err(Failure::Error(format!(
+            "{}: the prompt is {} tokens, which leaves no room in the {context}-token context (--ctx)",
             a.path.display(),
-            a.tokens.len(),
-            a.n_predict,
-            session.context()
+            prompt.len(),
         )));
     }
     let n_vocab = session.model().config().n_vocab;
     let mut logits = vec![0.0f32; n_vocab];
+    let mut workspace = vec![Candidate::default(); Sampler::workspace_len(n_vocab)];
+    let mut sampler =
+        Sampler::new(o.sampling, &mut workspace).map_err(|e| Failure::Error(e.to_string()))?;
 
-    let started = Instant::now();
-    session.eval(&a.tokens, &mut logits)?;
-    let prefill = started.elapsed();
+    let mut out = io::stdout().lock();
+    let text_mode = matches!(o.prompt, Prompt::Text(_));
+    if let (Prompt::Text(text), true) = (&o.prompt, o.display_prompt) {
+        finish_stdout(write!(out, "{text}").and_then(|()| out.flush()))?;
+    }
 
-    let mut generated = Vec::with_capacity(a.n_predict);
+    // Prefill, a batch at a time so that a long prompt shows its progress.
     let started = Instant::now();
-    for i in 0..a.n_predict {
-        let next = argmax(&logits);
-        generated.push(next);
-        if i + 1 < a.n_predict {
-            session.eval(&[next], &mut logits)?;
+    let batch = a.batch.clamp(1, context);
+    let show_progress = o.progress && prompt.len() > batch;
+    let terminal = io::stderr().is_terminal();
+    for (i, chunk) in prompt.chunks(batch).enumerate() {
+        session.eval(chunk, &mut logits)?;
+        if show_progress {
+            let done = (i * batch + chunk.len()).min(prompt.len());
+            // On a terminal one line rewritten in place; in a log one line per batch.
+            let end = if terminal { "" } else { "\n" };
+            let start = if terminal { "\r" } else { "" };
+            eprint!("{start}prompt: {done}/{} tokens{end}", prompt.len());
         }
     }
-    let decode = started.elapsed();
+    if show_progress && terminal {
+        eprintln!();
+    }
+    let prefill = started.elapsed();
 
-    let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
-    let mut out = io::stdout().lock();
-    let written = writeln!(out, "{}", ids.join(","));
+    // Decode: sample, emit, evaluate, until the length, an end-of-generation token or a
+    // full context.
+    let mut history = prompt.clone();
+    let mut generated = Vec::new();
+    let mut stream = tokenizer.as_ref().map(|t| t.stream_decoder(false));
+    let started = Instant::now();
+    let stop = loop {
+        if o.n_predict.is_some_and(|n| generated.len() >= n) {
+            break Stop::Length;
+        }
+        let next = sampler
+            .sample(&logits, &history)
+            .map_err(|e| Failure::Error(format!("{}: {e}", a.path.display())))?;
+        let ends = tokenizer
+            .as_ref()
+            .is_some_and(|t| t.is_end_of_generation(next));
+        if ends && !o.ignore_eos {
+            break Stop::EndOfGeneration;
+        }
+        generated.push(next);
+        history.push(next);
+        if text_mode {
+            if let Some(stream) = stream.as_mut() {
+                let piece = stream.push(next);
+                finish_stdout(out.write_all(piece.as_bytes()).and_then(|()| out.flush()))?;
+            }
+        }
+        if o.n_predict.is_some_and(|n| generated.len() >= n) {
+            break Stop::Length;
+        }
+        if session.position() >= context {
+            break Stop::ContextFull;
+        }
+        session.eval(&[next], &mut logits)?;
+    };
+    let decode = started.elapsed();
+    let written = if text_mode {
+        let rest = stream.as_mut().map(|s| s.finish()).unwrap_or_default();
+        write!(out, "{rest}").and_then(|()| writeln!(out))
+    } else {
+        let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
+        writeln!(out, "{}", ids.join(","))
+    };
     finish_stdout(written.and_then(|()| out.flush()))?;
+
     let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    // The last generated token is not evaluated (nothing follows it).
+    let evaluated = generated.len().saturating_sub(1);
     eprintln!(
-        "prefill: {} tokens in {:.3} s ({:.2} tokens/s); decode: {} tokens in {:.3} s ({:.2} tokens/s); {} threads, kernels {}",
-        a.tokens.len(),
+        "prefill: {} tokens in {:.3} s ({:.2} tokens/s); decode: {} tokens in {:.3} s ({:.2} tokens/s); stop: {}; seed {}; {} threads, kernels {}",
+        prompt.len(),
         prefill.as_secs_f64(),
-        rate(a.tokens.len(), prefill),
-        a.n_predict.saturating_sub(1),
+        rate(prompt.len(), prefill),
+        evaluated,
         decode.as_secs_f64(),
-        rate(a.n_predict.saturating_sub(1), decode),
+        rate(evaluated, decode),
+        match stop {
+            Stop::Length => "length",
+            Stop::EndOfGeneration => "end of generation",
+            Stop::ContextFull => "context full",
+        },
+        o.sampling.seed,
         pool.threads(),
         moe_std::kernels::detect().level()
     );
@@ -432,7 +778,8 @@ fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
 }
 
 fn logits_cmd(args: Vec<OsString>) -> Result<(), Failure> {
-    let a = model_args("logits", args, &["-o", "--output"])?;
+    let a = model_args("logits", args, &["-o", "--output"], &[])?;
+    require_tokens("logits", &a)?;
     let gguf = GgufFile::open(&a.path)?;
     let pool = ThreadPool::new(a.threads);
     let context = a.context.max(a.tokens.len());
@@ -548,7 +895,8 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
 fn route_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let json = args.iter().any(|a| a == "--json");
     let args: Vec<OsString> = args.into_iter().filter(|a| a != "--json").collect();
-    let a = model_args("route", args, &[])?;
+    let a = model_args("route", args, &[], &[])?;
+    require_tokens("route", &a)?;
     let gguf = GgufFile::open(&a.path)?;
     let pool = ThreadPool::new(a.threads);
     let mut session = Session::new(&gguf, &pool, a.tokens.len(), a.batch, a.kv)?;
