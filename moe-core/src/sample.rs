@@ -26,7 +26,8 @@
 //!    in descending order, the smallest prefix whose probability sum is `>= top_p`
 //!    survives, at least one candidate (llama.cpp's `min_keep`, which the common sampler
 //!    leaves at 0, so its loop keeps at least one). When rounding keeps the sum just below
-//!    `top_p`, all survive, as in llama.cpp.
+//!    `top_p`, all survive, as in llama.cpp. The sums are `f64` (llama.cpp's are `f32`), so
+//!    a cut within rounding of `top_p` may fall one token apart from llama.cpp's.
 //! 4. **Min-p** (`llama_sampler_min_p_apply`, skipped when `min_p` is 0): in logit space, as
 //!    llama.cpp does: a candidate survives when `l >= max_l + ln(min_p)` (that is,
 //!    `p_i >= min_p * p_max`), computed in `f32`; the maximum always survives.
@@ -57,14 +58,14 @@
 //! and token 0 would hide it.
 //!
 //! **Cost.** Filling the workspace, the penalties and min-p are O(V) (V the vocabulary),
-//! top-k a heap selection, O(V log k). Top-p without top-k needs the most probable
-//! candidates in order but not all of them: it selects and sorts the best 64, then 256,
-//! 1024, … (each round only among the rest) until the running sum reaches `top_p`, so a
-//! peaked distribution over a 150k vocabulary costs about one O(V) pass; a flat one falls
-//! back to a full O(V log V) heapsort. The sorts are the crate's heap sort (`sort.rs`):
-//! no recursion, no extra memory.
+//! top-k a heap selection, O(V log k). Top-p without top-k needs the set of most probable
+//! candidates, not their order: a quickselect on probability mass finds it in O(V)
+//! expected (partition around a pivot, keep the side where the running sum crosses
+//! `top_p`), falling back to a heapsort of what is left after 2·log₂(V) + 8 rounds, so
+//! never worse than O(V log V). The sorts are the crate's heap sort (`sort.rs`): no
+//! recursion, no extra memory.
 
-use crate::sort::sort_least_by;
+use crate::sort::{sort_by, sort_least_by};
 use crate::{Error, Result};
 
 /// The sampling settings: which stages run and how hard they cut.
@@ -248,9 +249,6 @@ pub struct Sampler<'w> {
     kept: usize,
 }
 
-/// Top-p's first selection round; each next round takes four times as many.
-const TOP_P_FIRST_ROUND: usize = 64;
-
 impl<'w> Sampler<'w> {
     /// Candidates a vocabulary of `n_vocab` tokens needs: one per token, exactly.
     pub fn workspace_len(n_vocab: usize) -> usize {
@@ -283,9 +281,10 @@ impl<'w> Sampler<'w> {
     }
 
     /// The candidates that survived every filter of the last [`Sampler::sample`], with
-    /// their final probabilities (summing to 1), most probable first when a stage sorted
-    /// them (top-k, top-p) and in token order otherwise; after a greedy call, the one
-    /// chosen token with probability 1. Empty before the first call and after an error.
+    /// their final probabilities (summing to 1): most probable first after top-k, in no
+    /// particular order after top-p without top-k, in token order when neither ran; after
+    /// a greedy call, the one chosen token with probability 1. Empty before the first call
+    /// and after an error.
     pub fn candidates(&self) -> &[Candidate] {
         self.workspace.get(..self.kept).unwrap_or(&[])
     }
@@ -461,29 +460,91 @@ fn softmax_weights(cands: &mut [Candidate], temperature: f32) -> f64 {
 }
 
 /// Top-p over `cands` (sorted in filter order when `sorted`); returns how many survive,
-/// leaving them as a sorted prefix.
+/// moved to the front (still in order when they were sorted, in no particular order
+/// otherwise).
 fn top_p(cands: &mut [Candidate], top_p: f32, sorted: bool) -> usize {
     let total = softmax_weights(cands, 1.0);
     let target = f64::from(top_p) * total;
-    let mut running = 0.0f64;
-    // cands[..ready] is sorted and holds the most probable candidates.
-    let mut ready = if sorted { cands.len() } else { 0 };
-    let mut round = TOP_P_FIRST_ROUND;
-    let mut i = 0;
-    loop {
-        while i < ready {
-            running += f64::from(cands[i].p);
-            i += 1;
-            if running >= target {
-                return i;
+    if sorted {
+        prefix_reaching(cands, 0.0, target).unwrap_or(cands.len())
+    } else {
+        nucleus(cands, target)
+    }
+}
+
+/// Length of the shortest prefix of `cands` whose weights (`p`), added to `acc`, reach
+/// `target`; `None` when the whole slice does not.
+fn prefix_reaching(cands: &[Candidate], mut acc: f64, target: f64) -> Option<usize> {
+    for (i, c) in cands.iter().enumerate() {
+        acc += f64::from(c.p);
+        if acc >= target {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Regions at most this long are sorted rather than partitioned further.
+const NUCLEUS_SORT_LEN: usize = 32;
+
+/// Quickselect on probability mass: moves to the front the smallest set of top-ranked
+/// candidates (in filter order) whose weights reach `target`, in no particular order, and
+/// returns its size (all of `cands` when rounding keeps the total just short of
+/// `target`). Each round partitions the undecided region around a median-of-three pivot
+/// and keeps the side where the running sum crosses `target`: O(n) expected. After
+/// 2·log₂(n) + 8 rounds (pivots an adversary picked) the rest is heap-sorted, so it is
+/// never worse than O(n log n).
+fn nucleus(cands: &mut [Candidate], target: f64) -> usize {
+    // Invariant: cands[..lo] rank before everything after them and weigh `acc` < target;
+    // cands[hi..] rank after everything before them; the answer lies in lo + 1 ..= hi.
+    let (mut lo, mut hi, mut acc) = (0, cands.len(), 0.0f64);
+    let mut rounds = 2 * (usize::BITS - cands.len().leading_zeros()) + 8;
+    while hi.saturating_sub(lo) > NUCLEUS_SORT_LEN && rounds > 0 {
+        rounds -= 1;
+        let region = &mut cands[lo..hi];
+        let last = region.len() - 1;
+        let pivot_at = median_of_three(region, 0, last / 2, last);
+        region.swap(pivot_at, last);
+        let pivot = region[last];
+        let mut before = 0;
+        let mut mass = 0.0f64;
+        for i in 0..last {
+            if ranks_before(&region[i], &pivot) {
+                mass += f64::from(region[i].p);
+                region.swap(i, before);
+                before += 1;
             }
         }
-        if ready >= cands.len() {
-            return cands.len();
+        region.swap(before, last);
+        if acc + mass >= target {
+            hi = lo + before;
+        } else {
+            acc += mass + f64::from(pivot.p);
+            if acc >= target {
+                return lo + before + 1;
+            }
+            lo += before + 1;
         }
-        sort_least_by(&mut cands[ready..], round, ranks_before);
-        ready = ready.saturating_add(round).min(cands.len());
-        round = round.saturating_mul(4);
+    }
+    let rest = &mut cands[lo..hi];
+    sort_by(rest, ranks_before);
+    match prefix_reaching(rest, acc, target) {
+        Some(k) => lo + k,
+        None => hi,
+    }
+}
+
+/// Which of `v[a]`, `v[b]`, `v[c]` is the middle one in filter order.
+fn median_of_three(v: &[Candidate], a: usize, b: usize, c: usize) -> usize {
+    let ab = ranks_before(&v[a], &v[b]);
+    let bc = ranks_before(&v[b], &v[c]);
+    let ac = ranks_before(&v[a], &v[c]);
+    if ab == bc {
+        b
+    } else if ab == ac {
+        c
+    } else {
+        a
     }
 }
 
@@ -535,23 +596,36 @@ mod tests {
     }
 
     #[test]
-    fn top_p_rounds_select_in_order_beyond_the_first_round() {
-        // 300 candidates, flat-ish: top-p 0.99 needs more than one 64-candidate round.
-        let mut c = [Candidate::default(); 300];
-        for (i, c) in c.iter_mut().enumerate() {
-            *c = Candidate {
-                id: i as u32,
-                logit: ((i * 37) % 101) as f32 * 0.01,
-                p: 0.0,
-            };
-        }
-        let kept = top_p(&mut c, 0.99, false);
-        assert!(kept > TOP_P_FIRST_ROUND && kept < 300, "{kept}");
-        for w in c[..kept].windows(2) {
-            assert!(ranks_before(&w[0], &w[1]));
-        }
-        for rest in &c[kept..] {
-            assert!(!ranks_before(rest, &c[kept - 1]));
+    fn nucleus_selects_the_sorted_prefix() {
+        // 300 candidates in several arrangements (shuffled with equal logits, ascending,
+        // descending, all equal): the set is the sorted order's shortest prefix.
+        let shapes: [fn(usize) -> f32; 4] = [
+            |i| ((i * 37) % 101) as f32 * 0.03,
+            |i| i as f32 * 0.02,
+            |i| -(i as f32) * 0.02,
+            |_| 1.0,
+        ];
+        for shape in shapes {
+            for p in [0.01f32, 0.3, 0.5, 0.9, 0.99, 0.999999] {
+                let mut c = [Candidate::default(); 300];
+                for (i, c) in c.iter_mut().enumerate() {
+                    *c = Candidate {
+                        id: i as u32,
+                        logit: shape(i),
+                        p: 0.0,
+                    };
+                }
+                let mut sorted = c;
+                sort_by(&mut sorted, ranks_before);
+                let want = top_p(&mut sorted, p, true);
+                let kept = top_p(&mut c, p, false);
+                assert_eq!(kept, want, "p {p}");
+                let mut got = c;
+                sort_by(&mut got[..kept], ranks_before);
+                for (g, w) in got[..kept].iter().zip(&sorted[..want]) {
+                    assert_eq!(g.id, w.id, "p {p}");
+                }
+            }
         }
     }
 
