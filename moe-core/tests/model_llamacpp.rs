@@ -2,7 +2,8 @@
 //! Mistral-style `llama` model and one MoE model per supported architecture — Mixtral,
 //! Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE, DeepSeek-V3-style with latent attention —
 //! all F32, plus llama.cpp's own Q8_0/Q4_0
-//! quantizations of two of them; `generate_models.py`) evaluated on a fixed token
+//! quantizations of two of them (`generate_models.py`) and a wider Mixtral in Q4_K_M
+//! (`generate_kquant.py`)) evaluated on a fixed token
 //! sequence, against llama.cpp's logits (llama-cpp-python 0.3.36 with an f32 KV cache,
 //! `llamacpp_logits.py`).
 //!
@@ -36,10 +37,11 @@ const FLOAT_MODELS: [&str; 10] = [
 ];
 
 /// Fixtures quantized by llama.cpp's own quantizer.
-const QUANTIZED_MODELS: [&str; 3] = [
+const QUANTIZED_MODELS: [&str; 4] = [
     "mixtral-tiny-q8_0",
     "mixtral-tiny-q4_0",
     "qwen3moe-tiny-q8_0",
+    "mixtral-k-tiny-q4_k_m",
 ];
 
 fn read(name: &str) -> Vec<u8> {
@@ -190,6 +192,7 @@ fn greedy_generation_follows_llama_cpp() {
         "mixtral-tiny",
         "mixtral-tiny-q8_0",
         "mixtral-tiny-q4_0",
+        "mixtral-k-tiny-q4_k_m",
     ] {
         let bytes = read(&format!("{name}.gguf"));
         let file = File::parse(&bytes).unwrap();

@@ -48,6 +48,7 @@ fn run_generates_llama_cpp_greedy_tokens() {
         "mixtral-tiny",
         "mixtral-tiny-q8_0",
         "mixtral-tiny-q4_0",
+        "mixtral-k-tiny-q4_k_m",
         "qwen2moe-tiny",
         "qwen3moe-tiny-q8_0",
         "olmoe-tiny",
