@@ -22,7 +22,7 @@ use super::batch::{
     self, ROWS, f16_lanes, matmul_rows_into_vnni, matmul_scaled_vnni, nibbles, q8_0_quants,
 };
 use crate::kernels::{MatmulShape, check_matmul};
-use crate::quant::{q4_k, q6_k, q8_k};
+use crate::quant::{q4_k, q5_k, q6_k, q8_k};
 use crate::{Result, TensorType};
 
 /// The table entry: the AVX2 dot product (see the module docs).
@@ -104,6 +104,7 @@ unsafe fn matmul_unchecked(
         }
         TensorType::Q4_K if shape.blocks > 0 => matmul_q4_k(weights, shape, activations, out),
         TensorType::Q6_K if shape.blocks > 0 => matmul_q6_k(weights, shape, activations, out),
+        TensorType::Q5_K if shape.blocks > 0 => matmul_q5_k(weights, shape, activations, out),
         // SAFETY: the caller guarantees a superset of the AVX2 level's features.
         _ => return unsafe { batch::matmul_unchecked(weight_type, weights, activations, out) },
     }
@@ -203,11 +204,12 @@ const fn pair_index(j: usize) -> [u8; 32] {
 
 const PAIR_INDEX: [[u8; 32]; 4] = [pair_index(0), pair_index(1), pair_index(2), pair_index(3)];
 
-/// The first 16 bytes of eight Q4_K blocks (`d`, `dmin`, the 12 packed scale bytes) as
+/// The first 16 bytes of eight Q4_K or Q5_K blocks (`d`, `dmin`, the 12 packed scale
+/// bytes) as
 /// four vectors whose lane `k` is dword `i` of row `k`'s bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn q4_k_heads(w: &[&q4_k::Block; ROWS]) -> [__m256i; 4] {
+fn q4_k_heads<const W: usize>(w: &[&[u8; W]; ROWS]) -> [__m256i; 4] {
     let mut r = [_mm256_setzero_si256(); 4];
     for (k, r) in r.iter_mut().enumerate() {
         let head = |k: usize| load16(&w[k][..16].as_chunks().0[0]);
@@ -225,7 +227,7 @@ fn q4_k_heads(w: &[&q4_k::Block; ROWS]) -> [__m256i; 4] {
     ]
 }
 
-/// Eight Q4_K rows' unpacked block.
+/// Eight Q4_K (or Q5_K) rows' unpacked block.
 struct Q4kRows {
     /// Quants `0..=15`, vector `j` being sub-block `j`.
     q: [[__m256i; 8]; ROWS],
@@ -245,6 +247,58 @@ struct Q4kRows {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
+    let w = weights.as_chunks::<{ q4_k::BLOCK_BYTES }>().0;
+    matmul_k_min(w, shape, activations, out, |w| q4_k_quants(w));
+}
+
+/// Q5_K · Q8_K for eight rows: as Q4_K (the same scales, minimums and float terms) with
+/// the fifth bit of each quant from `qh`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn matmul_q5_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
+    let w = weights.as_chunks::<{ q5_k::BLOCK_BYTES }>().0;
+    matmul_k_min(w, shape, activations, out, |w| q5_k_quants(w));
+}
+
+/// The 256 quants of a Q5_K block as bytes `0..=31` in eight vectors, vector `j` being
+/// sub-block `j`: the nibbles as Q4_K's (from byte 48), bit `j` of `qh` as bit 4.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q5_k_quants(block: &q5_k::Block) -> [__m256i; 8] {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let qh = avx2::load32(&block[16..48].as_chunks().0[0]);
+    let qs: &[[u8; 32]] = block[48..].as_chunks().0;
+    let mut q = [_mm256_setzero_si256(); 8];
+    for (c, qs) in qs.iter().enumerate() {
+        let packed = avx2::load32(qs);
+        let lo = _mm256_and_si256(packed, m4);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), m4);
+        // Bit `j` of `qh` at bit 4: shifted left by `4 − j` or right by `j − 4`.
+        let (h0, h1) = match c {
+            0 => (_mm256_slli_epi16::<4>(qh), _mm256_slli_epi16::<3>(qh)),
+            1 => (_mm256_slli_epi16::<2>(qh), _mm256_slli_epi16::<1>(qh)),
+            2 => (qh, _mm256_srli_epi16::<1>(qh)),
+            _ => (_mm256_srli_epi16::<2>(qh), _mm256_srli_epi16::<3>(qh)),
+        };
+        q[2 * c] = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
+        q[2 * c + 1] = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
+    }
+    q
+}
+
+/// The eight-row driver of the formats with Q4_K's scales, minimums and float terms;
+/// `quants` gives a block's quants (at most 127, so `maddubs` pairs are exact), vector
+/// `j` being sub-block `j`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn matmul_k_min<const W: usize>(
+    weights: &[[u8; W]],
+    shape: MatmulShape,
+    activations: &[&[u8]],
+    out: &mut [f32],
+    quants: impl Fn(&[u8; W]) -> [__m256i; 8],
+) {
     let m6 = _mm256_set1_epi32(0x3f3f_3f3f);
     let m4 = _mm256_set1_epi32(0x0f0f_0f0f);
     let hi2 = _mm256_set1_epi32(0x3030_3030);
@@ -256,7 +310,7 @@ fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
     ]);
     matmul_rows_into_vnni(
-        weights.as_chunks::<{ q4_k::BLOCK_BYTES }>().0,
+        weights,
         shape,
         activations,
         out,
@@ -267,7 +321,7 @@ fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
             d: _mm256_setzero_ps(),
             dmin: _mm256_setzero_ps(),
         },
-        |w: &[&q4_k::Block; ROWS], rows: &mut Q4kRows| {
+        |w: &[&[u8; W]; ROWS], rows: &mut Q4kRows| {
             let [u0, u1, u2, u3] = q4_k_heads(w);
             // As `q4_k::scales_mins`, a row per lane: bytes of scales 0..4 and 4..8, of
             // minimums 0..4 and 4..8.
@@ -295,7 +349,7 @@ fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
             rows.d = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
             rows.dmin = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(h));
             for (q, w) in rows.q.iter_mut().zip(w) {
-                *q = q4_k_quants(w);
+                *q = quants(w);
             }
         },
         |a: &q8_k::Block| {
