@@ -349,8 +349,8 @@ impl<'w> Sampler<'w> {
             sorted = true;
         }
         if config.top_p < 1.0 {
+            // Sorted survivors stay sorted; without top-k they come back in no order.
             kept = top_p(&mut cands[..kept], config.top_p, sorted);
-            sorted = true;
         }
         if config.min_p > 0.0 {
             kept = min_p(&mut cands[..kept], config.min_p, sorted);
