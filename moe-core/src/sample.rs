@@ -65,6 +65,8 @@
 //! never worse than O(V log V). The sorts are the crate's heap sort (`sort.rs`): no
 //! recursion, no extra memory.
 
+use core::fmt;
+
 use crate::sort::{sort_by, sort_least_by};
 use crate::{Error, Result};
 
@@ -240,13 +242,25 @@ impl Rng {
 
 /// Samples tokens with a fixed [`SamplerConfig`] in a caller-provided workspace of
 /// [`Candidate`]s ([`Sampler::workspace_len`] of them), and holds the RNG between calls.
-#[derive(Debug)]
 pub struct Sampler<'w> {
     config: SamplerConfig,
     workspace: &'w mut [Candidate],
     rng: Rng,
     /// Candidates left after the last `sample` (`workspace[..kept]`).
     kept: usize,
+}
+
+/// The configuration, the workspace's length and the survivors of the last draw (not the
+/// whole workspace: a vocabulary's worth of candidates is no use in a log line).
+impl fmt::Debug for Sampler<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sampler")
+            .field("config", &self.config)
+            .field("workspace_len", &self.workspace.len())
+            .field("rng", &self.rng)
+            .field("kept", &self.kept)
+            .finish()
+    }
 }
 
 impl<'w> Sampler<'w> {
@@ -306,7 +320,7 @@ impl<'w> Sampler<'w> {
         }
         if u32::try_from(n - 1).is_err() {
             return Err(Error::LengthMismatch {
-                expected: u32::MAX as usize,
+                expected: (u32::MAX as usize).saturating_add(1),
                 actual: n,
             });
         }

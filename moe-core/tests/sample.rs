@@ -804,6 +804,9 @@ fn bad_inputs_are_errors() {
         })
     );
     assert!(sampler.candidates().is_empty());
+    // Debug shows the sizes, not the workspace.
+    let debug = format!("{sampler:?}");
+    assert!(debug.contains("workspace_len: 3") && !debug.contains("Candidate"));
     for logits in [[f32::NAN; 3], [f32::NEG_INFINITY; 3]] {
         assert!(matches!(
             sampler.sample(&logits, &[]),
