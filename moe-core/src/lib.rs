@@ -23,6 +23,7 @@ pub mod reference;
 pub mod router;
 pub mod sample;
 mod sort;
+pub mod source;
 pub mod tensor;
 mod workspace;
 

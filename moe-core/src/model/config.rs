@@ -4,6 +4,7 @@
 use crate::error::name_of;
 use crate::gguf::File;
 use crate::gguf::names::arch_key;
+use crate::source::TensorSource;
 use crate::{Error, Result};
 
 /// Architectures [`ModelConfig::from_gguf`] accepts: `llama` covers dense Llama/Mistral
@@ -85,6 +86,12 @@ impl ModelConfig {
     /// Reads the configuration of `file` (its `general.architecture` must be one of
     /// [`SUPPORTED_ARCHITECTURES`]); `n_vocab` is `token_embd`'s row count.
     pub fn from_gguf(file: &File<'_>) -> Result<Self> {
+        Self::from_source(file)
+    }
+
+    /// [`from_gguf`](Self::from_gguf) over any [`TensorSource`] (the same keys and tensor
+    /// names).
+    pub fn from_source<'a, S: TensorSource<'a> + ?Sized>(file: &S) -> Result<Self> {
         let arch = file.architecture().ok_or(Error::MissingKey {
             key: name_of("general.architecture"),
         })?;
@@ -95,7 +102,7 @@ impl ModelConfig {
         }
         let key = |k: &str| -> Result<Option<u64>> {
             let name = arch_key(arch, k).ok_or(Error::MissingKey { key: name_of(k) })?;
-            match file.get(&name) {
+            match file.value(&name) {
                 None => Ok(None),
                 Some(v) => v.as_u64().map(Some).ok_or(Error::WrongValueType {
                     key: name_of(&name),
@@ -104,7 +111,7 @@ impl ModelConfig {
         };
         let float = |k: &str| -> Result<Option<f32>> {
             let name = arch_key(arch, k).ok_or(Error::MissingKey { key: name_of(k) })?;
-            match file.get(&name) {
+            match file.value(&name) {
                 None => Ok(None),
                 Some(v) => v.as_f32().map(Some).ok_or(Error::WrongValueType {
                     key: name_of(&name),
@@ -128,7 +135,7 @@ impl ModelConfig {
             }
         };
 
-        let scaling = match arch_key(arch, "rope.scaling.type").and_then(|k| file.get(&k)) {
+        let scaling = match arch_key(arch, "rope.scaling.type").and_then(|k| file.value(&k)) {
             None => "none",
             Some(v) => v.as_str().ok_or(Error::WrongValueType {
                 key: name_of(&arch_key(arch, "rope.scaling.type").unwrap_or_default()),
@@ -168,7 +175,7 @@ impl ModelConfig {
         let attention_width = mla.map_or(head_dim, |m| m.key_length);
         let n_vocab = file
             .tensor("token_embd.weight")
-            .map(|t| t.view.ne(1) as usize)
+            .map(|t| t.ne(1) as usize)
             .ok_or(Error::MissingTensor {
                 tensor: name_of("token_embd.weight"),
             })?;

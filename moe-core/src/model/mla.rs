@@ -12,9 +12,9 @@
 
 use super::{Model, ModelConfig, block_tensor, check_matrix, check_norm, norm_in_place};
 use crate::error::name_of;
-use crate::gguf::File;
 use crate::gguf::names::layer_tensor;
 use crate::model::MlaConfig;
+use crate::source::TensorSource;
 use crate::tensor::TensorView;
 use crate::{Error, Result};
 
@@ -74,8 +74,8 @@ fn head<'a>(view: &TensorView<'a>, h: usize) -> Result<TensorView<'a>> {
 
 impl<'a> Weights<'a> {
     /// Block `layer`'s weights, shapes checked against `c` and `m`.
-    pub(super) fn from_gguf(
-        file: &File<'a>,
+    pub(super) fn from_source<S: TensorSource<'a> + ?Sized>(
+        file: &S,
         c: &ModelConfig,
         m: &MlaConfig,
         layer: usize,

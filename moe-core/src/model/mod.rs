@@ -1,6 +1,8 @@
 //! Whole decoder-only models from GGUF files: token embedding, transformer blocks
 //! (RMSNorm, grouped-query attention with RoPE and a KV cache, a dense or MoE FFN), final
-//! norm and output head, with llama.cpp's tensor names and keys.
+//! norm and output head, with llama.cpp's tensor names and keys. [`Model::from_source`]
+//! builds the same model from any [`TensorSource`] that answers those names (a Hugging
+//! Face checkpoint in `moe-std`).
 //!
 //! [`Model::forward`] evaluates a batch of new tokens at consecutive positions (a prompt,
 //! or one token while decoding) and writes their logits. All memory is the caller's
@@ -36,6 +38,7 @@ use crate::moe::{Activation, ExpertStack, MoeLayer, Workspace};
 use crate::parallel::{Parallel, Serial};
 use crate::quant::{TensorType, dequantize_row, quantize_row};
 use crate::router::{Choice, RouterStats, Selection};
+use crate::source::TensorSource;
 use crate::tensor::TensorView;
 use crate::{Error, Result};
 
@@ -150,22 +153,22 @@ impl FloatRegions {
 }
 
 /// `blk.{layer}.{suffix}` from `file`, or a [`Error::MissingTensor`] naming it.
-fn block_tensor<'a>(file: &File<'a>, layer: usize, suffix: &str) -> Result<TensorView<'a>> {
+fn block_tensor<'a, S: TensorSource<'a> + ?Sized>(
+    file: &S,
+    layer: usize,
+    suffix: &str,
+) -> Result<TensorView<'a>> {
     let name = layer_tensor(layer, suffix).unwrap_or_default();
-    file.tensor(&name)
-        .map(|t| t.view)
-        .ok_or(Error::MissingTensor {
-            tensor: name_of(&name),
-        })
+    file.tensor(&name).ok_or(Error::MissingTensor {
+        tensor: name_of(&name),
+    })
 }
 
 /// A global tensor of `file`, or a [`Error::MissingTensor`] naming it.
-fn tensor<'a>(file: &File<'a>, name: &str) -> Result<TensorView<'a>> {
-    file.tensor(name)
-        .map(|t| t.view)
-        .ok_or(Error::MissingTensor {
-            tensor: name_of(name),
-        })
+fn tensor<'a, S: TensorSource<'a> + ?Sized>(file: &S, name: &str) -> Result<TensorView<'a>> {
+    file.tensor(name).ok_or(Error::MissingTensor {
+        tensor: name_of(name),
+    })
 }
 
 /// Checks that `view` is a matrix of `cols × rows` (GGUF order) with a dot product.
@@ -186,9 +189,13 @@ fn check_matrix(view: &TensorView<'_>, name: &str, cols: usize, rows: usize) -> 
     Ok(())
 }
 
-/// Checks that `view` is an F32 vector of `len` elements (a norm weight).
+/// Checks that `view` is an F32, F16 or BF16 vector of `len` elements (a norm weight or a
+/// bias; Hugging Face checkpoints in half precision keep them in half precision).
 fn check_norm(view: &TensorView<'_>, name: &str, len: usize) -> Result<()> {
-    if view.ty() != TensorType::F32 {
+    if !matches!(
+        view.ty(),
+        TensorType::F32 | TensorType::F16 | TensorType::BF16
+    ) {
         return Err(Error::UnsupportedType { ty: view.ty() });
     }
     if view.ne(0) != len as u64 || view.n_elements() != len as u64 {
@@ -228,27 +235,48 @@ fn add_scaled(x: &mut [f32], branch: &[f32], scale: f32) {
     }
 }
 
-/// A norm weight's elements (checked F32 by [`check_norm`]).
+/// A norm weight's elements (checked F32, F16 or BF16 by [`check_norm`]).
 fn norm_weight(view: &TensorView<'_>, i: usize) -> f32 {
-    let b = view.data().get(4 * i..4 * i + 4).unwrap_or(&[0; 4]);
-    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    let data = view.data();
+    match view.ty() {
+        TensorType::F16 | TensorType::BF16 => {
+            let b = data.get(2 * i..2 * i + 2).unwrap_or(&[0; 2]);
+            let bits = u16::from_le_bytes([b[0], b[1]]);
+            if view.ty() == TensorType::F16 {
+                half::f16::from_bits(bits).to_f32()
+            } else {
+                half::bf16::from_bits(bits).to_f32()
+            }
+        }
+        _ => {
+            let b = data.get(4 * i..4 * i + 4).unwrap_or(&[0; 4]);
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+    }
 }
 
 impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
     /// The model in `file`: every tensor of every block is looked up and its shape checked
     /// now, so a bad file is an error naming the tensor or key, never a wrong answer later.
     pub fn from_gguf(file: &File<'a>) -> Result<Self> {
-        let config = ModelConfig::from_gguf(file)?;
+        Self::from_source(ModelConfig::from_gguf(file)?, file)
+    }
+
+    /// The model of `config` with its tensors from `file` (llama.cpp's names; see
+    /// [`TensorSource`]), checked as [`from_gguf`](Self::from_gguf) checks them. The
+    /// config is the caller's so that a source may adjust what its keys cannot say
+    /// (Hugging Face Llama-family checkpoints keep GPT-NeoX's RoPE layout).
+    pub fn from_source<S: TensorSource<'a> + ?Sized>(
+        config: ModelConfig,
+        file: &S,
+    ) -> Result<Self> {
         let c = &config;
         let token_embd = tensor(file, "token_embd.weight")?;
         check_matrix(&token_embd, "token_embd.weight", c.n_embd, c.n_vocab)?;
         let output_norm = tensor(file, "output_norm.weight")?;
         check_norm(&output_norm, "output_norm.weight", c.n_embd)?;
         // Tied embeddings: no output tensor, the head is the embedding matrix.
-        let output = match file.tensor("output.weight") {
-            Some(t) => t.view,
-            None => token_embd,
-        };
+        let output = file.tensor("output.weight").unwrap_or(token_embd);
         check_matrix(&output, "output.weight", c.n_embd, c.n_vocab)?;
 
         let mut blocks = heapless::Vec::new();
@@ -277,7 +305,11 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         })
     }
 
-    fn block(file: &File<'a>, c: &ModelConfig, layer: usize) -> Result<Block<'a>> {
+    fn block<S: TensorSource<'a> + ?Sized>(
+        file: &S,
+        c: &ModelConfig,
+        layer: usize,
+    ) -> Result<Block<'a>> {
         let get = |suffix| block_tensor(file, layer, suffix);
         let name = |suffix: &str| layer_tensor(layer, suffix).unwrap_or_default();
         let attn_norm = get("attn_norm.weight")?;
@@ -287,15 +319,16 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         let wo = get("attn_output.weight")?;
         check_matrix(&wo, &name("attn_output.weight"), c.out_dim(), c.n_embd)?;
         let attention = match c.mla {
-            Some(m) => Attention::Latent(mla::Weights::from_gguf(file, c, &m, layer)?),
+            Some(m) => Attention::Latent(mla::Weights::from_source(file, c, &m, layer)?),
             None => Self::standard_attention(file, c, layer)?,
         };
-        let has_experts = file
-            .tensor(&name("ffn_up_exps.weight"))
-            .or_else(|| file.tensor(&name("ffn_gate_up_exps.weight")))
-            .is_some();
+        let has_experts = file.tensor(&name("ffn_up_exps.weight")).is_some()
+            || file.tensor(&name("ffn_gate_up_exps.weight")).is_some()
+            || file
+                .expert_matrices(&name("ffn_down_exps.weight"))
+                .is_some();
         let (ffn, dense) = if has_experts {
-            (MoeLayer::from_gguf(file, layer)?, false)
+            (MoeLayer::from_source(file, layer)?, false)
         } else {
             let stack = ExpertStack::new(
                 Some(get("ffn_gate.weight")?),
@@ -323,7 +356,11 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         })
     }
 
-    fn standard_attention(file: &File<'a>, c: &ModelConfig, layer: usize) -> Result<Attention<'a>> {
+    fn standard_attention<S: TensorSource<'a> + ?Sized>(
+        file: &S,
+        c: &ModelConfig,
+        layer: usize,
+    ) -> Result<Attention<'a>> {
         let get = |suffix| block_tensor(file, layer, suffix);
         let name = |suffix: &str| layer_tensor(layer, suffix).unwrap_or_default();
         let wq = get("attn_q.weight")?;

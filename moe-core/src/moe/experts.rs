@@ -10,31 +10,50 @@ use super::ffn::{Activation, Ffn};
 use crate::tensor::TensorView;
 use crate::{Error, Result};
 
-/// Where one matrix of every expert lives inside a stacked tensor.
+/// Where one matrix of every expert lives: inside a stacked tensor, or one tensor per
+/// expert (Hugging Face checkpoints).
 #[derive(Clone, Copy, Debug)]
-struct Part<'a> {
-    view: TensorView<'a>,
-    /// Rows of the stack per expert (`n_ff`, `2·n_ff` for the fused tensor, `n_embd` for down).
-    stride: usize,
-    /// First row of this matrix inside an expert's rows.
-    first: usize,
-    /// Rows of this matrix.
-    rows: usize,
+enum Part<'a> {
+    Stacked {
+        view: TensorView<'a>,
+        /// Rows of the stack per expert (`n_ff`, `2·n_ff` for the fused tensor, `n_embd`
+        /// for down).
+        stride: usize,
+        /// First row of this matrix inside an expert's rows.
+        first: usize,
+        /// Rows of this matrix.
+        rows: usize,
+    },
+    /// Expert `e`'s matrix is element `e` (shapes and types checked equal at build).
+    Listed(&'a [TensorView<'a>]),
 }
 
 impl<'a> Part<'a> {
     fn matrix(&self, e: usize) -> Result<TensorView<'a>> {
-        let rb = self.view.row_bytes();
-        let start = (e * self.stride + self.first) * rb;
-        let bytes =
-            self.view
-                .data()
-                .get(start..start + self.rows * rb)
-                .ok_or(Error::LengthMismatch {
-                    expected: start + self.rows * rb,
-                    actual: self.view.data().len(),
-                })?;
-        TensorView::new(self.view.ty(), &[self.view.ne(0), self.rows as u64], bytes)
+        let (view, stride, first, rows) = match *self {
+            Part::Stacked {
+                view,
+                stride,
+                first,
+                rows,
+            } => (view, stride, first, rows),
+            Part::Listed(list) => {
+                return list.get(e).copied().ok_or(Error::ExpertOutOfRange {
+                    expert: e as i64,
+                    n_expert: list.len() as u64,
+                });
+            }
+        };
+        let rb = view.row_bytes();
+        let start = (e * stride + first) * rb;
+        let bytes = view
+            .data()
+            .get(start..start + rows * rb)
+            .ok_or(Error::LengthMismatch {
+                expected: start + rows * rb,
+                actual: view.data().len(),
+            })?;
+        TensorView::new(view.ty(), &[view.ne(0), rows as u64], bytes)
     }
 }
 
@@ -68,7 +87,7 @@ impl<'a> ExpertStack<'a> {
             check_stack(gate, "ffn_gate_exps", [n_embd, n_ff, n_expert])?;
         }
         check_stack(&down, "ffn_down_exps", [n_ff, n_embd, n_expert])?;
-        let part = |view, first, rows| Part {
+        let part = |view, first, rows| Part::Stacked {
             view,
             stride: rows,
             first,
@@ -79,6 +98,7 @@ impl<'a> ExpertStack<'a> {
             part(up, 0, n_ff as usize),
             part(down, 0, n_embd as usize),
             activation,
+            [n_embd, n_ff, n_expert],
         )
     }
 
@@ -97,27 +117,56 @@ impl<'a> ExpertStack<'a> {
         let n_ff = n_ff2 / 2;
         check_stack(&gate_up, "ffn_gate_up_exps", [n_embd, n_ff2, n_expert])?;
         check_stack(&down, "ffn_down_exps", [n_ff, n_embd, n_expert])?;
+        let dims = [n_embd, n_ff, n_expert];
         let (n_ff, n_embd) = (n_ff as usize, n_embd as usize);
         Self::build(
-            Some(Part {
+            Some(Part::Stacked {
                 view: gate_up,
                 stride: 2 * n_ff,
                 first: 0,
                 rows: n_ff,
             }),
-            Part {
+            Part::Stacked {
                 view: gate_up,
                 stride: 2 * n_ff,
                 first: n_ff,
                 rows: n_ff,
             },
-            Part {
+            Part::Stacked {
                 view: down,
                 stride: n_embd,
                 first: 0,
                 rows: n_embd,
             },
             activation,
+            dims,
+        )
+    }
+
+    /// Experts kept one matrix per expert: `up` (and `gate`) `[n_embd, n_ff]` each,
+    /// `down` `[n_ff, n_embd]` each, expert `e` at index `e`; every list as long as `up`,
+    /// and every matrix of a list of one type and shape.
+    pub fn listed(
+        gate: Option<&'a [TensorView<'a>]>,
+        up: &'a [TensorView<'a>],
+        down: &'a [TensorView<'a>],
+        activation: Activation,
+    ) -> Result<Self> {
+        let first = up.first().ok_or(Error::InvalidMoeConfig {
+            reason: "an expert stack without experts",
+        })?;
+        let (n_embd, n_ff, n_expert) = (first.ne(0), first.ne(1), up.len() as u64);
+        check_list(up, "ffn_up_exps", [n_embd, n_ff, n_expert])?;
+        if let Some(gate) = gate {
+            check_list(gate, "ffn_gate_exps", [n_embd, n_ff, n_expert])?;
+        }
+        check_list(down, "ffn_down_exps", [n_ff, n_embd, n_expert])?;
+        Self::build(
+            gate.map(Part::Listed),
+            Part::Listed(up),
+            Part::Listed(down),
+            activation,
+            [n_embd, n_ff, n_expert],
         )
     }
 
@@ -126,6 +175,7 @@ impl<'a> ExpertStack<'a> {
         up: Part<'a>,
         down: Part<'a>,
         activation: Activation,
+        [n_embd, n_ff, n_expert]: [u64; 3],
     ) -> Result<Self> {
         let stack = ExpertStack {
             gate,
@@ -133,9 +183,9 @@ impl<'a> ExpertStack<'a> {
             down,
             activation,
             act: activation.function(),
-            n_embd: up.view.ne(0) as usize,
-            n_ff: up.rows,
-            n_expert: up.view.ne(2) as usize,
+            n_embd: n_embd as usize,
+            n_ff: n_ff as usize,
+            n_expert: n_expert as usize,
         };
         if stack.n_expert == 0 {
             return Err(Error::InvalidMoeConfig {
@@ -191,6 +241,27 @@ fn check_stack(view: &TensorView<'_>, role: &str, dims: [u64; 3]) -> Result<()> 
                 actual: view.ne(dim),
             });
         }
+    }
+    Ok(())
+}
+
+/// Every matrix of a per-expert list must be `[d0, d1]` of the first one's type, and the
+/// list `d2` long (reported as dimension 2, as for a stack).
+fn check_list(list: &[TensorView<'_>], role: &str, [d0, d1, d2]: [u64; 3]) -> Result<()> {
+    if list.len() as u64 != d2 {
+        return Err(Error::BadTensorShape {
+            tensor: crate::error::name_of(role),
+            dim: 2,
+            expected: d2,
+            actual: list.len() as u64,
+        });
+    }
+    let ty = list.first().map(|v| v.ty());
+    for view in list {
+        if Some(view.ty()) != ty {
+            return Err(Error::UnsupportedType { ty: view.ty() });
+        }
+        check_stack(view, role, [d0, d1, 1])?;
     }
     Ok(())
 }

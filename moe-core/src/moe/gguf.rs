@@ -16,6 +16,7 @@ use crate::error::name_of;
 use crate::gguf::File;
 use crate::gguf::names::{Name, arch_key, layer_tensor};
 use crate::router::Router;
+use crate::source::TensorSource;
 use crate::tensor::TensorView;
 use crate::{Error, Result};
 
@@ -32,16 +33,23 @@ fn key_name(arch: &str, key: &str) -> Result<Name> {
 }
 
 /// Reads layer tensors and `{arch}.*` keys of one file.
-struct Reader<'f, 'a> {
-    file: &'f File<'a>,
+struct Reader<'f, 'a, S: ?Sized> {
+    file: &'f S,
     arch: &'a str,
     layer: usize,
 }
 
-impl<'a> Reader<'_, 'a> {
+impl<'f, 'a, S: TensorSource<'a> + ?Sized> Reader<'f, 'a, S> {
+    fn new(file: &'f S, layer: usize) -> Result<Self> {
+        let arch = file.architecture().ok_or(Error::MissingKey {
+            key: name_of("general.architecture"),
+        })?;
+        Ok(Reader { file, arch, layer })
+    }
+
     fn tensor(&self, suffix: &str) -> Result<Option<TensorView<'a>>> {
         let name = tensor_name(self.layer, suffix)?;
-        Ok(self.file.tensor(&name).map(|t| t.view))
+        Ok(self.file.tensor(&name))
     }
 
     fn required_tensor(&self, suffix: &str) -> Result<TensorView<'a>> {
@@ -52,7 +60,7 @@ impl<'a> Reader<'_, 'a> {
 
     fn u64(&self, key: &str) -> Result<Option<u64>> {
         let name = key_name(self.arch, key)?;
-        match self.file.get(&name) {
+        match self.file.value(&name) {
             None => Ok(None),
             Some(v) => v.as_u64().map(Some).ok_or(Error::WrongValueType {
                 key: name_of(&name),
@@ -87,22 +95,39 @@ impl<'a> MoeLayer<'a> {
     /// `ffn_gate_up_exps`), k from `{arch}.expert_used_count`, and the shared expert
     /// `ffn_{gate,up,down}_shexp` when present, sigmoid-gated when
     /// `ffn_gate_inp_shexp.weight` exists.
+    // Not inlined: callers (a firmware sizing its workspace, then building the layer)
+    // share one copy of the loader.
+    #[inline(never)]
     pub fn from_gguf(file: &File<'a>, layer: usize) -> Result<Self> {
-        let arch = file.architecture().ok_or(Error::MissingKey {
-            key: name_of("general.architecture"),
-        })?;
-        let r = Reader { file, arch, layer };
+        let r = Reader::new(file, layer)?;
+        let experts = Self::stacked_experts(&r)?;
+        Self::with_experts(&r, experts)
+    }
 
-        let down = r.required_tensor("ffn_down_exps.weight")?;
-        let experts = match r.tensor("ffn_gate_up_exps.weight")? {
-            Some(gate_up) => ExpertStack::fused(gate_up, down, Activation::Silu)?,
-            None => ExpertStack::new(
-                r.tensor("ffn_gate_exps.weight")?,
-                r.required_tensor("ffn_up_exps.weight")?,
-                down,
-                Activation::Silu,
-            )?,
+    /// [`from_gguf`](Self::from_gguf) over any [`TensorSource`]; routed experts kept one
+    /// matrix per expert ([`TensorSource::expert_matrices`]) are used in place.
+    pub fn from_source<S: TensorSource<'a> + ?Sized>(file: &S, layer: usize) -> Result<Self> {
+        let r = Reader::new(file, layer)?;
+        let listed =
+            |suffix| -> Result<_> { Ok(file.expert_matrices(&tensor_name(layer, suffix)?)) };
+        let experts = if let Some(down) = listed("ffn_down_exps.weight")? {
+            let up = listed("ffn_up_exps.weight")?.ok_or_else(|| Error::MissingTensor {
+                tensor: name_of(&tensor_name(layer, "ffn_up_exps.weight").unwrap_or_default()),
+            })?;
+            ExpertStack::listed(listed("ffn_gate_exps.weight")?, up, down, Activation::Silu)?
+        } else {
+            Self::stacked_experts(&r)?
         };
+        Self::with_experts(&r, experts)
+    }
+
+    /// The rest of the layer around its routed experts: the keys checked against them,
+    /// the router, the shared expert.
+    fn with_experts<S: TensorSource<'a> + ?Sized>(
+        r: &Reader<'_, 'a, S>,
+        experts: ExpertStack<'a>,
+    ) -> Result<Self> {
+        let (file, layer) = (r.file, r.layer);
         let n_expert = r.required_u64("expert_count")?;
         if n_expert != experts.n_expert() as u64 {
             return Err(Error::BadTensorShape {
@@ -128,7 +153,7 @@ impl<'a> MoeLayer<'a> {
         let k = usize::try_from(k).map_err(|_| Error::InvalidMoeConfig {
             reason: "expert_used_count does not fit in usize",
         })?;
-        let layer = MoeLayer::new(experts, k)?.with_router(Router::from_gguf(file, layer)?)?;
+        let layer = MoeLayer::new(experts, k)?.with_router(Router::from_source(file, layer)?)?;
 
         let shared_count = r.u64("expert_shared_count")?.unwrap_or(0);
         let shared = match r.tensor("ffn_up_shexp.weight")? {
@@ -173,5 +198,23 @@ impl<'a> MoeLayer<'a> {
             }
         };
         layer.with_shared(shared)
+    }
+}
+
+impl<'a> MoeLayer<'a> {
+    /// The routed experts of GGUF's 3-D stacks (separate or fused gate and up).
+    fn stacked_experts<S: TensorSource<'a> + ?Sized>(
+        r: &Reader<'_, 'a, S>,
+    ) -> Result<ExpertStack<'a>> {
+        let down = r.required_tensor("ffn_down_exps.weight")?;
+        Ok(match r.tensor("ffn_gate_up_exps.weight")? {
+            Some(gate_up) => ExpertStack::fused(gate_up, down, Activation::Silu)?,
+            None => ExpertStack::new(
+                r.tensor("ffn_gate_exps.weight")?,
+                r.required_tensor("ffn_up_exps.weight")?,
+                down,
+                Activation::Silu,
+            )?,
+        })
     }
 }

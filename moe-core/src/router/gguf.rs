@@ -7,14 +7,20 @@ use super::config::{
 use super::route::Router;
 use crate::error::{Error, Result, name_of};
 use crate::gguf::names::{Name, arch_key, layer_tensor};
-use crate::gguf::{ARCHITECTURE_KEY, File, TensorInfo, Value};
+use crate::gguf::{ARCHITECTURE_KEY, File, Value};
+use crate::source::TensorSource;
+use crate::tensor::TensorView;
 
 /// Metadata `{arch}.{suffix}`: its key (for errors) and value. A key too long to build
 /// cannot be in a file we read: absent, and named by its suffix.
-fn arch_value<'a>(file: &File<'a>, arch: &str, suffix: &str) -> (Name, Option<Value<'a>>) {
+fn arch_value<'a, S: TensorSource<'a> + ?Sized>(
+    file: &S,
+    arch: &str,
+    suffix: &str,
+) -> (Name, Option<Value<'a>>) {
     match arch_key(arch, suffix) {
         Some(key) => {
-            let value = file.get(&key);
+            let value = file.value(&key);
             (key, value)
         }
         None => (short_name(suffix), None),
@@ -22,11 +28,11 @@ fn arch_value<'a>(file: &File<'a>, arch: &str, suffix: &str) -> (Name, Option<Va
 }
 
 /// Tensor `blk.{layer}.{suffix}`: its name (for errors) and info, absent as above.
-fn layer_tensor_info<'a>(
-    file: &File<'a>,
+fn layer_tensor_info<'a, S: TensorSource<'a> + ?Sized>(
+    file: &S,
     layer: usize,
     suffix: &str,
-) -> (Name, Option<TensorInfo<'a>>) {
+) -> (Name, Option<TensorView<'a>>) {
     match layer_tensor(layer, suffix) {
         Some(name) => {
             let info = file.tensor(&name);
@@ -47,7 +53,11 @@ fn wrong(key: &str) -> Error {
 }
 
 /// `{arch}.{suffix}` as a non-negative integer, if present.
-fn get_u64(file: &File, arch: &str, suffix: &str) -> Result<Option<u64>> {
+fn get_u64<'a, S: TensorSource<'a> + ?Sized>(
+    file: &S,
+    arch: &str,
+    suffix: &str,
+) -> Result<Option<u64>> {
     let (key, value) = arch_value(file, arch, suffix);
     value
         .map(|v| v.as_u64().ok_or_else(|| wrong(&key)))
@@ -55,7 +65,7 @@ fn get_u64(file: &File, arch: &str, suffix: &str) -> Result<Option<u64>> {
 }
 
 /// The router weight `blk.{layer}.ffn_gate_inp.weight`, which must exist.
-fn gate_weight<'a>(file: &File<'a>, layer: usize) -> Result<TensorInfo<'a>> {
+fn gate_weight<'a, S: TensorSource<'a> + ?Sized>(file: &S, layer: usize) -> Result<TensorView<'a>> {
     let (name, gate) = layer_tensor_info(file, layer, "ffn_gate_inp.weight");
     gate.ok_or_else(|| Error::MissingTensor {
         tensor: name_of(&name),
@@ -82,6 +92,11 @@ impl RouterConfig {
     /// scores (DeepSeek-V3), else by their maximum (DeepSeek-V2), as DeepSeek's own
     /// inference code does.
     pub fn from_gguf(file: &File, layer: usize) -> Result<Self> {
+        Self::from_source(file, layer)
+    }
+
+    /// [`from_gguf`](Self::from_gguf) over any [`TensorSource`].
+    pub fn from_source<'a, S: TensorSource<'a> + ?Sized>(file: &S, layer: usize) -> Result<Self> {
         let arch = file.architecture().ok_or_else(|| Error::MissingKey {
             key: name_of(ARCHITECTURE_KEY),
         })?;
@@ -130,7 +145,7 @@ impl RouterConfig {
             reason: "expert count does not fit usize",
         };
         let config = RouterConfig {
-            n_embd: usize::try_from(gate.view.ne(0)).map_err(too_big)?,
+            n_embd: usize::try_from(gate.ne(0)).map_err(too_big)?,
             n_expert: usize::try_from(n_expert).map_err(too_big)?,
             k: usize::try_from(k).map_err(too_big)?,
             score,
@@ -158,12 +173,17 @@ impl<'a> Router<'a> {
     /// `blk.N.exp_probs_b.bias`. Built with [`Router::token_choice`], so loading a router
     /// from a GGUF file links no S-BASE or hash-routing code.
     pub fn from_gguf(file: &File<'a>, layer: usize) -> Result<Self> {
-        let config = RouterConfig::from_gguf(file, layer)?;
+        Self::from_source(file, layer)
+    }
+
+    /// [`from_gguf`](Self::from_gguf) over any [`TensorSource`].
+    pub fn from_source<S: TensorSource<'a> + ?Sized>(file: &S, layer: usize) -> Result<Self> {
+        let config = RouterConfig::from_source(file, layer)?;
         let gate = gate_weight(file, layer)?;
         // Every router read here is token-choice top-k.
-        let mut router = Router::token_choice(config)?.with_weight(gate.view)?;
+        let mut router = Router::token_choice(config)?.with_weight(gate)?;
         if let (_, Some(bias)) = layer_tensor_info(file, layer, "exp_probs_b.bias") {
-            router = router.with_bias(bias.view)?;
+            router = router.with_bias(bias)?;
         }
         Ok(router)
     }
