@@ -51,6 +51,8 @@ pub struct GpuDevice {
     arch: String,
     /// Whether the kernels came from the on-disk cache.
     cached: bool,
+    /// NVRTC's log of a fresh compile (empty: no warning, or from the cache).
+    log: String,
 }
 
 impl GpuDevice {
@@ -111,6 +113,7 @@ impl GpuDevice {
                 module,
                 arch: compiled.arch.clone(),
                 cached: compiled.cached,
+                log: compiled.log.clone(),
             })
         })
     }
@@ -132,6 +135,11 @@ impl GpuDevice {
     /// Whether the kernels were loaded from the on-disk cache.
     pub fn kernels_cached(&self) -> bool {
         self.cached
+    }
+
+    /// NVRTC's log when the kernels were compiled now (empty without warnings).
+    pub fn compile_log(&self) -> &str {
+        &self.log
     }
 
     /// The context.
@@ -326,6 +334,8 @@ pub struct GpuMoeLayer {
     staging: Vec<u8>,
     /// Bytes of the uploaded weights.
     weight_bytes: u64,
+    /// Which experts are on the device.
+    resident: Vec<bool>,
 }
 
 fn check_router(config: &RouterConfig, mask: ExpertMask<'_>) -> Result<RouteParams> {
@@ -391,11 +401,15 @@ enum Role {
     Down,
 }
 
-/// The bytes of matrix `role` of every expert, expert after expert (for separate stacks
+/// The bytes of matrix `role` of every resident expert, expert after expert (for separate stacks
 /// exactly the GGUF tensor's bytes; for a fused gate_up stack its gate or up halves).
-fn stack_bytes(experts: &moe_core::moe::ExpertStack<'_>, role: Role) -> Result<Vec<u8>> {
+fn stack_bytes(
+    experts: &moe_core::moe::ExpertStack<'_>,
+    role: Role,
+    resident: &[bool],
+) -> Result<Vec<u8>> {
     let mut host = Vec::new();
-    for e in 0..experts.n_expert() {
+    for e in (0..experts.n_expert()).filter(|&e| resident.get(e) == Some(&true)) {
         let ffn = experts.expert(e)?;
         let view = match role {
             Role::Gate => ffn.gate().copied(),
@@ -431,6 +445,24 @@ pub fn route_params_bytes(config: &RouterConfig, has_bias: bool) -> Result<Vec<u
         out.extend_from_slice(&v.to_le_bytes());
     }
     Ok(out)
+}
+
+/// Per token, the routed experts that are not resident (with their weights): the CPU's
+/// share of a hybrid forward.
+pub fn cpu_share(routed: &[Vec<(u32, f32)>], resident: &[bool]) -> Vec<Selection> {
+    routed
+        .iter()
+        .map(|token| {
+            let mut sel = Selection::new();
+            for &(expert, weight) in token {
+                if resident.get(expert as usize) != Some(&true) {
+                    // Cannot fail: a token has at most MAX_K choices.
+                    let _ = sel.push(moe_core::router::Choice { expert, weight });
+                }
+            }
+            sel
+        })
+        .collect()
 }
 
 fn f32_bytes_le(bytes: &[u8]) -> Vec<f32> {
@@ -473,6 +505,20 @@ impl GpuMoeLayer {
         router: Option<RouterTensors<'_>>,
         budget: Option<u64>,
     ) -> Result<Self> {
+        Self::with_placement(device, layer, router, None, budget)
+    }
+
+    /// Uploads only the experts `resident` marks (for example
+    /// [`placement::place`](crate::placement::place)'s choice; `None`: all). Routing
+    /// still covers every expert; the FFN kernels skip the others, whose share the
+    /// caller computes on the CPU ([`hybrid_forward`](Self::hybrid_forward)).
+    pub fn with_placement(
+        device: &GpuDevice,
+        layer: &MoeLayer<'_>,
+        router: Option<RouterTensors<'_>>,
+        resident: Option<&[bool]>,
+        budget: Option<u64>,
+    ) -> Result<Self> {
         let Plan {
             n_embd,
             n_ff,
@@ -488,7 +534,16 @@ impl GpuMoeLayer {
         let experts = layer.experts();
         let per_expert =
             (gate_up_matrix_bytes * if has_gate { 2 } else { 1 }) as u64 + down_matrix_bytes as u64;
-        let weight_bytes = per_expert * n_expert as u64;
+        let all = vec![true; n_expert];
+        let resident = resident.unwrap_or(&all);
+        if resident.len() != n_expert {
+            return Err(GpuError::LengthMismatch {
+                expected: n_expert,
+                actual: resident.len(),
+            });
+        }
+        let n_resident = resident.iter().filter(|&&r| r).count();
+        let weight_bytes = per_expert * n_resident as u64;
         let router_bytes = (n_embd * n_expert * 4 + n_expert * 4) as u64;
         // Scratch for a decode batch; larger batches grow it later (and may then fail
         // with an allocation error from the driver).
@@ -502,7 +557,10 @@ impl GpuMoeLayer {
         // Upload every expert's matrices, expert-major, exactly their GGUF bytes.
         let stream = device.stream.clone();
         let upload = |role: Role| -> Result<CudaSlice<u8>> {
-            let host = stack_bytes(experts, role)?;
+            let mut host = stack_bytes(experts, role, resident)?;
+            if host.is_empty() {
+                host.push(0); // no resident expert: a placeholder (never read)
+            }
             catch(|| Ok(stream.clone_htod(&host)?))
         };
         let gate = if has_gate {
@@ -512,7 +570,19 @@ impl GpuMoeLayer {
         };
         let up = upload(Role::Up)?;
         let down_w = upload(Role::Down)?;
-        let slots: Vec<i32> = (0..n_expert as i32).collect();
+        // Resident experts take consecutive slots in expert order; the others -1.
+        let mut next = 0;
+        let slots: Vec<i32> = resident
+            .iter()
+            .map(|&r| {
+                if r {
+                    next += 1;
+                    next - 1
+                } else {
+                    -1
+                }
+            })
+            .collect();
         let slot_of = catch(|| Ok(stream.clone_htod(&slots)?))?;
 
         let router = match (route_params, router) {
@@ -603,6 +673,7 @@ impl GpuMoeLayer {
             scratch: None,
             staging: Vec::new(),
             weight_bytes,
+            resident: resident.to_vec(),
         })
     }
 
@@ -689,6 +760,41 @@ impl GpuMoeLayer {
             down_matrix_bytes,
             route_params,
         })
+    }
+
+    /// Which experts are on the device.
+    pub fn resident(&self) -> &[bool] {
+        &self.resident
+    }
+
+    /// Hybrid forward: the device routes every token and runs its resident experts, then
+    /// `cpu` (the same layer on the CPU path) runs the other selected experts with the
+    /// device's routing, and its share is added into `out`. Sequential (the CPU part
+    /// waits for the device), so it saves device memory, not time, until the two are
+    /// overlapped. `workspace` is the CPU layer's `workspace_bytes(T)`.
+    pub fn hybrid_forward(
+        &mut self,
+        cpu: &MoeLayer<'_>,
+        hidden: &[f32],
+        out: &mut [f32],
+        workspace: &mut [u8],
+    ) -> Result<()> {
+        self.forward(hidden, out)?;
+        let n_tokens = hidden.len() / self.n_embd;
+        if self.resident.iter().all(|&r| r) {
+            return Ok(());
+        }
+        let routed = self.routed(n_tokens)?;
+        let selections = cpu_share(&routed, &self.resident);
+        if selections.iter().all(|s| s.is_empty()) {
+            return Ok(());
+        }
+        let mut cpu_out = vec![0f32; out.len()];
+        cpu.forward_selected(hidden, &selections, &mut cpu_out, workspace)?;
+        for (o, c) in out.iter_mut().zip(&cpu_out) {
+            *o += c;
+        }
+        Ok(())
     }
 
     /// Bytes of the uploaded expert weights.

@@ -6,7 +6,9 @@
 //! - [`GpuMoeLayer`]: one MoE layer's routed experts uploaded unchanged (their GGUF
 //!   blocks) with its router, run on the device for decode and prefill.
 //! - [`placement`]: which experts to keep on the device under a byte budget (pure host
-//!   code).
+//!   code); [`GpuMoeLayer::with_placement`] uploads only those, and
+//!   [`GpuMoeLayer::hybrid_forward`] runs the rest on the CPU layer with the device's
+//!   routing (sequentially for now: the CPU part waits for the device).
 //!
 //! **Status:** every device path here is unverified on hardware until a session with a
 //! GPU runs `cargo xtask cuda-check`'s command. What is checked without one: the kernels
@@ -45,7 +47,7 @@ pub mod synthetic;
 pub use error::{GpuError, Result};
 #[doc(hidden)]
 pub use layer::route_params_bytes;
-pub use layer::{DECODE_MAX_PAIRS, GpuDevice, GpuMoeLayer, PREFILL_TILE, RouterTensors};
+pub use layer::{DECODE_MAX_PAIRS, GpuDevice, GpuMoeLayer, PREFILL_TILE, RouterTensors, cpu_share};
 
 use cudarc::driver::{result, sys};
 

@@ -23,6 +23,9 @@ fn device_or_skip() -> Option<GpuDevice> {
                 d.arch(),
                 d.kernels_cached()
             );
+            if !d.compile_log().is_empty() {
+                println!("NVRTC log:\n{}", d.compile_log());
+            }
             Some(d)
         }
         Some(Err(e)) => panic!("a CUDA device is present but could not be opened: {e}"),
@@ -171,7 +174,53 @@ fn too_small_a_budget_is_an_error_not_a_crash() {
     assert!(matches!(err, GpuError::OutOfMemory { .. }), "{err}");
 }
 
+#[test]
+fn hybrid_half_the_experts_on_the_cpu_matches_cpu() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    let w = Weights::new(TensorType::Q4_K, TensorType::Q6_K, 8, 51);
+    let config = RouterConfig::mixtral(N_EMBD, 8, 2);
+    let layer = w.layer(config, false);
+    // The most used half of the experts on the device, from a (made-up) usage count.
+    let bytes = moe_cuda::placement::expert_bytes(layer.experts()).unwrap();
+    let counts = [5, 1, 9, 3, 7, 2, 8, 4];
+    let budget = bytes.iter().take(4).sum::<u64>();
+    let placement = moe_cuda::placement::place(&counts, &bytes, budget).unwrap();
+    assert_eq!(placement.order, vec![2, 6, 4, 0]);
+    for n_tokens in [1, 3, 37] {
+        let hidden = random_f32(n_tokens * N_EMBD, 1.0, n_tokens as u64 + 7);
+        let (cpu, _) = cpu_forward(&layer, &hidden);
+        let mut gpu = GpuMoeLayer::with_placement(
+            &device,
+            &layer,
+            Some(w.router_tensors(false)),
+            Some(&placement.resident),
+            None,
+        )
+        .unwrap();
+        assert_eq!(gpu.weight_bytes(), placement.bytes);
+        let mut out = vec![0f32; hidden.len()];
+        let mut ws = vec![0u8; layer.workspace_bytes(n_tokens)];
+        gpu.hybrid_forward(&layer, &hidden, &mut out, &mut ws)
+            .unwrap();
+        assert_close(&format!("hybrid T={n_tokens}"), &out, &cpu);
+    }
+}
+
 // ---- No device needed ----
+
+#[test]
+fn the_cpu_share_is_the_non_resident_choices() {
+    let routed = vec![vec![(2, 0.75), (5, 0.25)], vec![(1, 0.5), (2, 0.5)]];
+    let resident = [false, true, true, false, false, false];
+    let share = moe_cuda::cpu_share(&routed, &resident);
+    let ids: Vec<Vec<(u32, f32)>> = share
+        .iter()
+        .map(|s| s.iter().map(|c| (c.expert, c.weight)).collect())
+        .collect();
+    assert_eq!(ids, vec![vec![(5, 0.25)], vec![]]);
+}
 
 #[test]
 fn unsupported_weight_types_are_typed_errors() {
