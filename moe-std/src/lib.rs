@@ -3,23 +3,28 @@
 //! `moe-core` never touches files; this crate hands it bytes. [`GgufFile::open`] maps a
 //! GGUF checkpoint read-only (memmap2), validates it once with
 //! [`moe_core::gguf::File::parse`] and keeps the parsed view next to the mapping, so weights
-//! are read straight from the page cache and never copied.
+//! are read straight from the page cache and never copied. Hugging Face checkpoint
+//! directories (`config.json` and safetensors, [`hf`], read by our own [`safetensors`]
+//! reader) are mapped the same way, and [`checkpoint::Checkpoint`] opens either kind.
 //!
 //! Also here: the reports behind `moe inspect` ([`inspect`]) and `moe dequant`
 //! ([`dequant`]), the thread pool that runs the core's independent ranges ([`pool`]), and
 //! the `moe` command-line tool itself (`src/bin/moe.rs`).
 #![warn(missing_docs)]
-// The hand-written `unsafe`: `Mmap::map` in `GgufFile::open`, the kernel table built
-// after CPU-feature detection in `kernels::with_level`, and the pool's lifetime-erased job
-// closure in `pool` (its `Send` impl, the erasure and the workers' dereference), each
-// allowed there alone.
+// The hand-written `unsafe`: `Mmap::map` in `GgufFile::open` and `HfCheckpoint::open`,
+// the kernel table built after CPU-feature detection in `kernels::with_level`, and the
+// pool's lifetime-erased job closure in `pool` (its `Send` impl, the erasure and the
+// workers' dereference), each allowed there alone.
 #![deny(unsafe_code)]
 
 pub mod chat;
+pub mod checkpoint;
 pub mod dequant;
+pub mod hf;
 pub mod inspect;
 pub mod kernels;
 pub mod pool;
+pub mod safetensors;
 pub mod session;
 pub mod tokenizer;
 
@@ -50,6 +55,22 @@ pub enum Error {
         /// inline and is large).
         source: Box<moe_core::Error>,
     },
+    /// A Hugging Face checkpoint whose files disagree with each other or with its
+    /// `config.json` (a missing shard or tensor, a shape the config does not predict, an
+    /// unsupported key value).
+    Checkpoint {
+        /// The file (or directory) concerned.
+        path: PathBuf,
+        /// What is wrong, naming the key or tensor.
+        message: String,
+    },
+    /// A malformed safetensors file.
+    Safetensors {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: safetensors::SafetensorsError,
+    },
     /// A tensor name that the file does not contain.
     NoSuchTensor {
         /// The file searched.
@@ -65,6 +86,8 @@ impl Error {
         match self {
             Error::Io { path, .. }
             | Error::Gguf { path, .. }
+            | Error::Checkpoint { path, .. }
+            | Error::Safetensors { path, .. }
             | Error::NoSuchTensor { path, .. } => path,
         }
     }
@@ -89,6 +112,8 @@ impl fmt::Display for Error {
         match self {
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Gguf { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Checkpoint { path, message } => write!(f, "{}: {message}", path.display()),
+            Error::Safetensors { path, source } => write!(f, "{}: {source}", path.display()),
             Error::NoSuchTensor { path, tensor } => {
                 write!(f, "{}: no tensor named '{tensor}'", path.display())
             }
@@ -101,7 +126,8 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::Gguf { source, .. } => Some(&**source),
-            Error::NoSuchTensor { .. } => None,
+            Error::Safetensors { source, .. } => Some(source),
+            Error::Checkpoint { .. } | Error::NoSuchTensor { .. } => None,
         }
     }
 }
@@ -143,7 +169,7 @@ impl GgufFile {
         // *truncated* the pages past the new end fault with SIGBUS on access. Like every
         // mmap-based model loader, we accept that hazard: checkpoints are not edited in
         // place while being served, and the alternative (reading tens of GiB into memory)
-        // defeats zero-copy. This is the only `unsafe` in moe-std.
+        // defeats zero-copy. `HfCheckpoint::open` maps its shards the same way.
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let mapped =

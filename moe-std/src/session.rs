@@ -6,6 +6,9 @@
 use moe_core::model::{KvCache, Model, ModelWorkspace, WorkspaceSize};
 use moe_core::router::{RouterStats, Selection};
 
+use std::path::Path;
+
+use crate::checkpoint::Checkpoint;
 use crate::{Error, GgufFile, Result};
 
 /// The KV cache's element type.
@@ -27,7 +30,7 @@ enum KvStorage {
 /// One sequence of a model: the model, its KV cache and scratch sized for `context`
 /// positions and batches of up to `max_batch` tokens, and how many positions are filled.
 pub struct Session<'a> {
-    gguf: &'a GgufFile,
+    path: &'a Path,
     model: Box<Model<'a>>,
     size: WorkspaceSize,
     max_batch: usize,
@@ -51,8 +54,32 @@ impl<'a> Session<'a> {
         kv: KvType,
     ) -> Result<Self> {
         // Boxed: a model value holds its blocks inline and is large to keep on a stack.
-        let mut model =
+        let model =
             Box::new(Model::from_gguf(gguf.file()).map_err(|e| Error::gguf(gguf.path(), e))?);
+        Self::with_model(gguf.path(), model, pool, context, max_batch, kv)
+    }
+
+    /// [`new`](Self::new) over any [`Checkpoint`]: a GGUF file or a Hugging Face
+    /// directory.
+    pub fn from_checkpoint(
+        checkpoint: &'a Checkpoint,
+        pool: &'a crate::pool::ThreadPool,
+        context: usize,
+        max_batch: usize,
+        kv: KvType,
+    ) -> Result<Self> {
+        let model = checkpoint.model()?;
+        Self::with_model(checkpoint.path(), model, pool, context, max_batch, kv)
+    }
+
+    fn with_model(
+        path: &'a Path,
+        mut model: Box<Model<'a>>,
+        pool: &'a crate::pool::ThreadPool,
+        context: usize,
+        max_batch: usize,
+        kv: KvType,
+    ) -> Result<Self> {
         model.set_kernels(&crate::kernels::detect());
         model.set_parallel(pool);
         let context = match context {
@@ -66,7 +93,7 @@ impl<'a> Session<'a> {
         let max_batch = max_batch.clamp(1, context);
         let size = model.workspace_size(max_batch, context);
         Ok(Session {
-            gguf,
+            path,
             model,
             size,
             max_batch,
@@ -151,7 +178,7 @@ impl<'a> Session<'a> {
                 .forward_routed(batch, first, out, &mut ws, stats, |layer, selections| {
                     on_route(layer, first, selections)
                 })
-                .map_err(|e| Error::gguf(self.gguf.path(), e))?;
+                .map_err(|e| Error::gguf(self.path, e))?;
             self.filled += batch.len();
         }
         Ok(())

@@ -1,0 +1,712 @@
+//! Hugging Face checkpoints: a directory with `config.json` and the weights as one
+//! `model.safetensors` or shards listed by `model.safetensors.index.json`, mapped
+//! read-only and used in place (F32, F16 and BF16 tensors).
+//!
+//! The checkpoint answers the core's [`TensorSource`] questions in llama.cpp's vocabulary:
+//! `config.json` becomes the `{arch}.*` keys `convert_hf_to_gguf.py` would write, and each
+//! Hugging Face tensor name the llama.cpp name of the same tensor (`model.layers.0.self_attn.
+//! q_proj.weight` is `blk.0.attn_q.weight`). Routed experts, which Hugging Face keeps one
+//! matrix per expert, are handed over as lists ([`TensorSource::expert_matrices`]) rather
+//! than copied into stacks. Query and key rows are *not* permuted as llama.cpp's converter
+//! does for Llama-family models: the model runs with GPT-NeoX's RoPE layout instead, the
+//! same function of the same weights.
+//!
+//! Architectures (`model_type`): `mixtral`, `qwen2_moe`, `qwen3_moe`, `olmoe`.
+//! Disagreements between `config.json` and the tensors (a missing tensor or shard, a
+//! shape the config does not predict, an unsupported dtype) are errors naming the file,
+//! tensor or key.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use moe_core::gguf::Value;
+use moe_core::model::{ModelConfig, RopeLayout};
+use moe_core::source::TensorSource;
+use moe_core::tensor::TensorView;
+use serde_json::Value as Json;
+
+use crate::safetensors::{self, SafetensorsError};
+use crate::{Error, Result};
+
+/// The `model_type`s [`HfCheckpoint::open`] reads.
+pub const SUPPORTED_MODEL_TYPES: [&str; 4] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"];
+
+/// A metadata value from `config.json`, as the GGUF key would hold it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Meta {
+    U64(u64),
+    F32(f32),
+    Bool(bool),
+    Str(&'static str),
+}
+
+/// Everything the model reads, borrowing the mapped shards.
+struct Weights<'a> {
+    /// Tensors by llama.cpp name.
+    tensors: HashMap<String, TensorView<'a>>,
+    /// Routed-expert matrices by llama.cpp stack name, expert `e` at `e`.
+    experts: HashMap<String, Vec<TensorView<'a>>>,
+    /// GGUF keys from `config.json`.
+    metadata: HashMap<String, Meta>,
+}
+
+/// The mapped shards, in the order of [`HfCheckpoint::shards`].
+struct Shards {
+    maps: Vec<Mmap>,
+}
+
+self_cell::self_cell!(
+    struct Mapped {
+        owner: Shards,
+        #[covariant]
+        dependent: Weights,
+    }
+);
+
+/// A Hugging Face checkpoint directory, mapped and validated at open.
+pub struct HfCheckpoint {
+    dir: PathBuf,
+    shards: Vec<PathBuf>,
+    model_type: &'static str,
+    mapped: Mapped,
+}
+
+/// The core's view of a checkpoint: tensors and keys under llama.cpp's names.
+#[derive(Clone, Copy)]
+pub struct Source<'a>(&'a Weights<'a>);
+
+impl<'a> TensorSource<'a> for Source<'a> {
+    fn value(&self, key: &str) -> Option<Value<'a>> {
+        Some(match *self.0.metadata.get(key)? {
+            Meta::U64(v) => Value::U64(v),
+            Meta::F32(v) => Value::F32(v),
+            Meta::Bool(v) => Value::Bool(v),
+            Meta::Str(v) => Value::String(v),
+        })
+    }
+
+    fn tensor(&self, name: &str) -> Option<TensorView<'a>> {
+        self.0.tensors.get(name).copied()
+    }
+
+    fn expert_matrices(&self, name: &str) -> Option<&'a [TensorView<'a>]> {
+        self.0.experts.get(name).map(Vec::as_slice)
+    }
+}
+
+/// How one architecture's Hugging Face names and keys map to llama.cpp's.
+struct Arch {
+    /// `general.architecture` of the equivalent GGUF.
+    gguf: &'static str,
+    /// Prefix of the MoE block inside a layer (`block_sparse_moe`, `mlp`).
+    moe: &'static str,
+    /// Per-expert gate, up and down matrix names.
+    expert_names: [&'static str; 3],
+    /// `config.json` keys of the expert count, the first present wins (transformers 5
+    /// writes `num_local_experts` for Qwen3-MoE, released checkpoints `num_experts`).
+    n_expert_keys: &'static [&'static str],
+    /// `config.json` key of the expert hidden width.
+    n_ff_key: &'static str,
+    /// Attention biases on q, k, v (Qwen2).
+    qkv_bias: bool,
+    /// Query/key RMSNorm: per head (Qwen3) or over the whole vector (OLMoE).
+    qk_norm: Option<QkNorm>,
+    /// A sigmoid-gated shared expert (Qwen2-MoE).
+    shared_expert: bool,
+    /// Whether top-k weights are renormalised when `norm_topk_prob` is absent.
+    norm_topk_default: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QkNorm {
+    PerHead,
+    Whole,
+}
+
+fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
+    let (name, arch) = match model_type {
+        "mixtral" => (
+            "mixtral",
+            Arch {
+                gguf: "llama",
+                moe: "block_sparse_moe",
+                expert_names: ["w1", "w3", "w2"],
+                n_expert_keys: &["num_local_experts"],
+                n_ff_key: "intermediate_size",
+                qkv_bias: false,
+                qk_norm: None,
+                shared_expert: false,
+                norm_topk_default: true,
+            },
+        ),
+        "qwen2_moe" => (
+            "qwen2_moe",
+            Arch {
+                gguf: "qwen2moe",
+                moe: "mlp",
+                expert_names: ["gate_proj", "up_proj", "down_proj"],
+                n_expert_keys: &["num_experts", "num_local_experts"],
+                n_ff_key: "moe_intermediate_size",
+                qkv_bias: true,
+                qk_norm: None,
+                shared_expert: true,
+                norm_topk_default: false,
+            },
+        ),
+        "qwen3_moe" => (
+            "qwen3_moe",
+            Arch {
+                gguf: "qwen3moe",
+                moe: "mlp",
+                expert_names: ["gate_proj", "up_proj", "down_proj"],
+                n_expert_keys: &["num_experts", "num_local_experts"],
+                n_ff_key: "moe_intermediate_size",
+                qkv_bias: false,
+                qk_norm: Some(QkNorm::PerHead),
+                shared_expert: false,
+                norm_topk_default: false,
+            },
+        ),
+        "olmoe" => (
+            "olmoe",
+            Arch {
+                gguf: "olmoe",
+                moe: "mlp",
+                expert_names: ["gate_proj", "up_proj", "down_proj"],
+                n_expert_keys: &["num_experts", "num_local_experts"],
+                n_ff_key: "intermediate_size",
+                qkv_bias: false,
+                qk_norm: Some(QkNorm::Whole),
+                shared_expert: false,
+                norm_topk_default: false,
+            },
+        ),
+        _ => return None,
+    };
+    Some((name, arch))
+}
+
+/// The sizes `config.json` gives, checked as numbers.
+struct Dims {
+    n_embd: u64,
+    n_layer: u64,
+    n_head: u64,
+    n_head_kv: u64,
+    head_dim: u64,
+    n_vocab: u64,
+    n_expert: u64,
+    n_ff: u64,
+    n_ff_shared: u64,
+    tied: bool,
+    /// Biases on the q, k and v projections.
+    qkv_bias: bool,
+}
+
+/// Reads `config.json` keys, with errors naming the file and key.
+struct Config<'c> {
+    path: &'c Path,
+    json: &'c serde_json::Map<String, Json>,
+}
+
+impl Config<'_> {
+    fn error(&self, key: &str, what: &str) -> Error {
+        Error::Checkpoint {
+            path: self.path.to_path_buf(),
+            message: format!("key '{key}': {what}"),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Json> {
+        self.json.get(key).filter(|v| !v.is_null())
+    }
+
+    fn u64(&self, key: &str) -> Result<Option<u64>> {
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| self.error(key, "not a non-negative integer"))
+            })
+            .transpose()
+    }
+
+    fn required(&self, key: &str) -> Result<u64> {
+        self.u64(key)?.ok_or_else(|| self.error(key, "missing"))
+    }
+
+    fn f64(&self, key: &str) -> Result<Option<f64>> {
+        self.get(key)
+            .map(|v| v.as_f64().ok_or_else(|| self.error(key, "not a number")))
+            .transpose()
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get(key)
+            .map(|v| v.as_bool().ok_or_else(|| self.error(key, "not a boolean")))
+            .transpose()
+    }
+}
+
+impl HfCheckpoint {
+    /// Opens the checkpoint in directory `dir`: reads `config.json`, maps and validates
+    /// every shard, and checks that every tensor the config implies is there with the
+    /// shape it implies.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config_path = dir.join("config.json");
+        let text = fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let json: Json = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+            path: config_path.clone(),
+            message: format!("not JSON: {e}"),
+        })?;
+        let json = json.as_object().ok_or_else(|| Error::Checkpoint {
+            path: config_path.clone(),
+            message: "not a JSON object".into(),
+        })?;
+        let config = Config {
+            path: &config_path,
+            json,
+        };
+        let model_type = config
+            .get("model_type")
+            .and_then(Json::as_str)
+            .ok_or_else(|| config.error("model_type", "missing or not a string"))?;
+        let (model_type, arch) = arch_of(model_type).ok_or_else(|| {
+            config.error(
+                "model_type",
+                &format!(
+                    "'{model_type}' is not supported (supported: {})",
+                    SUPPORTED_MODEL_TYPES.join(", ")
+                ),
+            )
+        })?;
+        let (metadata, dims) = metadata(&config, &arch)?;
+        let shards = shard_paths(dir)?;
+        let mut maps = Vec::with_capacity(shards.len());
+        for path in &shards {
+            let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            // SAFETY: as in `GgufFile::open`: the shard is opened and mapped read-only;
+            // another process truncating it while mapped is the hazard every mmap loader
+            // accepts.
+            #[allow(unsafe_code)]
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            maps.push(map);
+        }
+        let mapped = Mapped::try_new(Shards { maps }, |owner| {
+            weights(&owner.maps, &shards, &arch, &dims, metadata)
+        })?;
+        Ok(HfCheckpoint {
+            dir: dir.to_path_buf(),
+            shards: shards.clone(),
+            model_type,
+            mapped,
+        })
+    }
+
+    /// The checkpoint's tensors and keys for the core (see [`TensorSource`]).
+    pub fn source(&self) -> Source<'_> {
+        Source(self.mapped.borrow_dependent())
+    }
+
+    /// The model configuration: the core's reading of the keys, with GPT-NeoX's RoPE
+    /// layout (Hugging Face's `rotate_half`, for every supported architecture).
+    pub fn config(&self) -> Result<ModelConfig> {
+        let mut config =
+            ModelConfig::from_source(&self.source()).map_err(|e| Error::gguf(&self.dir, e))?;
+        config.rope.layout = RopeLayout::Neox;
+        Ok(config)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The safetensors files, in the order they were mapped.
+    pub fn shards(&self) -> &[PathBuf] {
+        &self.shards
+    }
+
+    /// `config.json`'s `model_type`.
+    pub fn model_type(&self) -> &str {
+        self.model_type
+    }
+}
+
+impl std::fmt::Debug for HfCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HfCheckpoint")
+            .field("dir", &self.dir)
+            .field("model_type", &self.model_type)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+// Opened once and shared by every worker thread.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<HfCheckpoint>();
+};
+
+/// The GGUF keys of `config.json` and the sizes they imply.
+fn metadata(config: &Config<'_>, arch: &Arch) -> Result<(HashMap<String, Meta>, Dims)> {
+    let key = |k: &str| format!("{}.{k}", arch.gguf);
+    let n_embd = config.required("hidden_size")?;
+    let n_head = config.required("num_attention_heads")?;
+    if n_head == 0 || n_embd == 0 {
+        return Err(config.error("num_attention_heads", "zero heads or width"));
+    }
+    let n_head_kv = config.u64("num_key_value_heads")?.unwrap_or(n_head);
+    let head_dim = config.u64("head_dim")?.unwrap_or(n_embd / n_head);
+    let dims = Dims {
+        n_embd,
+        n_layer: config.required("num_hidden_layers")?,
+        n_head,
+        n_head_kv,
+        head_dim,
+        n_vocab: config.required("vocab_size")?,
+        n_expert: match arch.n_expert_keys.iter().find(|k| config.get(k).is_some()) {
+            Some(k) => config.required(k)?,
+            None => config.required(arch.n_expert_keys[0])?,
+        },
+        n_ff: config.required(arch.n_ff_key)?,
+        n_ff_shared: if arch.shared_expert {
+            config.required("shared_expert_intermediate_size")?
+        } else {
+            0
+        },
+        tied: config.bool("tie_word_embeddings")?.unwrap_or(false),
+        qkv_bias: arch.qkv_bias || config.bool("attention_bias")?.unwrap_or(false),
+    };
+    if config.get("clip_qkv").is_some() {
+        return Err(config.error("clip_qkv", "clipping q, k and v is not supported"));
+    }
+    if config
+        .get("hidden_act")
+        .is_some_and(|act| act.as_str() != Some("silu"))
+    {
+        return Err(config.error("hidden_act", "only silu experts are supported"));
+    }
+    if config.u64("decoder_sparse_step")?.unwrap_or(1) != 1
+        || config
+            .get("mlp_only_layers")
+            .and_then(Json::as_array)
+            .is_some_and(|a| !a.is_empty())
+    {
+        return Err(config.error(
+            "decoder_sparse_step",
+            "dense layers between MoE layers are not supported",
+        ));
+    }
+    // RoPE: `rope_parameters` (transformers 5) or `rope_theta` / `rope_scaling` (4.x).
+    let rope = config.get("rope_parameters").and_then(Json::as_object);
+    let scaling = config.get("rope_scaling").and_then(Json::as_object);
+    let rope_type = rope
+        .or(scaling)
+        .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+        .and_then(Json::as_str)
+        .unwrap_or("default");
+    if rope_type != "default" {
+        return Err(config.error(
+            "rope_parameters",
+            &format!("RoPE type '{rope_type}' is not supported (only default)"),
+        ));
+    }
+    let theta = match rope.and_then(|r| r.get("rope_theta")) {
+        Some(v) => Some(
+            v.as_f64()
+                .ok_or_else(|| config.error("rope_parameters.rope_theta", "not a number"))?,
+        ),
+        None => config.f64("rope_theta")?,
+    };
+    let eps = config.f64("rms_norm_eps")?.unwrap_or(1e-6);
+
+    let mut m = HashMap::new();
+    m.insert("general.architecture".into(), Meta::Str(arch.gguf));
+    m.insert(key("embedding_length"), Meta::U64(n_embd));
+    m.insert(key("block_count"), Meta::U64(dims.n_layer));
+    m.insert(key("attention.head_count"), Meta::U64(n_head));
+    m.insert(key("attention.head_count_kv"), Meta::U64(n_head_kv));
+    m.insert(key("attention.key_length"), Meta::U64(head_dim));
+    m.insert(key("attention.value_length"), Meta::U64(head_dim));
+    m.insert(
+        key("attention.layer_norm_rms_epsilon"),
+        Meta::F32(eps as f32),
+    );
+    m.insert(
+        key("rope.freq_base"),
+        Meta::F32(theta.unwrap_or(10_000.0) as f32),
+    );
+    if let Some(n_ctx) = config.u64("max_position_embeddings")? {
+        m.insert(key("context_length"), Meta::U64(n_ctx));
+    }
+    m.insert(key("expert_count"), Meta::U64(dims.n_expert));
+    m.insert(
+        key("expert_used_count"),
+        Meta::U64(config.required("num_experts_per_tok")?),
+    );
+    m.insert(key("expert_feed_forward_length"), Meta::U64(dims.n_ff));
+    if arch.shared_expert {
+        m.insert(
+            key("expert_shared_feed_forward_length"),
+            Meta::U64(dims.n_ff_shared),
+        );
+    }
+    let norm = config
+        .bool("norm_topk_prob")?
+        .unwrap_or(arch.norm_topk_default);
+    m.insert(key("expert_weights_norm"), Meta::Bool(norm));
+    Ok((m, dims))
+}
+
+/// The safetensors files of `dir`: those the index names (each once, in first-mention
+/// order), or the single `model.safetensors`.
+fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        let single = dir.join("model.safetensors");
+        if !single.exists() {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message: "neither model.safetensors.index.json nor model.safetensors".into(),
+            });
+        }
+        return Ok(vec![single]);
+    }
+    let text = fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    let bad = |message: String| Error::Checkpoint {
+        path: index.clone(),
+        message,
+    };
+    let json: Json = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(Json::as_object)
+        .ok_or_else(|| bad("no 'weight_map' object".into()))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map['{tensor}'] is not a file name")))?;
+        if file.contains('/') || file.contains('\\') || file == ".." {
+            return Err(bad(format!(
+                "shard '{file}' is not a file in the directory"
+            )));
+        }
+        let path = dir.join(file);
+        if !files.contains(&path) {
+            if !path.exists() {
+                return Err(Error::Checkpoint {
+                    path,
+                    message: format!("missing shard (holds '{tensor}')"),
+                });
+            }
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        return Err(bad("the weight map is empty".into()));
+    }
+    Ok(files)
+}
+
+/// The llama.cpp name of Hugging Face tensor `name`, or where it goes among the experts:
+/// `(stack name, expert)`.
+enum Target {
+    Tensor(String),
+    Expert(String, usize),
+}
+
+fn target(name: &str, arch: &Arch) -> Option<Target> {
+    let global = match name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(g) = global {
+        return Some(Target::Tensor(g.into()));
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let blk = |s: &str| format!("blk.{layer}.{s}");
+    if let Some(e) = rest
+        .strip_prefix(arch.moe)
+        .and_then(|r| r.strip_prefix(".experts."))
+    {
+        let (expert, matrix) = e.split_once('.')?;
+        let expert: usize = expert.parse().ok()?;
+        let which = arch
+            .expert_names
+            .iter()
+            .position(|n| matrix.strip_prefix(n) == Some(".weight"))?;
+        let stack = ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"][which];
+        return Some(Target::Expert(blk(&format!("{stack}.weight")), expert));
+    }
+    let suffix = match rest {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.q_norm.weight" if arch.qk_norm.is_some() => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" if arch.qk_norm.is_some() => "attn_k_norm.weight",
+        "mlp.shared_expert.gate_proj.weight" if arch.shared_expert => "ffn_gate_shexp.weight",
+        "mlp.shared_expert.up_proj.weight" if arch.shared_expert => "ffn_up_shexp.weight",
+        "mlp.shared_expert.down_proj.weight" if arch.shared_expert => "ffn_down_shexp.weight",
+        "mlp.shared_expert_gate.weight" if arch.shared_expert => "ffn_gate_inp_shexp.weight",
+        r if r.strip_prefix(arch.moe) == Some(".gate.weight") => "ffn_gate_inp.weight",
+        _ => return None,
+    };
+    Some(Target::Tensor(blk(suffix)))
+}
+
+/// The Hugging Face tensors a model of `dims` must have, with their shapes
+/// (outermost first), in the order of a forward pass.
+fn expected(arch: &Arch, d: &Dims) -> Vec<(String, Vec<u64>)> {
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![d.n_vocab, d.n_embd],
+    )];
+    let (q, kv) = (d.n_head * d.head_dim, d.n_head_kv * d.head_dim);
+    for l in 0..d.n_layer {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        out.push((p("input_layernorm.weight"), vec![d.n_embd]));
+        out.push((p("self_attn.q_proj.weight"), vec![q, d.n_embd]));
+        out.push((p("self_attn.k_proj.weight"), vec![kv, d.n_embd]));
+        out.push((p("self_attn.v_proj.weight"), vec![kv, d.n_embd]));
+        if d.qkv_bias {
+            out.push((p("self_attn.q_proj.bias"), vec![q]));
+            out.push((p("self_attn.k_proj.bias"), vec![kv]));
+            out.push((p("self_attn.v_proj.bias"), vec![kv]));
+        }
+        match arch.qk_norm {
+            Some(QkNorm::PerHead) => {
+                out.push((p("self_attn.q_norm.weight"), vec![d.head_dim]));
+                out.push((p("self_attn.k_norm.weight"), vec![d.head_dim]));
+            }
+            Some(QkNorm::Whole) => {
+                out.push((p("self_attn.q_norm.weight"), vec![q]));
+                out.push((p("self_attn.k_norm.weight"), vec![kv]));
+            }
+            None => {}
+        }
+        out.push((p("self_attn.o_proj.weight"), vec![d.n_embd, q]));
+        out.push((p("post_attention_layernorm.weight"), vec![d.n_embd]));
+        out.push((
+            p(&format!("{}.gate.weight", arch.moe)),
+            vec![d.n_expert, d.n_embd],
+        ));
+        let [g, u, dn] = arch.expert_names;
+        for e in 0..d.n_expert {
+            let x = |m: &str| p(&format!("{}.experts.{e}.{m}.weight", arch.moe));
+            out.push((x(g), vec![d.n_ff, d.n_embd]));
+            out.push((x(u), vec![d.n_ff, d.n_embd]));
+            out.push((x(dn), vec![d.n_embd, d.n_ff]));
+        }
+        if arch.shared_expert {
+            let s = d.n_ff_shared;
+            out.push((p("mlp.shared_expert.gate_proj.weight"), vec![s, d.n_embd]));
+            out.push((p("mlp.shared_expert.up_proj.weight"), vec![s, d.n_embd]));
+            out.push((p("mlp.shared_expert.down_proj.weight"), vec![d.n_embd, s]));
+            out.push((p("mlp.shared_expert_gate.weight"), vec![1, d.n_embd]));
+        }
+    }
+    out.push(("model.norm.weight".into(), vec![d.n_embd]));
+    if !d.tied {
+        out.push(("lm_head.weight".into(), vec![d.n_vocab, d.n_embd]));
+    }
+    out
+}
+
+/// Parses every shard and maps its tensors to llama.cpp names, checking them against
+/// the config.
+fn weights<'a>(
+    maps: &'a [Mmap],
+    paths: &[PathBuf],
+    arch: &Arch,
+    dims: &Dims,
+    metadata: HashMap<String, Meta>,
+) -> Result<Weights<'a>> {
+    let st_error = |path: &Path, e: SafetensorsError| Error::Safetensors {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    // Every Hugging Face tensor by name, with its shard.
+    let mut all: HashMap<String, (usize, safetensors::Tensor<'a>)> = HashMap::new();
+    for (i, map) in maps.iter().enumerate() {
+        for t in safetensors::parse(map).map_err(|e| st_error(&paths[i], e))? {
+            if let Some((other, _)) = all.get(&t.name) {
+                return Err(Error::Checkpoint {
+                    path: paths[i].clone(),
+                    message: format!("tensor '{}' is also in {}", t.name, paths[*other].display()),
+                });
+            }
+            all.insert(t.name.clone(), (i, t));
+        }
+    }
+    // A config claiming more layers or experts than there are tensors cannot match
+    // (and must not make us list billions of names).
+    let present = all.len() as u64;
+    if dims.n_layer > present || dims.n_expert > present {
+        return Err(Error::Checkpoint {
+            path: paths.first().cloned().unwrap_or_default(),
+            message: format!(
+                "config.json's {} layers of {} experts need more tensors than the {present} present",
+                dims.n_layer, dims.n_expert
+            ),
+        });
+    }
+    let n_expert = dims.n_expert as usize;
+    let mut tensors = HashMap::new();
+    let mut experts: HashMap<String, Vec<Option<TensorView<'a>>>> = HashMap::new();
+    for (name, shape) in expected(arch, dims) {
+        let Some((shard, t)) = all.get(&name) else {
+            return Err(Error::Checkpoint {
+                path: paths.first().map_or_else(PathBuf::new, |p| {
+                    p.parent().map(Path::to_path_buf).unwrap_or_default()
+                }),
+                message: format!("tensor '{name}' (which config.json implies) is missing"),
+            });
+        };
+        let path = &paths[*shard];
+        if t.shape != shape {
+            return Err(Error::Checkpoint {
+                path: path.clone(),
+                message: format!(
+                    "tensor '{name}' has shape {:?}, config.json implies {shape:?}",
+                    t.shape
+                ),
+            });
+        }
+        let view = t.view().map_err(|e| st_error(path, e))?;
+        match target(&name, arch) {
+            Some(Target::Tensor(n)) => {
+                tensors.insert(n, view);
+            }
+            Some(Target::Expert(stack, e)) => {
+                let list = experts.entry(stack).or_insert_with(|| vec![None; n_expert]);
+                if let Some(slot) = list.get_mut(e) {
+                    *slot = Some(view);
+                }
+            }
+            None => {}
+        }
+    }
+    let experts = experts
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().flatten().collect()))
+        .collect();
+    Ok(Weights {
+        tensors,
+        experts,
+        metadata,
+    })
+}
