@@ -8,6 +8,8 @@
 //! - Qwen2-MoE, Qwen3-MoE and OLMoE in float32 within 1e-4 of transformers;
 //! - Mixtral in bfloat16 against transformers' float32 run of the same rounded weights,
 //!   within 1e-4 of the range (BF16 weights multiply float32 activations);
+//! - `moe logits / run / route / bench DIR` work on a checkpoint directory (logits equal
+//!   to the library's), and a text prompt without a tokenizer is a clear error;
 //! - bad checkpoints (missing shard, missing tensor, config disagreeing with the tensors,
 //!   truncated or garbage safetensors, an unsupported dtype) are errors naming the file
 //!   and the tensor or key, never panics.
@@ -19,6 +21,10 @@ use moe_std::checkpoint::Checkpoint;
 use moe_std::pool::ThreadPool;
 use moe_std::session::{KvType, Session};
 use moe_std::{Error, GgufFile};
+
+mod run_moe;
+
+use run_moe::{moe, ok};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -299,3 +305,36 @@ fn truncated_or_garbage_safetensors_are_errors() {
     }
 }
 
+#[test]
+fn the_cli_runs_a_checkpoint_directory() {
+    let dir = fixture("mixtral");
+    let dir = dir.to_str().unwrap();
+    let tokens = tokens("mixtral");
+    let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
+    let list = list.join(",");
+    let out = ok(&["logits", dir, "--tokens", &list]);
+    let logits: Vec<f32> = out
+        .stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let n_vocab = logits.len() / tokens.len();
+    let err = relative_error(&logits, &reference("mixtral"), n_vocab);
+    assert!(err <= 1e-4, "moe logits: {err}");
+
+    let out = ok(&["run", dir, "--tokens", &list, "-n", "4", "--temp", "0"]);
+    assert!(!out.stdout.is_empty());
+    let out = ok(&["route", dir, "--tokens", &list, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["layers"].as_array().unwrap().len(), 2);
+    ok(&["bench", dir, "--prompt", "4", "--gen", "2", "--reps", "1"]);
+
+    let out = moe(&["run", dir, "-p", "hello"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--tokens"),
+        "{stderr}"
+    );
+    let out = moe(&["logits", "/nonexistent-dir/", "--tokens", "1"]);
+    assert!(!out.status.success());
+}

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use moe_core::sample::{Candidate, Sampler, SamplerConfig};
 use moe_std::chat::{ChatTemplate, Message};
+use moe_std::checkpoint::Checkpoint;
 use moe_std::pool::ThreadPool;
 use moe_std::session::{KvType, Session, argmax};
 use moe_std::tokenizer::Tokenizer;
@@ -50,6 +51,8 @@ usage:
                                        n_tokens x n_vocab, to stdout or OUT
   moe --help | --version
 
+For run, bench, route and logits, FILE may also be a Hugging Face checkpoint directory
+(config.json and safetensors; Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE), with --tokens.
 In --json, arrays longer than 64 elements are cut to their first 8 unless --full.
 ";
 
@@ -598,13 +601,19 @@ fn random_seed() -> u64 {
 /// with `--chat`) tokenized with BOS as the vocabulary asks and special tokens parsed.
 fn prompt_ids(
     o: &RunOptions,
-    gguf: &GgufFile,
+    checkpoint: &Checkpoint,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<Vec<u32>, Failure> {
     let text = match &o.prompt {
         Prompt::Ids(ids) => return Ok(ids.clone()),
         Prompt::Text(text) => text,
     };
+    let gguf = checkpoint.gguf().ok_or_else(|| {
+        Failure::Error(format!(
+            "{}: text prompts need a GGUF file's tokenizer: give --tokens instead",
+            checkpoint.path().display()
+        ))
+    })?;
     let file = gguf.path().display();
     let tokenizer = tokenizer.ok_or_else(|| {
         Failure::Error(format!(
@@ -654,15 +663,15 @@ enum Stop {
 fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let mut a = model_args("run", args, RUN_VALUE_FLAGS, RUN_SWITCHES)?;
     let o = run_options(&mut a)?;
-    let gguf = GgufFile::open(&a.path)?;
-    let tokenizer = Tokenizer::from_gguf(gguf.file());
-    if let (Prompt::Text(_), Err(e)) = (&o.prompt, &tokenizer) {
+    let checkpoint = Checkpoint::open(&a.path)?;
+    let tokenizer = checkpoint.gguf().map(|g| Tokenizer::from_gguf(g.file()));
+    if let (Prompt::Text(_), Some(Err(e))) = (&o.prompt, &tokenizer) {
         return Err(Failure::Error(format!("{}: {e}", a.path.display())));
     }
-    let tokenizer = tokenizer.ok();
-    let prompt = prompt_ids(&o, &gguf, tokenizer.as_ref())?;
+    let tokenizer = tokenizer.and_then(Result::ok);
+    let prompt = prompt_ids(&o, &checkpoint, tokenizer.as_ref())?;
     let pool = ThreadPool::new(a.threads);
-    let mut session = Session::new(&gguf, &pool, a.context, a.batch, a.kv)?;
+    let mut session = Session::from_checkpoint(&checkpoint, &pool, a.context, a.batch, a.kv)?;
     let context = session.context();
     if prompt.is_empty() {
         return Err(Failure::Error(format!(
@@ -780,10 +789,10 @@ fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
 fn logits_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let a = model_args("logits", args, &["-o", "--output"], &[])?;
     require_tokens("logits", &a)?;
-    let gguf = GgufFile::open(&a.path)?;
+    let checkpoint = Checkpoint::open(&a.path)?;
     let pool = ThreadPool::new(a.threads);
     let context = a.context.max(a.tokens.len());
-    let mut session = Session::new(&gguf, &pool, context, a.batch, a.kv)?;
+    let mut session = Session::from_checkpoint(&checkpoint, &pool, context, a.batch, a.kv)?;
     let n_vocab = session.model().config().n_vocab;
     let mut logits = vec![0.0f32; a.tokens.len() * n_vocab];
     session.eval(&a.tokens, &mut logits)?;
@@ -835,9 +844,10 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     }
     let [path] = <[OsString; 1]>::try_from(args.positionals)
         .map_err(|_| usage("bench needs exactly one FILE"))?;
-    let gguf = GgufFile::open(PathBuf::from(path))?;
+    let checkpoint = Checkpoint::open(PathBuf::from(path))?;
     let pool = ThreadPool::new(threads);
-    let mut session = Session::new(&gguf, &pool, prompt + gen_tokens, prompt, kv)?;
+    let mut session =
+        Session::from_checkpoint(&checkpoint, &pool, prompt + gen_tokens, prompt, kv)?;
     let n_vocab = session.model().config().n_vocab;
     // A fixed pseudo-random prompt: the same tokens on every run and machine.
     let tokens: Vec<u32> = (0..prompt as u64)
@@ -869,7 +879,7 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let kernels = moe_std::kernels::detect().level();
     let written = if json {
         let report = serde_json::json!({
-            "file": gguf.path().display().to_string(),
+            "file": checkpoint.path().display().to_string(),
             "threads": pool.threads(),
             "kernels": kernels.name(),
             "prompt_tokens": prompt,
@@ -885,7 +895,7 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
         writeln!(
             out,
             "{}: {} threads, kernels {kernels}\n  prefill {prompt} tokens: {prefill_tps:.2} tokens/s\n  decode {gen_tokens} tokens: {decode_tps:.2} tokens/s, {bytes_per_token} weight bytes/token = {decode_gbs:.2} GB/s",
-            gguf.path().display(),
+            checkpoint.path().display(),
             pool.threads(),
         )
     };
@@ -897,9 +907,9 @@ fn route_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let args: Vec<OsString> = args.into_iter().filter(|a| a != "--json").collect();
     let a = model_args("route", args, &[], &[])?;
     require_tokens("route", &a)?;
-    let gguf = GgufFile::open(&a.path)?;
+    let checkpoint = Checkpoint::open(&a.path)?;
     let pool = ThreadPool::new(a.threads);
-    let mut session = Session::new(&gguf, &pool, a.tokens.len(), a.batch, a.kv)?;
+    let mut session = Session::from_checkpoint(&checkpoint, &pool, a.tokens.len(), a.batch, a.kv)?;
     let n_layer = session.model().config().n_layer;
     let n_expert: Vec<usize> = (0..n_layer)
         .map(|l| {
@@ -959,7 +969,7 @@ fn route_cmd(args: Vec<OsString>) -> Result<(), Failure> {
         writeln!(
             out,
             "{}",
-            serde_json::json!({ "file": gguf.path().display().to_string(), "input_tokens": a.tokens, "layers": layers })
+            serde_json::json!({ "file": checkpoint.path().display().to_string(), "input_tokens": a.tokens, "layers": layers })
         )
     } else {
         moe_layers.into_iter().try_for_each(|l| {
