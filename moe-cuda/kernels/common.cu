@@ -74,6 +74,7 @@ __device__ __forceinline__ float ld_f32_a4(const u8 *p) {
     return *(const float *)p;
 }
 
+#ifndef MOE_HOST_SHIM
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -89,6 +90,7 @@ __device__ __forceinline__ float warp_max(float v) {
     }
     return v;
 }
+#endif // MOE_HOST_SHIM: the host check defines warp_sum to collect each lane's part
 
 // ---- Block dot products (weight block · activation block), the scalar spec's math ----
 
@@ -258,7 +260,12 @@ template <> __device__ __forceinline__ float block_dot<TY_BF16>(const u8 *w, con
     return s;
 }
 
-#ifndef MOE_HOST_SHIM
+#ifdef MOE_HOST_SHIM
+// The host check calls these once per lane and adds the lanes' parts itself.
+#define warp_row_dot warp_row_dot_lane
+#define warp_dot_f32 warp_dot_f32_lane
+#endif
+
 // One weight row dotted with M activation rows by a whole warp: lane l takes blocks l,
 // l + 32, …; each weight block is read once from memory and reused for the M rows.
 // Every lane returns the full sums.
@@ -297,7 +304,10 @@ __device__ __forceinline__ float warp_dot_f32(const float *a, const float *b, in
     }
     return warp_sum(s);
 }
-#endif // MOE_HOST_SHIM: the host check runs the 32 lanes of these two in a loop
+#ifdef MOE_HOST_SHIM
+#undef warp_row_dot
+#undef warp_dot_f32
+#endif
 
 // The element-wise activation of an FFN (moe-core moe::Activation).
 #define ACTIVATION_SILU 0

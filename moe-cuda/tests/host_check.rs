@@ -11,13 +11,14 @@
 //! about real hardware (memory model, launch limits, timing) or the Rust launch code —
 //! the device tests cover those when a GPU is lent.
 //!
-//! Needs `g++` with C++20 and `_Float16` (GCC 12+ on x86-64); prints `skipped: no g++`
-//! otherwise.
+//! Needs `g++` with C++20 and `_Float16` (GCC 12+ on x86-64, checked by a probe); prints
+//! `skipped: no g++ with C++20 and _Float16` otherwise. A harness that then fails to
+//! build, or warns, fails the test.
 
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
@@ -25,12 +26,31 @@ use common::{N_EMBD, N_FF, TYPES, Weights, assert_close, assert_same_routing, cp
 use moe_core::router::{GroupLimit, GroupScore, Normalize, RouterConfig, ScoreFunc, Selection};
 use moe_cuda::synthetic::random_f32;
 
-/// Builds the harness once per test binary; `None` without a working g++.
+/// Whether `g++` can build C++20 with `_Float16` (GCC 12+ on x86-64).
+fn gxx_works(dir: &Path) -> bool {
+    let probe = dir.join("moe_cuda_gxx_probe.cpp");
+    let src = "int main() { _Float16 h = (_Float16)1.5f; return (float)h == 1.5f ? 0 : 1; }\n";
+    if std::fs::write(&probe, src).is_err() {
+        return false;
+    }
+    Command::new("g++")
+        .args(["-std=c++20", "-o"])
+        .arg(dir.join("moe_cuda_gxx_probe"))
+        .arg(&probe)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Builds the harness once per test binary; `None` without a suitable g++.
 fn harness() -> Option<PathBuf> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        if !gxx_works(&dir) {
+            return None;
+        }
         let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/host_check/harness.cpp");
-        let bin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("moe_cuda_host_check");
+        let bin = dir.join("moe_cuda_host_check");
         let out = Command::new("g++")
             .args([
                 "-std=c++20",
@@ -43,25 +63,21 @@ fn harness() -> Option<PathBuf> {
             ])
             .arg(&bin)
             .arg(&src)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                let warnings = String::from_utf8_lossy(&o.stderr);
-                assert!(warnings.trim().is_empty(), "g++ warned:\n{warnings}");
-                Some(bin)
-            }
-            Ok(o) => panic!(
-                "g++ could not build the harness:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(_) => None,
-        }
+            .output()
+            .expect("g++ ran for the probe");
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "g++ could not build the harness:\n{warnings}"
+        );
+        assert!(warnings.trim().is_empty(), "g++ warned:\n{warnings}");
+        Some(bin)
     })
     .clone()
 }
 
 fn skip() {
-    println!("skipped: no g++");
+    println!("skipped: no g++ with C++20 and _Float16");
 }
 
 fn le_i32(v: &[i32]) -> Vec<u8> {

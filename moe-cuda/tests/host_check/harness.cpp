@@ -1,8 +1,8 @@
 // Host check of the CUDA kernels: the kernel sources compiled as C++ with g++ and
 // launched in the same sequence as moe-cuda's GpuMoeLayer, one thread at a time. The two
-// warp-cooperative helpers (warp_row_dot, warp_dot_f32) are replaced by versions that
-// run the 32 lanes' strided loops in turn and add the partial sums in the butterfly
-// order of the shuffles; warp kernels then run lane 0 of each warp only. Driven by tests/host_check.rs, which compares the
+// warp-cooperative helpers (warp_row_dot, warp_dot_f32) run their real code once per
+// lane, warp_sum collecting each lane's part, and the parts are added in the butterfly
+// order of the shuffles; warp kernels run lane 0 of each warp, which calls them. Driven by tests/host_check.rs, which compares the
 // result with moe-core's CPU layer. Not a GPU: it proves the kernels' arithmetic,
 // indexing, tiling, routing and align logic, not their behaviour on hardware (memory
 // model, occupancy, timing).
@@ -34,10 +34,6 @@ static dim3 threadIdx;
 static dim3 blockIdx; // the block being run (set before each warp job)
 static dim3 blockDim;
 
-static float __shfl_xor_sync(unsigned, float, int) {
-    fprintf(stderr, "a warp shuffle outside the emulated helpers\n");
-    abort();
-}
 static void __syncthreads() {}
 static int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static int __dp4a(int a, int b, int c) {
@@ -67,9 +63,17 @@ static unsigned short f32_to_f16(float f) {
     return h;
 }
 
+// warp_sum as the lanes' loop sees it: each lane's part is collected, in call order.
+static float lane_parts[64];
+static int n_lane_parts;
+static float warp_sum(float v) {
+    lane_parts[n_lane_parts++] = v;
+    return v;
+}
+
 #include "../../kernels/common.cu"
 
-// The 32 lanes of a warp in turn; partial sums combined as the xor butterfly does.
+// The partial sums of 32 lanes combined as the xor butterfly of warp_sum does.
 static float butterfly(float *v) {
     for (int o = 16; o > 0; o >>= 1) {
         float next[32];
@@ -79,29 +83,33 @@ static float butterfly(float *v) {
     return v[0];
 }
 
+// The kernels' warp_row_dot: the real code (warp_row_dot_lane) run once per lane.
 template <int TY, int M>
 static void warp_row_dot(const u8 *wrow, const u8 *const *arows, int n_valid, int n_blocks, float *out) {
-    typedef WeightFormat<TY> F;
-    float acc[M][32];
+    const unsigned base = threadIdx.x & ~31u;
+    float parts[M][32];
+    float ignored[M];
     for (int lane = 0; lane < 32; ++lane) {
-        for (int m = 0; m < M; ++m) acc[m][lane] = 0.0f;
-        for (int b = lane; b < n_blocks; b += WARP) {
-            const u8 *wb = wrow + (size_t)b * F::block_bytes;
-            for (int m = 0; m < M; ++m) {
-                if (m < n_valid) acc[m][lane] += block_dot<TY>(wb, arows[m] + (size_t)b * F::act_bytes);
-            }
-        }
+        threadIdx.x = base + lane;
+        n_lane_parts = 0;
+        warp_row_dot_lane<TY, M>(wrow, arows, n_valid, n_blocks, ignored);
+        for (int m = 0; m < M; ++m) parts[m][lane] = lane_parts[m];
     }
-    for (int m = 0; m < M; ++m) out[m] = butterfly(acc[m]);
+    threadIdx.x = base;
+    for (int m = 0; m < M; ++m) out[m] = butterfly(parts[m]);
 }
 
 static float warp_dot_f32(const float *a, const float *b, int n) {
-    float v[32];
+    const unsigned base = threadIdx.x & ~31u;
+    float parts[32];
     for (int lane = 0; lane < 32; ++lane) {
-        v[lane] = 0.0f;
-        for (int i = lane; i < n; i += WARP) v[lane] += a[i] * b[i];
+        threadIdx.x = base + lane;
+        n_lane_parts = 0;
+        warp_dot_f32_lane(a, b, n);
+        parts[lane] = lane_parts[0];
     }
-    return butterfly(v);
+    threadIdx.x = base;
+    return butterfly(parts);
 }
 
 #include "../../kernels/quantize.cu"
