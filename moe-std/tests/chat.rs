@@ -15,8 +15,7 @@ fn fixture(name: &str) -> PathBuf {
 #[test]
 fn renders_like_jinja2() {
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
     let mut checked = 0;
     for case in expected.as_array().unwrap() {
         let name = case["template"].as_str().unwrap();
@@ -59,7 +58,9 @@ fn template_errors_are_typed() {
         "",
     )
     .unwrap();
-    let e = t.render(&[Message::new("assistant", "hi")], true).unwrap_err();
+    let e = t
+        .render(&[Message::new("assistant", "hi")], true)
+        .unwrap_err();
     assert!(e.to_string().contains("user first"), "{e}");
     assert_eq!(t.render(&[Message::new("user", "hi")], true).unwrap(), "ok");
 }

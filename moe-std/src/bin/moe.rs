@@ -739,11 +739,9 @@ fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
         }
         generated.push(next);
         history.push(next);
-        if text_mode {
-            if let Some(stream) = stream.as_mut() {
-                let piece = stream.push(next);
-                finish_stdout(out.write_all(piece.as_bytes()).and_then(|()| out.flush()))?;
-            }
+        if let (true, Some(stream)) = (text_mode, stream.as_mut()) {
+            let piece = stream.push(next);
+            finish_stdout(out.write_all(piece.as_bytes()).and_then(|()| out.flush()))?;
         }
         if o.n_predict.is_some_and(|n| generated.len() >= n) {
             break Stop::Length;
