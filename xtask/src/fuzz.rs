@@ -6,8 +6,9 @@
 //!
 //! libFuzzer reads two corpus folders: `fuzz/corpus/<target>` (where it writes the new
 //! inputs it finds; ignored by git) and `fuzz/seeds/<target>` (refreshed here from the
-//! committed fixtures `moe-core/tests/fixtures/**/*.gguf`; also ignored by git, so the
-//! fixtures stay the one copy in the repository).
+//! committed fixtures `moe-core/tests/fixtures/**/*.gguf`, or for `safetensors_parse`
+//! `moe-std/tests/fixtures/hf/**/*.safetensors`; also ignored by git, so the fixtures stay
+//! the one copy in the repository).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -44,9 +45,9 @@ pub fn run(target: &str, seconds: u64) -> Result<Report> {
     let corpus = fuzz_dir.join("corpus").join(target);
     let seeds = fuzz_dir.join("seeds").join(target);
     fs::create_dir_all(&corpus).map_err(|e| format!("creating {}: {e}", corpus.display()))?;
-    let n_seeds = refresh_seeds(&seeds)?;
+    let n_seeds = refresh_seeds(&seeds, target)?;
     eprintln!(
-        "fuzz: {n_seeds} seed files from moe-core/tests/fixtures in {}",
+        "fuzz: {n_seeds} seed files from the test fixtures in {}",
         seeds.display()
     );
 
@@ -87,15 +88,19 @@ fn ensure_cargo_fuzz() -> Result {
 }
 
 /// Replaces the contents of `seeds` with the `.gguf` fixtures; returns how many.
-fn refresh_seeds(seeds: &Path) -> Result<usize> {
+fn refresh_seeds(seeds: &Path, target: &str) -> Result<usize> {
     let io = |e: std::io::Error| format!("preparing seeds in {}: {e}", seeds.display());
     if seeds.exists() {
         fs::remove_dir_all(seeds).map_err(io)?;
     }
     fs::create_dir_all(seeds).map_err(io)?;
-    let fixtures = root().join("moe-core/tests/fixtures");
+    // The safetensors reader starts from the Hugging Face fixtures, the rest from GGUF.
+    let (fixtures, extension) = match target {
+        "safetensors_parse" => (root().join("moe-std/tests/fixtures/hf"), "safetensors"),
+        _ => (root().join("moe-core/tests/fixtures"), "gguf"),
+    };
     let mut files = Vec::new();
-    collect_gguf(&fixtures, &mut files);
+    collect_files(&fixtures, extension, &mut files);
     for file in &files {
         // Flatten `types/x.gguf` to `types_x.gguf`.
         let rel = file.strip_prefix(&fixtures).unwrap_or(file);
@@ -105,15 +110,15 @@ fn refresh_seeds(seeds: &Path) -> Result<usize> {
     Ok(files.len())
 }
 
-fn collect_gguf(dir: &Path, out: &mut Vec<PathBuf>) {
+fn collect_files(dir: &Path, extension: &str, out: &mut Vec<PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
-            collect_gguf(&path, out);
-        } else if path.extension().is_some_and(|e| e == "gguf") {
+            collect_files(&path, extension, out);
+        } else if path.extension().is_some_and(|e| e == extension) {
             out.push(path);
         }
     }

@@ -22,8 +22,8 @@ usage: cargo xtask <task> [options]
 tasks:
   ci [--fuzz-seconds N]      fmt --check, clippy -D warnings, cargo test --workspace,
                              nostd, firmware, aarch64-test, then fuzz smokes of
-                             gguf_parse, layer_from_gguf and tokenizer_from_gguf (N seconds
-                             each, default 45,
+                             gguf_parse, layer_from_gguf, tokenizer_from_gguf and
+                             safetensors_parse (N seconds each, default 45,
                              or $MOE_FUZZ_SECONDS)
   nostd                      build moe-core for bare-metal targets and prove that neither
                              std nor alloc is linked
@@ -54,9 +54,15 @@ tasks:
 const DEFAULT_FUZZ_SECONDS: u64 = 45;
 
 /// The fuzz targets `cargo xtask ci` smoke-tests: the GGUF reader, the layers built from
-/// GGUF metadata (`from_gguf` of MoE and PEER layers, then one forward pass), and the
-/// tokenizer built from GGUF metadata (then encoding and decoding through it).
-const FUZZ_TARGETS: [&str; 3] = ["gguf_parse", "layer_from_gguf", "tokenizer_from_gguf"];
+/// GGUF metadata (`from_gguf` of MoE and PEER layers, then one forward pass), the
+/// tokenizer built from GGUF metadata (then encoding and decoding through it), and the
+/// safetensors reader of Hugging Face checkpoints.
+const FUZZ_TARGETS: [&str; 4] = [
+    "gguf_parse",
+    "layer_from_gguf",
+    "tokenizer_from_gguf",
+    "safetensors_parse",
+];
 
 /// What a task returns: `Err` carries the message printed before exiting with status 1.
 type Result<T = (), E = String> = std::result::Result<T, E>;
