@@ -202,6 +202,20 @@ const fn pair_index(j: usize) -> [u8; 32] {
     t
 }
 
+/// `pshufb` indices that turn bytes `j` and `j + 1` of each `i32` lane into the `i16`
+/// pair `(b_j, b_j+1)` (zero-extended) in that lane.
+const fn two_index(j: usize) -> [u8; 32] {
+    let mut t = [0x80u8; 32];
+    let mut d = 0;
+    while d < 8 {
+        let at = 4 * (d % 4) + j;
+        t[4 * d] = at as u8;
+        t[4 * d + 2] = at as u8 + 1;
+        d += 1;
+    }
+    t
+}
+
 const PAIR_INDEX: [[u8; 32]; 4] = [pair_index(0), pair_index(1), pair_index(2), pair_index(3)];
 
 /// The first 16 bytes of eight Q4_K or Q5_K blocks (`d`, `dmin`, the 12 packed scale
@@ -231,8 +245,9 @@ fn q4_k_heads<const W: usize>(w: &[&[u8; W]; ROWS]) -> [__m256i; 4] {
 struct Q4kRows {
     /// Quants `0..=15`, vector `j` being sub-block `j`.
     q: [[__m256i; 8]; ROWS],
-    /// `scales[j][k]`: row `k`'s sub-block `j` scale as the `i16` pair `(s, s)`.
-    scales: [[u32; ROWS]; 8],
+    /// `scale_pairs[c][k]`: row `k`'s scales of sub-blocks `2c` and `2c + 1` as an `i16`
+    /// pair.
+    scale_pairs: [[u32; ROWS]; 4],
     /// `mins[s]`: lane `k` is row `k`'s sub-block `s` minimum as the `i16` pair `(m, m)`.
     mins: [__m256i; 8],
     d: __m256,
@@ -303,6 +318,7 @@ fn matmul_k_min<const W: usize>(
     let m4 = _mm256_set1_epi32(0x0f0f_0f0f);
     let hi2 = _mm256_set1_epi32(0x3030_3030);
     let index = PAIR_INDEX.map(|t| table(&t));
+    let pair_index = [table(&two_index(0)), table(&two_index(2))];
     // Bytes 0, 1 (`d`) of each dword to the low half of each 128-bit lane, 2, 3 (`dmin`)
     // to the high half.
     let f16_index = table(&[
@@ -316,7 +332,7 @@ fn matmul_k_min<const W: usize>(
         out,
         Q4kRows {
             q: [[_mm256_setzero_si256(); 8]; ROWS],
-            scales: [[0; ROWS]; 8],
+            scale_pairs: [[0; ROWS]; 4],
             mins: [_mm256_setzero_si256(); 8],
             d: _mm256_setzero_ps(),
             dmin: _mm256_setzero_ps(),
@@ -335,9 +351,9 @@ fn matmul_k_min<const W: usize>(
                 _mm256_and_si256(_mm256_srli_epi32::<4>(u3), m4),
                 _mm256_and_si256(_mm256_srli_epi32::<2>(u2), hi2),
             );
-            for (j, s) in rows.scales.iter_mut().enumerate() {
-                let src = if j < 4 { sc_lo } else { sc_hi };
-                let v = _mm256_shuffle_epi8(src, index[j % 4]);
+            for (c, s) in rows.scale_pairs.iter_mut().enumerate() {
+                let src = if c < 2 { sc_lo } else { sc_hi };
+                let v = _mm256_shuffle_epi8(src, pair_index[c % 2]);
                 // SAFETY: the pointer covers 32 writable bytes; unaligned stores are allowed.
                 unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), v) };
             }
@@ -367,10 +383,18 @@ fn matmul_k_min<const W: usize>(
             (qa, bsums, q8_k::d(a))
         },
         |rows, (qa, bsums, d_a)| {
-            let mut sums = [_mm256_setzero_si256(); ROWS];
+            let zero = _mm256_setzero_si256();
+            let mut sums = [zero; ROWS];
             for (k, acc) in sums.iter_mut().enumerate() {
-                for (j, (q, a)) in rows.q[k].iter().zip(qa).enumerate() {
-                    *acc = dpwssd_bcst(*acc, _mm256_maddubs_epi16(*q, *a), &rows.scales[j][k]);
+                let q = &rows.q[k];
+                for (c, pair) in rows.scale_pairs.iter().enumerate() {
+                    // Sub-blocks 2c and 2c + 1 by `vpdpbusd` (each `i32` lane a sum of four
+                    // products, |·| ≤ 4 · 31 · 128 < 2^15), their low halves interleaved as
+                    // `i16` pairs and scaled by one `vpdpwssd`.
+                    let v0 = dpbusd(zero, q[2 * c], qa[2 * c]);
+                    let v1 = dpbusd(zero, q[2 * c + 1], qa[2 * c + 1]);
+                    let v = _mm256_blend_epi16::<0b1010_1010>(v0, _mm256_bslli_epi128::<2>(v1));
+                    *acc = dpwssd_bcst(*acc, v, &pair[k]);
                 }
             }
             let sumi = hsum8(sums);
