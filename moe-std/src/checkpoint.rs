@@ -18,11 +18,19 @@ pub enum Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens `path`: a directory as a Hugging Face checkpoint, anything else as GGUF.
+    /// Opens `path`: a directory as a Hugging Face checkpoint (so is a file of one: its
+    /// `config.json`, a `*.safetensors` shard or the index), anything else as GGUF.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let hf_file = name == "config.json"
+            || name.ends_with(".safetensors")
+            || name.ends_with(".safetensors.index.json");
         if path.is_dir() {
             HfCheckpoint::open(path).map(Checkpoint::Hf)
+        } else if hf_file && path.is_file() {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+            HfCheckpoint::open(dir.unwrap_or(Path::new("."))).map(Checkpoint::Hf)
         } else {
             GgufFile::open(path).map(Checkpoint::Gguf)
         }

@@ -282,7 +282,7 @@ impl HfCheckpoint {
             )
         })?;
         let (metadata, dims) = metadata(&config, &arch)?;
-        let shards = shard_paths(dir)?;
+        let (shards, weight_map) = shard_paths(dir)?;
         let mut maps = Vec::with_capacity(shards.len());
         for path in &shards {
             let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -294,7 +294,7 @@ impl HfCheckpoint {
             maps.push(map);
         }
         let mapped = Mapped::try_new(Shards { maps }, |owner| {
-            weights(&owner.maps, &shards, &arch, &dims, metadata)
+            weights(&owner.maps, &shards, &weight_map, &arch, &dims, metadata)
         })?;
         Ok(HfCheckpoint {
             dir: dir.to_path_buf(),
@@ -461,9 +461,12 @@ fn metadata(config: &Config<'_>, arch: &Arch) -> Result<(HashMap<String, Meta>, 
     Ok((m, dims))
 }
 
+/// Tensor name → the shard the index puts it in (empty for a single file).
+type WeightMap = HashMap<String, PathBuf>;
+
 /// The safetensors files of `dir`: those the index names (each once, in first-mention
-/// order), or the single `model.safetensors`.
-fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+/// order), or the single `model.safetensors`; and the index's weight map.
+fn shard_paths(dir: &Path) -> Result<(Vec<PathBuf>, WeightMap)> {
     let index = dir.join("model.safetensors.index.json");
     if !index.exists() {
         let single = dir.join("model.safetensors");
@@ -473,7 +476,7 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
                 message: "neither model.safetensors.index.json nor model.safetensors".into(),
             });
         }
-        return Ok(vec![single]);
+        return Ok((vec![single], WeightMap::new()));
     }
     let text = fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
     let bad = |message: String| Error::Checkpoint {
@@ -486,6 +489,7 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
         .and_then(Json::as_object)
         .ok_or_else(|| bad("no 'weight_map' object".into()))?;
     let mut files: Vec<PathBuf> = Vec::new();
+    let mut weight_map = WeightMap::new();
     for (tensor, file) in map {
         let file = file
             .as_str()
@@ -496,6 +500,7 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
             )));
         }
         let path = dir.join(file);
+        weight_map.insert(tensor.clone(), path.clone());
         if !files.contains(&path) {
             if !path.exists() {
                 return Err(Error::Checkpoint {
@@ -509,7 +514,7 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     if files.is_empty() {
         return Err(bad("the weight map is empty".into()));
     }
-    Ok(files)
+    Ok((files, weight_map))
 }
 
 /// The llama.cpp name of Hugging Face tensor `name`, or where it goes among the experts:
@@ -631,6 +636,7 @@ fn expected(arch: &Arch, d: &Dims) -> Vec<(String, Vec<u64>)> {
 fn weights<'a>(
     maps: &'a [Mmap],
     paths: &[PathBuf],
+    weight_map: &WeightMap,
     arch: &Arch,
     dims: &Dims,
     metadata: HashMap<String, Meta>,
@@ -669,11 +675,19 @@ fn weights<'a>(
     let mut experts: HashMap<String, Vec<Option<TensorView<'a>>>> = HashMap::new();
     for (name, shape) in expected(arch, dims) {
         let Some((shard, t)) = all.get(&name) else {
-            return Err(Error::Checkpoint {
-                path: paths.first().map_or_else(PathBuf::new, |p| {
-                    p.parent().map(Path::to_path_buf).unwrap_or_default()
-                }),
-                message: format!("tensor '{name}' (which config.json implies) is missing"),
+            return Err(match weight_map.get(&name) {
+                Some(shard) => Error::Checkpoint {
+                    path: shard.clone(),
+                    message: format!(
+                        "tensor '{name}' (which config.json implies) is missing, though the index puts it in this shard"
+                    ),
+                },
+                None => Error::Checkpoint {
+                    path: paths.first().map_or_else(PathBuf::new, |p| {
+                        p.parent().map(Path::to_path_buf).unwrap_or_default()
+                    }),
+                    message: format!("tensor '{name}' (which config.json implies) is missing"),
+                },
             });
         };
         let path = &paths[*shard];

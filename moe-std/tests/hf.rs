@@ -121,6 +121,12 @@ fn mixtral_f32_matches_our_gguf_path_on_llama_cpp_conversion() {
     let err = relative_error(&from_gguf, &reference("mixtral"), n_vocab);
     println!("mixtral.gguf: max |ours − transformers| / range = {err:.2e}");
     assert!(err <= 1e-4, "{err}");
+    // A file of the checkpoint opens the directory.
+    for file in ["config.json", "model.safetensors.index.json"] {
+        let checkpoint = Checkpoint::open(fixture("mixtral").join(file)).unwrap();
+        assert!(matches!(checkpoint, Checkpoint::Hf(_)));
+        assert_eq!(checkpoint.path(), fixture("mixtral"));
+    }
     // The same checkpoint through `Checkpoint::open` of the file.
     let checkpoint = Checkpoint::open(fixture("mixtral.gguf")).unwrap();
     let mut session =
@@ -263,6 +269,21 @@ fn missing_tensor_is_an_error_naming_it() {
     let text = open_error(&dir).to_string();
     assert!(
         text.contains("'lm_head.weight'") && text.contains("missing"),
+        "{text}"
+    );
+}
+
+#[test]
+fn tensor_missing_from_the_shard_the_index_names_is_an_error_naming_both() {
+    let dir = scratch_copy("mixtral", "indexed");
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let shard = index["weight_map"]["model.norm.weight"].as_str().unwrap();
+    edit_header(&dir.join(shard), "model.norm.weight", "model.norX.weight");
+    let text = open_error(&dir).to_string();
+    assert!(
+        text.contains(shard) && text.contains("'model.norm.weight'") && text.contains("index"),
         "{text}"
     );
 }
