@@ -415,9 +415,9 @@ fn matmul_k_min<const W: usize>(
 struct Q6kRows {
     /// 6-bit quants `0..=63` as [`q6_k_quants`] orders them.
     u: [[__m256i; 8]; ROWS],
-    /// `i16` scales matching `u`'s pairs: vector `v` has sub-block `2v`'s scale in its
-    /// low 128 bits and `2v + 1`'s in its high.
-    scales: [[__m256i; 8]; ROWS],
+    /// `i16` scale pairs: vector `m` has (sub-block `4m`, `4m + 2`) in each `i32` of its
+    /// low 128 bits and (`4m + 1`, `4m + 3`) in its high.
+    scales: [[__m256i; 4]; ROWS],
     /// `−32 · scale` per sub-block, even sub-blocks in the low 128 bits and odd ones in
     /// the high (the order of [`q6_k_sub_sums`]).
     offsets: [__m256i; ROWS],
@@ -447,14 +447,13 @@ fn q6_k_sub_sums(qa: &[__m256i; 8]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
-    // Scale `2v` (bytes 4v, 4v + 1 of the widened scales) to every `i16` of the low
-    // half, scale `2v + 1` to the high half.
-    let index: [__m256i; 4] = core::array::from_fn(|v| {
+    // The `i16` pair (scale 4m, scale 4m + 2) to every `i32` of the low half, (4m + 1,
+    // 4m + 3) to the high half, from the widened scales 0..8 (m = 0, 1) or 8..16.
+    let index: [__m256i; 2] = core::array::from_fn(|m| {
         let mut t = [0u8; 32];
-        for i in 0..16 {
-            let pair = if i < 8 { 4 * v } else { 4 * v + 2 };
-            t[2 * i] = pair as u8;
-            t[2 * i + 1] = pair as u8 + 1;
+        for (i, t) in t.chunks_exact_mut(4).enumerate() {
+            let first = 8 * m + if i < 4 { 0 } else { 2 };
+            t.copy_from_slice(&[first, first + 1, first + 4, first + 5].map(|b| b as u8));
         }
         table(&t)
     });
@@ -466,7 +465,7 @@ fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
         out,
         Q6kRows {
             u: [[_mm256_setzero_si256(); 8]; ROWS],
-            scales: [[_mm256_setzero_si256(); 8]; ROWS],
+            scales: [[_mm256_setzero_si256(); 4]; ROWS],
             offsets: [_mm256_setzero_si256(); ROWS],
             d: _mm256_setzero_ps(),
         },
@@ -477,9 +476,9 @@ fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
                 let wide = _mm256_cvtepi8_epi16(raw);
                 let lo = _mm256_permute2x128_si256::<0x00>(wide, wide);
                 let hi = _mm256_permute2x128_si256::<0x11>(wide, wide);
-                for v in 0..8 {
-                    let src = if v < 4 { lo } else { hi };
-                    rows.scales[k][v] = _mm256_shuffle_epi8(src, index[v % 4]);
+                for m in 0..4 {
+                    let src = if m < 2 { lo } else { hi };
+                    rows.scales[k][m] = _mm256_shuffle_epi8(src, index[m % 2]);
                 }
                 let eo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(raw, even_odd));
                 rows.offsets[k] =
@@ -496,11 +495,20 @@ fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
             (qa, q6_k_sub_sums(&qa), q8_k::d(a))
         },
         |rows, (qa, sub_sums, d_a)| {
-            let mut sums = [_mm256_setzero_si256(); ROWS];
+            let zero = _mm256_setzero_si256();
+            let mut sums = [zero; ROWS];
             for (k, acc) in sums.iter_mut().enumerate() {
                 *acc = dpwssd(*acc, rows.offsets[k], *sub_sums);
-                for ((u, a), s) in rows.u[k].iter().zip(qa).zip(&rows.scales[k]) {
-                    *acc = dpwssd(*acc, _mm256_maddubs_epi16(*u, *a), *s);
+                let u = &rows.u[k];
+                for (m, s) in rows.scales[k].iter().enumerate() {
+                    // Vectors 2m and 2m + 1 by `vpdpbusd` (each `i32` lane a sum of four
+                    // products, |·| ≤ 4 · 63 · 128 < 2^15), their low halves interleaved as
+                    // `i16` pairs (sub-blocks 4m and 4m + 2 in the low 128 bits, 4m + 1
+                    // and 4m + 3 in the high) and scaled by one `vpdpwssd`.
+                    let x0 = dpbusd(zero, u[2 * m], qa[2 * m]);
+                    let x1 = dpbusd(zero, u[2 * m + 1], qa[2 * m + 1]);
+                    let x = _mm256_blend_epi16::<0b1010_1010>(x0, _mm256_bslli_epi128::<2>(x1));
+                    *acc = dpwssd(*acc, x, *s);
                 }
             }
             let sumi = hsum8(sums);
