@@ -6,8 +6,9 @@
 //!   same weights converted by llama.cpp's `convert_hf_to_gguf.py` (q/k rows permuted,
 //!   llama.cpp's RoPE layout) within 1e-5 of the range;
 //! - Qwen2-MoE, Qwen3-MoE and OLMoE in float32 within 1e-4 of transformers;
-//! - Mixtral in bfloat16 against transformers' float32 run of the same rounded weights,
-//!   within 1e-4 of the range (BF16 weights multiply float32 activations);
+//! - Mixtral in bfloat16 and float16 (norms included) against transformers' float32 run
+//!   of the same rounded weights, within 1e-4 of the range (half-precision weights multiply
+//!   float32 activations);
 //! - `moe logits / run / route / bench DIR` work on a checkpoint directory (logits equal
 //!   to the library's), and a text prompt without a tokenizer is a clear error;
 //! - bad checkpoints (missing shard, missing tensor, config disagreeing with the tensors,
@@ -137,6 +138,11 @@ fn mixtral_f32_matches_our_gguf_path_on_llama_cpp_conversion() {
 #[test]
 fn mixtral_bf16_matches_transformers_on_the_rounded_weights() {
     check_against_transformers("mixtral", "mixtral-bf16", 1e-4);
+}
+
+#[test]
+fn mixtral_f16_matches_transformers_on_the_rounded_weights() {
+    check_against_transformers("mixtral", "mixtral-f16", 1e-4);
 }
 
 #[test]
