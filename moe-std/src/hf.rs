@@ -580,7 +580,11 @@ fn expected(arch: &Arch, d: &Dims) -> Vec<(String, Vec<u64>)> {
         "model.embed_tokens.weight".to_string(),
         vec![d.n_vocab, d.n_embd],
     )];
-    let (q, kv) = (d.n_head * d.head_dim, d.n_head_kv * d.head_dim);
+    // Saturating: absurd sizes only make shapes that no tensor has.
+    let (q, kv) = (
+        d.n_head.saturating_mul(d.head_dim),
+        d.n_head_kv.saturating_mul(d.head_dim),
+    );
     for l in 0..d.n_layer {
         let p = |s: &str| format!("model.layers.{l}.{s}");
         out.push((p("input_layernorm.weight"), vec![d.n_embd]));
@@ -658,14 +662,20 @@ fn weights<'a>(
             all.insert(t.name.clone(), (i, t));
         }
     }
-    // A config claiming more layers or experts than there are tensors cannot match
-    // (and must not make us list billions of names).
+    // A config claiming far more layers or experts than there are tensors cannot match
+    // and must not make us list billions of names (a little more, and the first missing
+    // tensor is named below).
     let present = all.len() as u64;
-    if dims.n_layer > present || dims.n_expert > present {
+    let limit = present.saturating_mul(4).saturating_add(64);
+    let routed = dims
+        .n_layer
+        .checked_mul(dims.n_expert)
+        .and_then(|n| n.checked_mul(3));
+    if routed.is_none_or(|n| n > limit) || dims.n_layer > limit {
         return Err(Error::Checkpoint {
             path: paths.first().cloned().unwrap_or_default(),
             message: format!(
-                "config.json's {} layers of {} experts need more tensors than the {present} present",
+                "config.json's {} layers of {} experts need far more tensors than the {present} present",
                 dims.n_layer, dims.n_expert
             ),
         });

@@ -242,6 +242,16 @@ fn config_disagreeing_with_the_tensors_is_an_error_naming_both() {
         "{text}"
     );
 
+    let dir = scratch_copy("mixtral", "huge");
+    let config = fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace(
+        "\"num_local_experts\": 8",
+        "\"num_local_experts\": 4000000000",
+    );
+    fs::write(dir.join("config.json"), config).unwrap();
+    let text = open_error(&dir).to_string();
+    assert!(text.contains("far more tensors"), "{text}");
+
     let dir = scratch_copy("mixtral", "type");
     let config = fs::read_to_string(dir.join("config.json")).unwrap();
     fs::write(
