@@ -211,6 +211,44 @@ fn hybrid_half_the_experts_on_the_cpu_matches_cpu() {
 // ---- No device needed ----
 
 #[test]
+fn placement_from_router_statistics_takes_the_most_used_experts() {
+    use moe_core::moe::Workspace;
+    use moe_core::router::{RouterStats, Selection};
+    let w = Weights::new(TensorType::Q8_0, TensorType::Q8_0, 8, 61);
+    let layer = w.layer(RouterConfig::mixtral(N_EMBD, 8, 2), false);
+    let (mut tokens, mut drops) = (vec![0u32; 8], vec![0u32; 8]);
+    let (mut probs, mut weights) = (vec![0f64; 8], vec![0f64; 8]);
+    let mut stats = RouterStats::new(&mut tokens, &mut drops, &mut probs, &mut weights).unwrap();
+    let n_tokens = 64;
+    let hidden = random_f32(n_tokens * N_EMBD, 1.0, 62);
+    let size = layer.workspace_size(n_tokens);
+    let mut selections = vec![Selection::new(); size.selections];
+    let mut router = vec![0f32; size.router];
+    let mut bytes = vec![0u8; size.bytes];
+    let mut ws = Workspace {
+        selections: &mut selections,
+        router: &mut router,
+        bytes: &mut bytes,
+    };
+    let mut out = vec![0f32; hidden.len()];
+    layer
+        .forward_with_stats(&hidden, &[], &mut out, &mut ws, Some(&mut stats))
+        .unwrap();
+    let sizes = moe_cuda::placement::expert_bytes(layer.experts()).unwrap();
+    let budget = sizes[0] * 3;
+    let p = moe_cuda::placement::place_by_stats(&stats, &sizes, budget).unwrap();
+    let counts = stats.tokens_per_expert().to_vec();
+    assert_eq!(
+        counts.iter().map(|&c| c as usize).sum::<usize>(),
+        2 * n_tokens
+    );
+    let mut by_use: Vec<usize> = (0..8).collect();
+    by_use.sort_by(|&a, &b| counts[b].cmp(&counts[a]));
+    assert_eq!(p.order, by_use[..3].to_vec(), "counts {counts:?}");
+    assert_eq!(p.bytes, budget);
+}
+
+#[test]
 fn the_cpu_share_is_the_non_resident_choices() {
     let routed = vec![vec![(2, 0.75), (5, 0.25)], vec![(1, 0.5), (2, 0.5)]];
     let resident = [false, true, true, false, false, false];

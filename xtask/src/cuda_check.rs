@@ -52,6 +52,7 @@ if [ -n "$lib" ]; then
   export LD_LIBRARY_PATH="$nvdir:$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 say "nvrtc: ${lib:-not found}"
+say "$(ldd --version 2>&1 | head -n 1) (the binaries need glibc >= 2.34)"
 nvidia-smi -L 2>&1 | tee -a "$log"
 export MOE_REQUIRE_GPU=1 MOE_REQUIRE_NVRTC=1 RUST_BACKTRACE=1
 export MOE_CUDA_CACHE=${TMPDIR:-/tmp}/moe-cuda-cache
@@ -141,7 +142,11 @@ pub fn run(args: &[String]) -> Result {
     step("run on the GPU machine (repository root, no Rust toolchain needed)");
     println!("carry: [\"{DIR}\"]");
     println!("command: sh {DIR}/run.sh");
-    println!("(log: $OUT/cuda-check.log; expected wall time 1-3 minutes, give it timeout_s 420)");
+    println!("(log: $OUT/cuda-check.log; expected wall time 1-3 minutes, give it timeout_s 420;");
+    println!(" the binaries are dynamically linked against glibc >= 2.34 and load libcuda and");
+    println!(
+        " libnvrtc at run time: set MOE_NVRTC_LIB=/path/to/libnvrtc.so.N if run.sh finds none)"
+    );
     Ok(())
 }
 
