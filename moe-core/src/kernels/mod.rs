@@ -22,9 +22,11 @@
 //!
 //! On x86-64 the levels are [`Level::Avx2`] (AVX2 + FMA + F16C: every dot-product
 //! weight type) and [`Level::Avx512`] (adds AVX-512 F/BW/VL/VNNI: `vpdpbusd` for
-//! Q4_0 and Q8_0, 1.8–2.9× AVX2 on their matrix × vector here, so
-//! `moe_std::kernels::detect()` prefers it; AVX2 code for the other types). Matrix × batch
-//! (`matmul`) runs eight rows per vector for Q4_0, Q8_0, Q4_K and Q6_K (`x86/batch.rs`).
+//! Q4_0 and Q8_0, 1.8–2.9× AVX2 on their matrix × vector here, `vpdpbusd` and
+//! `vpdpwssd` for Q4_K, Q5_K and Q6_K, 2.3–2.8× AVX2 on theirs in cache, so
+//! `moe_std::kernels::detect()` prefers it; AVX2 code for the other types and the row dot
+//! products). Matrix × batch (`matmul`) runs eight rows per vector for Q4_0, Q8_0, Q4_K
+//! and Q6_K at both levels, and Q5_K at `Avx512` (`x86/batch.rs`, `x86/avx512.rs`).
 //! On AArch64 they are [`Level::Neon`] (Q4_0, Q4_1, Q5_0,
 //! Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, F32, F16 and BF16 rows) and
 //! [`Level::Dotprod`] (the same kernels with `sdot` for the byte products). Other weight
