@@ -21,9 +21,10 @@ use moe_core::router::Selection;
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
 
 /// The float fixtures: dense Llama, one MoE model per supported architecture, two with YaRN
-/// RoPE scaling (llama's and DeepSeek's variants), all F32, and an F16 conversion by
-/// llama.cpp's own tool.
-const FLOAT_MODELS: [&str; 10] = [
+/// RoPE scaling (llama's and DeepSeek's variants), all F32, an F16 conversion by
+/// llama.cpp's own tool, and DeepSeek with the combined `attn_kv_b` of older files (which
+/// llama.cpp runs non-absorbed, with per-head K/V in its cache).
+const FLOAT_MODELS: [&str; 11] = [
     "mistral-tiny",
     "mixtral-tiny",
     "qwen2moe-tiny",
@@ -34,6 +35,7 @@ const FLOAT_MODELS: [&str; 10] = [
     "mixtral-yarn-tiny",
     "deepseek2-yarn-tiny",
     "qwen2moe-tiny-f16",
+    "deepseek2-kvb-tiny",
 ];
 
 /// Fixtures quantized by llama.cpp's own quantizer.
@@ -328,4 +330,135 @@ fn an_f16_kv_cache_matches_llama_cpp_default_logits() {
         );
         assert!(max_diff <= 1e-3 * (range), "{name}: max diff {max_diff}");
     }
+}
+
+/// A GGUF file with some tensors replaced, added or hidden (for the combined-KV tests).
+struct Patched<'a> {
+    file: &'a File<'a>,
+    replace: Vec<(String, Option<moe_core::tensor::TensorView<'a>>)>,
+}
+
+impl<'a> moe_core::source::TensorSource<'a> for Patched<'a> {
+    fn value(&self, key: &str) -> Option<moe_core::gguf::Value<'a>> {
+        self.file.get(key)
+    }
+
+    fn tensor(&self, name: &str) -> Option<moe_core::tensor::TensorView<'a>> {
+        match self.replace.iter().find(|(n, _)| n == name) {
+            Some((_, view)) => *view,
+            None => self.file.tensor(name).map(|t| t.view),
+        }
+    }
+}
+
+fn patched_model<'a>(source: &Patched<'a>) -> moe_core::Result<Model<'a>> {
+    let config = moe_core::model::ModelConfig::from_source(source)?;
+    Model::from_source(config, source)
+}
+
+#[test]
+fn combined_kv_b_agrees_with_the_split_tensors() {
+    // Three 128-block models at once: more than a test thread's default stack.
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(combined_vs_split)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn combined_vs_split() {
+    // The same weights, split (attn_k_b / attn_v_b, absorbed by llama.cpp too) and combined
+    // (attn_kv_b, which llama.cpp runs non-absorbed): ours agree to rounding.
+    let split_bytes = read("deepseek2-tiny.gguf");
+    let split_file = File::parse(&split_bytes).unwrap();
+    let split: Model<'_> = Model::from_gguf(&split_file).unwrap();
+    let kvb_bytes = read("deepseek2-kvb-tiny.gguf");
+    let kvb_file = File::parse(&kvb_bytes).unwrap();
+    let kvb: Model<'_> = Model::from_gguf(&kvb_file).unwrap();
+    assert_eq!(split.config(), kvb.config());
+    // The combined form needs one more row of scratch (one dequantized attn_kv_b row).
+    let (a, b) = (split.workspace_size(12, 64), kvb.workspace_size(12, 64));
+    assert_eq!(b.floats, a.floats + 32);
+    assert_eq!((b.kv_cache, b.bytes), (a.kv_cache, a.bytes));
+    let (tokens, _, _) = reference("deepseek2-kvb-tiny");
+    let (x, y) = (logits_of(&split, &tokens, 64), logits_of(&kvb, &tokens, 64));
+    let (max_diff, range) = max_diff_and_range(&y, &x);
+    eprintln!("deepseek2 combined vs split: max diff {max_diff:e}, range {range}");
+    assert!(max_diff <= 1e-5 * range, "{max_diff}");
+
+    // A batch equals the same tokens one at a time, bit for bit, in the combined form too.
+    let n_vocab = kvb.config().n_vocab;
+    let mut buffers = Buffers::new(kvb.workspace_size(1, 64));
+    let mut row = vec![0.0; n_vocab];
+    for (pos, &token) in tokens.iter().enumerate() {
+        kvb.forward(&[token], pos, &mut row, &mut buffers.workspace())
+            .unwrap();
+        let want = &y[pos * n_vocab..(pos + 1) * n_vocab];
+        assert!(
+            row.iter()
+                .zip(want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "position {pos}"
+        );
+    }
+
+    // With both forms present the split tensors are used (as llama.cpp prefers them).
+    let both = Patched {
+        file: &split_file,
+        replace: (0..2)
+            .map(|l| {
+                let name = format!("blk.{l}.attn_kv_b.weight");
+                let view = kvb_file.tensor(&name).unwrap().view;
+                (name, Some(view))
+            })
+            .collect(),
+    };
+    let model = patched_model(&both).unwrap();
+    assert_eq!(model.workspace_size(12, 64), a);
+    let got = logits_of(&model, &tokens, 64);
+    assert!(got.iter().zip(&x).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn a_bad_combined_kv_b_is_refused_by_name() {
+    let bytes = read("deepseek2-kvb-tiny.gguf");
+    let file = File::parse(&bytes).unwrap();
+    let kv_b = file.tensor("blk.1.attn_kv_b.weight").unwrap().view;
+    // One head's rows short: 4 · (16 + 16) − 1 rows of 32.
+    let short =
+        moe_core::tensor::TensorView::new(kv_b.ty(), &[32, 127], &kv_b.data()[..32 * 127 * 4])
+            .unwrap();
+    let source = Patched {
+        file: &file,
+        replace: vec![("blk.1.attn_kv_b.weight".into(), Some(short))],
+    };
+    let e = patched_model(&source).map(|_| ());
+    assert!(
+        matches!(&e, Err(moe_core::Error::BadTensorShape { tensor, dim: 1, expected: 128, actual: 127 })
+            if tensor.as_str() == "blk.1.attn_kv_b.weight"),
+        "{e:?}"
+    );
+    // Rows of the wrong width.
+    let wide = moe_core::tensor::TensorView::new(kv_b.ty(), &[64, 64], kv_b.data()).unwrap();
+    let source = Patched {
+        file: &file,
+        replace: vec![("blk.0.attn_kv_b.weight".into(), Some(wide))],
+    };
+    let e = patched_model(&source).map(|_| ());
+    assert!(
+        matches!(&e, Err(moe_core::Error::BadTensorShape { tensor, dim: 0, .. })
+            if tensor.as_str() == "blk.0.attn_kv_b.weight"),
+        "{e:?}"
+    );
+    // Neither form: the missing split tensor is named.
+    let source = Patched {
+        file: &file,
+        replace: vec![("blk.0.attn_kv_b.weight".into(), None)],
+    };
+    let e = patched_model(&source).map(|_| ());
+    assert!(
+        matches!(&e, Err(moe_core::Error::MissingTensor { tensor }) if tensor.as_str() == "blk.0.attn_k_b.weight"),
+        "{e:?}"
+    );
 }

@@ -154,20 +154,38 @@ impl ModelConfig {
                 reason: "attention.head_count must be non-zero and divide embedding_length",
             });
         }
-        let n_head_kv = optional("attention.head_count_kv", n_head)?;
-        let head_dim = optional("attention.key_length", n_embd / n_head)?;
-        let head_dim_v = optional("attention.value_length", head_dim)?;
+        let mut n_head_kv = optional("attention.head_count_kv", n_head)?;
+        let mut head_dim = optional("attention.key_length", n_embd / n_head)?;
+        let mut head_dim_v = optional("attention.value_length", head_dim)?;
         let rope_dims = optional("rope.dimension_count", head_dim)?;
         let mla = match key("attention.kv_lora_rank")? {
-            Some(_) if arch == "deepseek2" => Some(MlaConfig {
-                q_lora_rank: optional("attention.q_lora_rank", 0)?,
-                kv_lora_rank: required("attention.kv_lora_rank")?,
-                key_length: required("attention.key_length_mla")?,
-                value_length: required("attention.value_length_mla")?,
-            }),
+            Some(_) if arch == "deepseek2" => {
+                let kv_lora_rank = required("attention.kv_lora_rank")?;
+                // Files written before llama.cpp split `attn_kv_b` (no `*_mla` keys) give
+                // the per-head sizes as key/value_length and n_head KV heads (llama.cpp runs
+                // them non-absorbed); here the cache holds one latent KV head either way.
+                let (key_length, value_length) = if key("attention.key_length_mla")?.is_some() {
+                    (
+                        required("attention.key_length_mla")?,
+                        required("attention.value_length_mla")?,
+                    )
+                } else {
+                    let per_head = (head_dim, head_dim_v);
+                    n_head_kv = 1;
+                    head_dim = kv_lora_rank.saturating_add(rope_dims);
+                    head_dim_v = kv_lora_rank;
+                    per_head
+                };
+                Some(MlaConfig {
+                    q_lora_rank: optional("attention.q_lora_rank", 0)?,
+                    kv_lora_rank,
+                    key_length,
+                    value_length,
+                })
+            }
             _ if arch == "deepseek2" => {
                 return Err(Error::InvalidModelConfig {
-                    reason: "deepseek2 files without latent attention (attn_kv_b) are not supported",
+                    reason: "deepseek2 files without latent attention (attention.kv_lora_rank) are not supported",
                 });
             }
             _ => None,

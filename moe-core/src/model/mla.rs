@@ -9,11 +9,26 @@
 //! `q_nope · (K_b c) + q_pe · k_pe` is the plain dot product `[q̃, q_pe] · [c, k_pe]` and
 //! the generic attention runs unchanged; its per-head output (a latent) becomes the
 //! head's value through its slice of `attn_v_b`.
+//!
+//! Older DeepSeek GGUFs (converted before llama.cpp split the tensor) and Hugging Face
+//! checkpoints (`kv_b_proj`) carry one combined `attn_kv_b` of `n_head · (nope + value)`
+//! rows of `kv_lora_rank` columns instead: per head `nope` rows of `W_k` (the key's nope
+//! part is `W_k c`), then `value_length` rows of `W_v`. It is used in place, in the same
+//! absorbed form with the same compressed cache (llama.cpp runs such files
+//! non-absorbed, with full per-head keys and values in its cache; the two agree up to
+//! rounding):
+//! - the absorbed query `q̃ = W_kᵀ q_nope` is a transposed product: one row of `W_k` at a
+//!   time is dequantized into a `kv_lora_rank` scratch row and added, times the query's
+//!   element, into `q̃` of every token of the batch (f32, rows in ascending order, each
+//!   row read once per batch);
+//! - the value `W_v · o` of the head's attention output `o` is an ordinary matrix product
+//!   over the head's `value_length` contiguous rows.
 
 use super::{Model, ModelConfig, block_tensor, check_matrix, check_norm, norm_in_place};
 use crate::error::name_of;
 use crate::gguf::names::layer_tensor;
 use crate::model::MlaConfig;
+use crate::quant::dequantize_row;
 use crate::source::TensorSource;
 use crate::tensor::TensorView;
 use crate::{Error, Result};
@@ -28,10 +43,22 @@ pub(super) struct Weights<'a> {
     /// `attn_kv_a_mqa`: the latent, then the shared RoPE key.
     kv_a: TensorView<'a>,
     kv_a_norm: TensorView<'a>,
-    /// `attn_k_b`: per head `kv_lora_rank` rows of `nope` columns.
-    k_b: TensorView<'a>,
-    /// `attn_v_b`: per head `value_length` rows of `kv_lora_rank` columns.
-    v_b: TensorView<'a>,
+    /// How keys and values are rebuilt from the latent.
+    kv_b: KvB<'a>,
+}
+
+/// The latent-to-head matrices, split (llama.cpp's current files) or combined.
+#[derive(Clone, Copy, Debug)]
+enum KvB<'a> {
+    Split {
+        /// `attn_k_b`: per head `kv_lora_rank` rows of `nope` columns.
+        k_b: TensorView<'a>,
+        /// `attn_v_b`: per head `value_length` rows of `kv_lora_rank` columns.
+        v_b: TensorView<'a>,
+    },
+    /// `attn_kv_b`: per head `nope` rows of `W_k`, then `value_length` rows of `W_v`, each
+    /// `kv_lora_rank` wide.
+    Combined(TensorView<'a>),
 }
 
 /// Scratch floats per token: the rebuilt values, the query latent, the query, the KV
@@ -42,6 +69,12 @@ pub(super) fn scratch_per_token(c: &ModelConfig, m: &MlaConfig) -> usize {
         + c.n_head * m.key_length
         + m.kv_lora_rank
         + c.rope_dims
+}
+
+/// Scratch floats per batch besides [`scratch_per_token`]: one dequantized row of
+/// `attn_kv_b` when some block reads the combined tensor.
+pub(super) fn scratch_per_batch(m: &MlaConfig, combined: bool) -> usize {
+    if combined { m.kv_lora_rank } else { 0 }
 }
 
 /// Checks that `view` is `[cols, rows, heads]` (GGUF order).
@@ -102,36 +135,78 @@ impl<'a> Weights<'a> {
         check_matrix(&kv_a, &name("attn_kv_a_mqa.weight"), c.n_embd, kv_rows)?;
         let kv_a_norm = get("attn_kv_a_norm.weight")?;
         check_norm(&kv_a_norm, &name("attn_kv_a_norm.weight"), m.kv_lora_rank)?;
-        let k_b = get("attn_k_b.weight")?;
-        check_heads(
-            &k_b,
-            &name("attn_k_b.weight"),
-            [nope, m.kv_lora_rank, c.n_head],
-        )?;
-        let v_b = get("attn_v_b.weight")?;
-        let v_dims = [m.kv_lora_rank, m.value_length, c.n_head];
-        check_heads(&v_b, &name("attn_v_b.weight"), v_dims)?;
-        for view in [&k_b, &v_b] {
-            if view.ty().activation_type().is_none() {
-                return Err(Error::UnsupportedType { ty: view.ty() });
+        // The split tensors when the file has both (llama.cpp prefers them), else the
+        // combined one.
+        let split = (get("attn_k_b.weight"), get("attn_v_b.weight"));
+        let kv_b = match split {
+            (Ok(k_b), Ok(v_b)) => {
+                check_heads(
+                    &k_b,
+                    &name("attn_k_b.weight"),
+                    [nope, m.kv_lora_rank, c.n_head],
+                )?;
+                let v_dims = [m.kv_lora_rank, m.value_length, c.n_head];
+                check_heads(&v_b, &name("attn_v_b.weight"), v_dims)?;
+                for view in [&k_b, &v_b] {
+                    if view.ty().activation_type().is_none() {
+                        return Err(Error::UnsupportedType { ty: view.ty() });
+                    }
+                }
+                KvB::Split { k_b, v_b }
             }
-        }
+            (k_b, v_b) => {
+                let Ok(kv_b) = get("attn_kv_b.weight") else {
+                    // Neither form: name the split tensor that is missing.
+                    k_b?;
+                    v_b?;
+                    return Err(Error::MissingTensor {
+                        tensor: name_of(&name("attn_kv_b.weight")),
+                    });
+                };
+                let rows = c.n_head * (nope + m.value_length);
+                check_matrix(&kv_b, &name("attn_kv_b.weight"), m.kv_lora_rank, rows)?;
+                KvB::Combined(kv_b)
+            }
+        };
         Ok(Weights {
             q_a,
             q,
             kv_a,
             kv_a_norm,
-            k_b,
-            v_b,
+            kv_b,
         })
+    }
+
+    /// Whether the block reads the combined `attn_kv_b` (it then needs
+    /// [`scratch_per_batch`]).
+    pub(super) fn combined(&self) -> bool {
+        matches!(self.kv_b, KvB::Combined(_))
     }
 
     /// Every matrix the attention multiplies by (for sizing and byte counts).
     pub(super) fn projections(&self) -> impl Iterator<Item = TensorView<'a>> {
         let q_a = self.q_a.map(|(q_a, _)| q_a);
+        let (k_b, v_b) = match self.kv_b {
+            KvB::Split { k_b, v_b } => (Some(k_b), Some(v_b)),
+            KvB::Combined(kv_b) => (Some(kv_b), None),
+        };
         q_a.into_iter()
-            .chain([self.q, self.kv_a, self.k_b, self.v_b])
+            .chain([self.q, self.kv_a])
+            .chain(k_b)
+            .chain(v_b)
     }
+}
+
+/// Rows `first..first + count` of the `[cols, rows]` matrix `view`, as a matrix.
+fn row_block<'a>(view: &TensorView<'a>, first: usize, count: usize) -> Result<TensorView<'a>> {
+    let rb = view.row_bytes();
+    let data =
+        view.data()
+            .get(first * rb..(first + count) * rb)
+            .ok_or(Error::InvalidModelConfig {
+                reason: "a latent-attention head slice is out of range",
+            })?;
+    TensorView::new(view.ty(), &[view.ne(0), count as u64], data)
 }
 
 impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
@@ -160,7 +235,7 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
         let (_, rest) = scratch.split_at_mut(t * c.out_dim());
         let (q_latent, rest) = rest.split_at_mut(t * m.q_lora_rank);
         let (q_full, rest) = rest.split_at_mut(t * c.n_head * m.key_length);
-        let kv = &mut rest[..t * (lora + rope_dims)];
+        let (kv, rest) = rest.split_at_mut(t * (lora + rope_dims));
 
         match &w.q_a {
             Some((q_a, norm)) => {
@@ -192,9 +267,22 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
                 c.rope.apply(q_pe, pos);
                 let out = &mut q[(i * c.n_head + h) * c.head_dim..][..c.head_dim];
                 let (q_lat, q_rope) = out.split_at_mut(lora);
-                self.project(&head(&w.k_b, h)?, q_nope, nope, acts, q_lat)?;
+                match &w.kv_b {
+                    KvB::Split { k_b, .. } => {
+                        self.project(&head(k_b, h)?, q_nope, nope, acts, q_lat)?
+                    }
+                    KvB::Combined(_) => q_lat.fill(0.0),
+                }
                 q_rope.copy_from_slice(q_pe);
             }
+        }
+        if let KvB::Combined(kv_b) = &w.kv_b {
+            let actual = rest.len();
+            let row = rest.get_mut(..lora).ok_or(Error::BufferTooSmall {
+                needed: lora,
+                actual,
+            })?;
+            absorb_combined(kv_b, c.n_head, &m, nope, q_full, q, row)?;
         }
         Ok(())
     }
@@ -217,9 +305,52 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
         let heads = attn
             .chunks_exact(lora)
             .zip(scratch.chunks_exact_mut(m.value_length));
+        let nope = m.key_length - c.rope_dims;
         for (n, (latent, value)) in heads.enumerate() {
-            self.project(&head(&w.v_b, n % c.n_head)?, latent, lora, acts, value)?;
+            let h = n % c.n_head;
+            let v_h = match &w.kv_b {
+                KvB::Split { v_b, .. } => head(v_b, h)?,
+                KvB::Combined(kv_b) => {
+                    row_block(kv_b, h * (nope + m.value_length) + nope, m.value_length)?
+                }
+            };
+            self.project(&v_h, latent, lora, acts, value)?;
         }
         Ok(())
     }
+}
+
+/// `q̃_h += Σ_j q_nope_h[j] · W_k_h[j, :]` for every token and head, from the combined
+/// `attn_kv_b` (`q̃` zeroed by the caller, `q_full` the batch's per-head queries of
+/// `key_length`, `q` the absorbed queries of `head_dim`): each of head `h`'s `nope` rows
+/// is dequantized once into `row`, then added into every token's `q̃_h`, rows in ascending
+/// order.
+fn absorb_combined(
+    kv_b: &TensorView<'_>,
+    n_head: usize,
+    m: &MlaConfig,
+    nope: usize,
+    q_full: &[f32],
+    q: &mut [f32],
+    row: &mut [f32],
+) -> Result<()> {
+    let head_dim = m.kv_lora_rank + (m.key_length - nope);
+    let n_tokens = q_full.len() / (n_head * m.key_length).max(1);
+    for h in 0..n_head {
+        for j in 0..nope {
+            let r = h * (nope + m.value_length) + j;
+            let src = kv_b.row(r as u64).ok_or(Error::InvalidModelConfig {
+                reason: "a latent-attention head slice is out of range",
+            })?;
+            dequantize_row(kv_b.ty(), src, row)?;
+            for i in 0..n_tokens {
+                let x = q_full[(i * n_head + h) * m.key_length + j];
+                let out = &mut q[(i * n_head + h) * head_dim..][..m.kv_lora_rank];
+                for (o, w) in out.iter_mut().zip(row.iter()) {
+                    *o += x * w;
+                }
+            }
+        }
+    }
+    Ok(())
 }

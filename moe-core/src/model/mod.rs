@@ -482,9 +482,14 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
             proj: t.checked_mul(c.n_embd)?,
             kv_new: t.checked_mul(c.k_dim() + c.v_dim())?,
             router,
-            mla: c
-                .mla
-                .map_or(Some(0), |m| t.checked_mul(mla::scratch_per_token(c, &m)))?,
+            mla: c.mla.map_or(Some(0), |m| {
+                let combined = self
+                    .blocks
+                    .iter()
+                    .any(|b| matches!(&b.attention, Attention::Latent(w) if w.combined()));
+                t.checked_mul(mla::scratch_per_token(c, &m))?
+                    .checked_add(mla::scratch_per_batch(&m, combined))
+            })?,
         })
     }
 
