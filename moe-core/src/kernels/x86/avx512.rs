@@ -415,8 +415,8 @@ fn matmul_k_min<const W: usize>(
 struct Q6kRows {
     /// 6-bit quants `0..=63` as [`q6_k_quants`] orders them.
     u: [[__m256i; 8]; ROWS],
-    /// `i16` scale pairs: vector `m` has (sub-block `4m`, `4m + 2`) in each `i32` of its
-    /// low 128 bits and (`4m + 1`, `4m + 3`) in its high.
+    /// `i16` scales: vector `m` has sub-block `4m`'s in its four lowest lanes, then
+    /// `4m + 2`'s, `4m + 1`'s and `4m + 3`'s.
     scales: [[__m256i; 4]; ROWS],
     /// `−32 · scale` per sub-block, even sub-blocks in the low 128 bits and odd ones in
     /// the high (the order of [`q6_k_sub_sums`]).
@@ -447,13 +447,13 @@ fn q6_k_sub_sums(qa: &[__m256i; 8]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
-    // The `i16` pair (scale 4m, scale 4m + 2) to every `i32` of the low half, (4m + 1,
-    // 4m + 3) to the high half, from the widened scales 0..8 (m = 0, 1) or 8..16.
+    // Scale 4m to the low four `i16` of the low half, 4m + 2 to its high four, 4m + 1 and
+    // 4m + 3 likewise in the high half, from the widened scales 0..8 (m = 0, 1) or 8..16.
     let index: [__m256i; 2] = core::array::from_fn(|m| {
         let mut t = [0u8; 32];
-        for (i, t) in t.chunks_exact_mut(4).enumerate() {
-            let first = 8 * m + if i < 4 { 0 } else { 2 };
-            t.copy_from_slice(&[first, first + 1, first + 4, first + 5].map(|b| b as u8));
+        for (i, t) in t.chunks_exact_mut(2).enumerate() {
+            let scale = 4 * m + [0, 2, 1, 3][i / 4];
+            t.copy_from_slice(&[2 * scale as u8, 2 * scale as u8 + 1]);
         }
         table(&t)
     });
@@ -502,13 +502,13 @@ fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
                 let u = &rows.u[k];
                 for (m, s) in rows.scales[k].iter().enumerate() {
                     // Vectors 2m and 2m + 1 by `vpdpbusd` (each `i32` lane a sum of four
-                    // products, |·| ≤ 4 · 63 · 128 < 2^15), their low halves interleaved as
-                    // `i16` pairs (sub-blocks 4m and 4m + 2 in the low 128 bits, 4m + 1
-                    // and 4m + 3 in the high) and scaled by one `vpdpwssd`.
+                    // products, |·| ≤ 4 · 63 · 128 < 2^15, so the pack never saturates),
+                    // packed to `i16` (sub-blocks 4m and 4m + 2 in the low 128 bits, 4m + 1
+                    // and 4m + 3 in the high, four lanes each) and scaled by one
+                    // `vpdpwssd`.
                     let x0 = dpbusd(zero, u[2 * m], qa[2 * m]);
                     let x1 = dpbusd(zero, u[2 * m + 1], qa[2 * m + 1]);
-                    let x = _mm256_blend_epi16::<0b1010_1010>(x0, _mm256_bslli_epi128::<2>(x1));
-                    *acc = dpwssd(*acc, x, *s);
+                    *acc = dpwssd(*acc, _mm256_packs_epi32(x0, x1), *s);
                 }
             }
             let sumi = hsum8(sums);
