@@ -245,9 +245,13 @@ fn q4_k_heads<const W: usize>(w: &[&[u8; W]; ROWS]) -> [__m256i; 4] {
 struct Q4kRows {
     /// Quants `0..=15`, vector `j` being sub-block `j`.
     q: [[__m256i; 8]; ROWS],
-    /// `scale_pairs[c][k]`: row `k`'s scales of sub-blocks `2c` and `2c + 1` as an `i16`
-    /// pair.
+    /// One token: `scale_pairs[c][k]`, row `k`'s scales of sub-blocks `2c` and `2c + 1`
+    /// as an `i16` pair.
     scale_pairs: [[u32; ROWS]; 4],
+    /// Batches: `scales[k][c]`, row `k`'s scales of sub-blocks `2c` (the four low `i16`
+    /// of each 128 bits) and `2c + 1` (the four high), as [`_mm256_packs_epi32`] pairs
+    /// their sums.
+    scales: [[__m256i; 4]; ROWS],
     /// `mins[s]`: lane `k` is row `k`'s sub-block `s` minimum as the `i16` pair `(m, m)`.
     mins: [__m256i; 8],
     d: __m256,
@@ -263,7 +267,11 @@ struct Q4kRows {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
     let w = weights.as_chunks::<{ q4_k::BLOCK_BYTES }>().0;
-    matmul_k_min(w, shape, activations, out, |w| q4_k_quants(w));
+    if activations.len() == 1 {
+        matmul_k_min::<_, false>(w, shape, activations, out, |w| q4_k_quants(w));
+    } else {
+        matmul_k_min::<_, true>(w, shape, activations, out, |w| q4_k_quants(w));
+    }
 }
 
 /// Q5_K · Q8_K for eight rows: as Q4_K (the same scales, minimums and float terms) with
@@ -272,7 +280,11 @@ fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matmul_q5_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
     let w = weights.as_chunks::<{ q5_k::BLOCK_BYTES }>().0;
-    matmul_k_min(w, shape, activations, out, |w| q5_k_quants(w));
+    if activations.len() == 1 {
+        matmul_k_min::<_, false>(w, shape, activations, out, |w| q5_k_quants(w));
+    } else {
+        matmul_k_min::<_, true>(w, shape, activations, out, |w| q5_k_quants(w));
+    }
 }
 
 /// The 256 quants of a Q5_K block as bytes `0..=31` in eight vectors, vector `j` being
@@ -307,7 +319,7 @@ fn q5_k_quants(block: &q5_k::Block) -> [__m256i; 8] {
 /// `j` being sub-block `j`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn matmul_k_min<const W: usize>(
+fn matmul_k_min<const W: usize, const PACK: bool>(
     weights: &[[u8; W]],
     shape: MatmulShape,
     activations: &[&[u8]],
@@ -319,6 +331,14 @@ fn matmul_k_min<const W: usize>(
     let hi2 = _mm256_set1_epi32(0x3030_3030);
     let index = PAIR_INDEX.map(|t| table(&t));
     let pair_index = [table(&two_index(0)), table(&two_index(2))];
+    // Scale 2c to the low four `i16` of each half, 2c + 1 to the high four.
+    let pack_index: [__m256i; 4] = core::array::from_fn(|c| {
+        let mut t = [0x80u8; 32];
+        for (i, t) in t.chunks_exact_mut(2).enumerate() {
+            t[0] = (2 * c + i % 8 / 4) as u8;
+        }
+        table(&t)
+    });
     // Bytes 0, 1 (`d`) of each dword to the low half of each 128-bit lane, 2, 3 (`dmin`)
     // to the high half.
     let f16_index = table(&[
@@ -333,6 +353,7 @@ fn matmul_k_min<const W: usize>(
         Q4kRows {
             q: [[_mm256_setzero_si256(); 8]; ROWS],
             scale_pairs: [[0; ROWS]; 4],
+            scales: [[_mm256_setzero_si256(); 4]; ROWS],
             mins: [_mm256_setzero_si256(); 8],
             d: _mm256_setzero_ps(),
             dmin: _mm256_setzero_ps(),
@@ -351,11 +372,29 @@ fn matmul_k_min<const W: usize>(
                 _mm256_and_si256(_mm256_srli_epi32::<4>(u3), m4),
                 _mm256_and_si256(_mm256_srli_epi32::<2>(u2), hi2),
             );
-            for (c, s) in rows.scale_pairs.iter_mut().enumerate() {
-                let src = if c < 2 { sc_lo } else { sc_hi };
-                let v = _mm256_shuffle_epi8(src, pair_index[c % 2]);
-                // SAFETY: the pointer covers 32 writable bytes; unaligned stores are allowed.
-                unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), v) };
+            if PACK {
+                let (mut lo, mut hi) = ([0u32; ROWS], [0u32; ROWS]);
+                // SAFETY: the pointers cover 32 writable bytes; unaligned stores are allowed.
+                unsafe {
+                    _mm256_storeu_si256(lo.as_mut_ptr().cast(), sc_lo);
+                    _mm256_storeu_si256(hi.as_mut_ptr().cast(), sc_hi);
+                }
+                for (k, s) in rows.scales.iter_mut().enumerate() {
+                    // Row `k`'s eight scale bytes in every quadword.
+                    let bytes = u64::from(hi[k]) << 32 | u64::from(lo[k]);
+                    let row = _mm256_set1_epi64x(bytes as i64);
+                    for (c, s) in s.iter_mut().enumerate() {
+                        *s = _mm256_shuffle_epi8(row, pack_index[c]);
+                    }
+                }
+            } else {
+                for (c, s) in rows.scale_pairs.iter_mut().enumerate() {
+                    let src = if c < 2 { sc_lo } else { sc_hi };
+                    let v = _mm256_shuffle_epi8(src, pair_index[c % 2]);
+                    // SAFETY: the pointer covers 32 writable bytes; unaligned stores are
+                    // allowed.
+                    unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), v) };
+                }
             }
             for (s, m) in rows.mins.iter_mut().enumerate() {
                 *m = _mm256_shuffle_epi8(if s < 4 { m_lo } else { m_hi }, index[s % 4]);
@@ -387,14 +426,21 @@ fn matmul_k_min<const W: usize>(
             let mut sums = [zero; ROWS];
             for (k, acc) in sums.iter_mut().enumerate() {
                 let q = &rows.q[k];
-                for (c, pair) in rows.scale_pairs.iter().enumerate() {
+                for c in 0..4 {
                     // Sub-blocks 2c and 2c + 1 by `vpdpbusd` (each `i32` lane a sum of four
-                    // products, |·| ≤ 4 · 31 · 128 < 2^15), their low halves interleaved as
-                    // `i16` pairs and scaled by one `vpdpwssd`.
+                    // products, |·| ≤ 4 · 31 · 128 < 2^15), then paired as `i16` and scaled
+                    // by one `vpdpwssd`: for a batch by `vpackssdw` (one shuffle, never
+                    // saturating) against per-row scale vectors made once per block; for
+                    // one token by interleaving the low halves (two shuffles) against the
+                    // scale pair broadcast from memory, which saves making the vectors.
                     let v0 = dpbusd(zero, q[2 * c], qa[2 * c]);
                     let v1 = dpbusd(zero, q[2 * c + 1], qa[2 * c + 1]);
-                    let v = _mm256_blend_epi16::<0b1010_1010>(v0, _mm256_bslli_epi128::<2>(v1));
-                    *acc = dpwssd_bcst(*acc, v, &pair[k]);
+                    *acc = if PACK {
+                        dpwssd(*acc, _mm256_packs_epi32(v0, v1), rows.scales[k][c])
+                    } else {
+                        let v = _mm256_blend_epi16::<0b1010_1010>(v0, _mm256_bslli_epi128::<2>(v1));
+                        dpwssd_bcst(*acc, v, &rows.scale_pairs[c][k])
+                    };
                 }
             }
             let sumi = hsum8(sums);
