@@ -272,13 +272,27 @@ proptest! {
 
     /// Sinkhorn: the balanced plan has row sums 1/T and column sums 1/E, the fast and
     /// reference scalings agree, and S-BASE takes each row's argmax of the plan.
+    ///
+    /// Sinkhorn's convergence slows down without bound as the logits spread (a 2 × 2
+    /// matrix with logits ±7.8 is still 1e-5 off after 2000 iterations, a saved case), so
+    /// convergence is required only where the plan is well conditioned (spread ≤ 2); a run
+    /// that stops unconverged must say so, use every iteration, and agree with the
+    /// reference, which stops at the same point.
     #[test]
     fn sinkhorn_balances(n_tokens in 1usize..=64, n_expert in 1usize..=64, spread in 0.1f32..8.0, seed in any::<u64>()) {
         let mut rng = Rng(seed);
         let logits = random_logits(&mut rng, n_tokens * n_expert, spread);
         let (mut d0, mut d1, mut work) = (vec![0.0; n_tokens], vec![0.0; n_expert], vec![0.0; n_expert]);
         let report = sinkhorn::balance(&logits, &ExpertMask::All, 2000, 1e-5, &mut d0, &mut d1, &mut work).unwrap();
-        prop_assert!(report.converged, "{report:?}");
+        if !report.converged {
+            prop_assert!(spread > 2.0, "{report:?}");
+            prop_assert_eq!(report.iterations, 2000);
+            prop_assert!(report.error > 1e-5, "{report:?}");
+            let (mut r0, mut r1) = (vec![0.0; n_tokens], vec![0.0; n_expert]);
+            let r = reference::sinkhorn(&logits, &reference::Inputs::default(), 2000, 1e-5, &mut r0, &mut r1);
+            prop_assert_eq!(r.iterations, report.iterations);
+            return Ok(());
+        }
         let plan = |t: usize, e: usize| f64::from(d0[t] + logits[t * n_expert + e] + d1[e]).exp();
         for t in 0..n_tokens {
             let row: f64 = (0..n_expert).map(|e| plan(t, e)).sum();
