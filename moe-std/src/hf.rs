@@ -11,7 +11,14 @@
 //! does for Llama-family models: the model runs with GPT-NeoX's RoPE layout instead, the
 //! same function of the same weights.
 //!
-//! Architectures (`model_type`): `mixtral`, `qwen2_moe`, `qwen3_moe`, `olmoe`.
+//! Architectures (`model_type`): `mixtral`, `qwen2_moe`, `qwen3_moe`, `olmoe`, and
+//! `deepseek_v3` as llama.cpp's `deepseek2` (multi-head latent attention with the combined
+//! `kv_b_proj` used in place as `attn_kv_b`, leading dense layers, sigmoid routing with
+//! `e_score_correction_bias` over expert groups, shared experts). DeepSeek's RoPE pairs
+//! are interleaved (`rope_interleave`, transformers' default): adjacent pairs, llama.cpp's
+//! normal layout, so no rows are permuted there either (transformers' de-interleaving
+//! reorders q and k alike, which leaves their dot products unchanged). YaRN RoPE scaling
+//! (`rope_type` `yarn`) is refused for now.
 //! Disagreements between `config.json` and the tensors (a missing tensor or shard, a
 //! shape the config does not predict, an unsupported dtype) are errors naming the file,
 //! tensor or key.
@@ -31,7 +38,8 @@ use crate::safetensors::{self, SafetensorsError};
 use crate::{Error, Result};
 
 /// The `model_type`s [`HfCheckpoint::open`] reads.
-pub const SUPPORTED_MODEL_TYPES: [&str; 4] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 5] =
+    ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"];
 
 /// A metadata value from `config.json`, as the GGUF key would hold it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -70,6 +78,7 @@ pub struct HfCheckpoint {
     dir: PathBuf,
     shards: Vec<PathBuf>,
     model_type: &'static str,
+    rope_layout: RopeLayout,
     mapped: Mapped,
 }
 
@@ -117,6 +126,9 @@ struct Arch {
     shared_expert: bool,
     /// Whether top-k weights are renormalised when `norm_topk_prob` is absent.
     norm_topk_default: bool,
+    /// DeepSeek: latent attention, leading dense layers, ungated shared experts, a
+    /// selection bias.
+    deepseek: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -139,6 +151,7 @@ fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
                 qk_norm: None,
                 shared_expert: false,
                 norm_topk_default: true,
+                deepseek: false,
             },
         ),
         "qwen2_moe" => (
@@ -153,6 +166,7 @@ fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
                 qk_norm: None,
                 shared_expert: true,
                 norm_topk_default: false,
+                deepseek: false,
             },
         ),
         "qwen3_moe" => (
@@ -167,6 +181,7 @@ fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
                 qk_norm: Some(QkNorm::PerHead),
                 shared_expert: false,
                 norm_topk_default: false,
+                deepseek: false,
             },
         ),
         "olmoe" => (
@@ -181,6 +196,22 @@ fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
                 qk_norm: Some(QkNorm::Whole),
                 shared_expert: false,
                 norm_topk_default: false,
+                deepseek: false,
+            },
+        ),
+        "deepseek_v3" => (
+            "deepseek_v3",
+            Arch {
+                gguf: "deepseek2",
+                moe: "mlp",
+                expert_names: ["gate_proj", "up_proj", "down_proj"],
+                n_expert_keys: &["n_routed_experts", "num_local_experts"],
+                n_ff_key: "moe_intermediate_size",
+                qkv_bias: false,
+                qk_norm: None,
+                shared_expert: false,
+                norm_topk_default: true,
+                deepseek: true,
             },
         ),
         _ => return None,
@@ -202,6 +233,24 @@ struct Dims {
     tied: bool,
     /// Biases on the q, k and v projections.
     qkv_bias: bool,
+    /// DeepSeek's latent attention and dense/shared FFN sizes.
+    deepseek: Option<DeepseekDims>,
+}
+
+/// The sizes of a DeepSeek checkpoint beyond [`Dims`].
+#[derive(Clone, Copy)]
+struct DeepseekDims {
+    /// `q_lora_rank` (absent or null: a full `q_proj`).
+    q_lora: Option<u64>,
+    kv_lora: u64,
+    nope: u64,
+    rope: u64,
+    v: u64,
+    /// `first_k_dense_replace`: leading layers with a dense FFN of `n_ff_dense`.
+    n_dense: u64,
+    n_ff_dense: u64,
+    /// Width of the shared experts together (`moe_intermediate_size · n_shared_experts`).
+    n_ff_shared: u64,
 }
 
 /// Reads `config.json` keys, with errors naming the file and key.
@@ -282,6 +331,13 @@ impl HfCheckpoint {
             )
         })?;
         let (metadata, dims) = metadata(&config, &arch)?;
+        // Hugging Face's `rotate_half` pairs (i, i + d/2); DeepSeek's interleaved RoPE
+        // (the default) pairs (2i, 2i + 1).
+        let rope_layout = if arch.deepseek && config.bool("rope_interleave")?.unwrap_or(true) {
+            RopeLayout::Normal
+        } else {
+            RopeLayout::Neox
+        };
         let (shards, weight_map) = shard_paths(dir)?;
         let mut maps = Vec::with_capacity(shards.len());
         for path in &shards {
@@ -300,6 +356,7 @@ impl HfCheckpoint {
             dir: dir.to_path_buf(),
             shards: shards.clone(),
             model_type,
+            rope_layout,
             mapped,
         })
     }
@@ -309,12 +366,13 @@ impl HfCheckpoint {
         Source(self.mapped.borrow_dependent())
     }
 
-    /// The model configuration: the core's reading of the keys, with GPT-NeoX's RoPE
-    /// layout (Hugging Face's `rotate_half`, for every supported architecture).
+    /// The model configuration: the core's reading of the keys, with the checkpoint's RoPE
+    /// layout (GPT-NeoX's: Hugging Face's `rotate_half`; DeepSeek's interleaved pairs are
+    /// llama.cpp's normal layout).
     pub fn config(&self) -> Result<ModelConfig> {
         let mut config =
             ModelConfig::from_source(&self.source()).map_err(|e| Error::gguf(&self.dir, e))?;
-        config.rope.layout = RopeLayout::Neox;
+        config.rope.layout = self.rope_layout;
         Ok(config)
     }
 
@@ -379,7 +437,29 @@ fn metadata(config: &Config<'_>, arch: &Arch) -> Result<(HashMap<String, Meta>, 
         },
         tied: config.bool("tie_word_embeddings")?.unwrap_or(false),
         qkv_bias: arch.qkv_bias || config.bool("attention_bias")?.unwrap_or(false),
+        deepseek: if arch.deepseek {
+            Some(DeepseekDims {
+                q_lora: config.u64("q_lora_rank")?,
+                kv_lora: config.required("kv_lora_rank")?,
+                nope: config.required("qk_nope_head_dim")?,
+                rope: config.required("qk_rope_head_dim")?,
+                v: config.required("v_head_dim")?,
+                n_dense: config.u64("first_k_dense_replace")?.unwrap_or(0),
+                n_ff_dense: config.required("intermediate_size")?,
+                n_ff_shared: config
+                    .required(arch.n_ff_key)?
+                    .saturating_mul(config.u64("n_shared_experts")?.unwrap_or(0)),
+            })
+        } else {
+            None
+        },
     };
+    if arch.deepseek && dims.qkv_bias {
+        return Err(config.error(
+            "attention_bias",
+            "biases on DeepSeek's attention projections are not supported",
+        ));
+    }
     if config.get("clip_qkv").is_some() {
         return Err(config.error("clip_qkv", "clipping q, k and v is not supported"));
     }
@@ -458,7 +538,76 @@ fn metadata(config: &Config<'_>, arch: &Arch) -> Result<(HashMap<String, Meta>, 
         .bool("norm_topk_prob")?
         .unwrap_or(arch.norm_topk_default);
     m.insert(key("expert_weights_norm"), Meta::Bool(norm));
+    if let Some(ds) = &dims.deepseek {
+        deepseek_metadata(config, ds, &mut m, key)?;
+    }
     Ok((m, dims))
+}
+
+/// The `deepseek2` keys `convert_hf_to_gguf.py` writes for a DeepSeek-V3 checkpoint (the
+/// attention sizes replace the generic ones).
+fn deepseek_metadata(
+    config: &Config<'_>,
+    ds: &DeepseekDims,
+    m: &mut HashMap<String, Meta>,
+    key: impl Fn(&str) -> String,
+) -> Result<()> {
+    match config.get("scoring_func").map(Json::as_str) {
+        None | Some(Some("sigmoid")) => {}
+        _ => {
+            return Err(config.error(
+                "scoring_func",
+                "only sigmoid routing is supported for deepseek_v3",
+            ));
+        }
+    }
+    if config
+        .get("topk_method")
+        .and_then(Json::as_str)
+        .is_some_and(|t| t != "noaux_tc")
+    {
+        return Err(config.error("topk_method", "only noaux_tc is supported for deepseek_v3"));
+    }
+    let k_mla = ds.nope.saturating_add(ds.rope);
+    let entries = [
+        ("attention.head_count_kv", Meta::U64(1)),
+        (
+            "attention.key_length",
+            Meta::U64(ds.kv_lora.saturating_add(ds.rope)),
+        ),
+        ("attention.value_length", Meta::U64(ds.kv_lora)),
+        ("attention.key_length_mla", Meta::U64(k_mla)),
+        ("attention.value_length_mla", Meta::U64(ds.v)),
+        ("attention.kv_lora_rank", Meta::U64(ds.kv_lora)),
+        ("rope.dimension_count", Meta::U64(ds.rope)),
+        ("leading_dense_block_count", Meta::U64(ds.n_dense)),
+        ("feed_forward_length", Meta::U64(ds.n_ff_dense)),
+        (
+            "expert_shared_count",
+            Meta::U64(config.u64("n_shared_experts")?.unwrap_or(0)),
+        ),
+        // llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID.
+        ("expert_gating_func", Meta::U64(2)),
+        (
+            "expert_weights_scale",
+            Meta::F32(config.f64("routed_scaling_factor")?.unwrap_or(1.0) as f32),
+        ),
+        (
+            "expert_group_count",
+            Meta::U64(config.u64("n_group")?.unwrap_or(1)),
+        ),
+        (
+            "expert_group_used_count",
+            Meta::U64(config.u64("topk_group")?.unwrap_or(1)),
+        ),
+    ];
+    for (k, v) in entries {
+        m.insert(key(k), v);
+    }
+    if let Some(q) = ds.q_lora {
+        m.insert(key("attention.q_lora_rank"), Meta::U64(q));
+    }
+    Ok(())
 }
 
 /// Tensor name → the shard the index puts it in (empty for a single file).
@@ -567,6 +716,19 @@ fn target(name: &str, arch: &Arch) -> Option<Target> {
         "mlp.shared_expert.up_proj.weight" if arch.shared_expert => "ffn_up_shexp.weight",
         "mlp.shared_expert.down_proj.weight" if arch.shared_expert => "ffn_down_shexp.weight",
         "mlp.shared_expert_gate.weight" if arch.shared_expert => "ffn_gate_inp_shexp.weight",
+        "self_attn.q_a_proj.weight" if arch.deepseek => "attn_q_a.weight",
+        "self_attn.q_a_layernorm.weight" if arch.deepseek => "attn_q_a_norm.weight",
+        "self_attn.q_b_proj.weight" if arch.deepseek => "attn_q_b.weight",
+        "self_attn.kv_a_proj_with_mqa.weight" if arch.deepseek => "attn_kv_a_mqa.weight",
+        "self_attn.kv_a_layernorm.weight" if arch.deepseek => "attn_kv_a_norm.weight",
+        "self_attn.kv_b_proj.weight" if arch.deepseek => "attn_kv_b.weight",
+        "mlp.gate.e_score_correction_bias" if arch.deepseek => "exp_probs_b.bias",
+        "mlp.shared_experts.gate_proj.weight" if arch.deepseek => "ffn_gate_shexp.weight",
+        "mlp.shared_experts.up_proj.weight" if arch.deepseek => "ffn_up_shexp.weight",
+        "mlp.shared_experts.down_proj.weight" if arch.deepseek => "ffn_down_shexp.weight",
+        "mlp.gate_proj.weight" if arch.deepseek => "ffn_gate.weight",
+        "mlp.up_proj.weight" if arch.deepseek => "ffn_up.weight",
+        "mlp.down_proj.weight" if arch.deepseek => "ffn_down.weight",
         r if r.strip_prefix(arch.moe) == Some(".gate.weight") => "ffn_gate_inp.weight",
         _ => return None,
     };
@@ -587,6 +749,10 @@ fn expected(arch: &Arch, d: &Dims) -> Vec<(String, Vec<u64>)> {
     );
     for l in 0..d.n_layer {
         let p = |s: &str| format!("model.layers.{l}.{s}");
+        if let Some(ds) = &d.deepseek {
+            deepseek_layer(&mut out, d, ds, l, arch);
+            continue;
+        }
         out.push((p("input_layernorm.weight"), vec![d.n_embd]));
         out.push((p("self_attn.q_proj.weight"), vec![q, d.n_embd]));
         out.push((p("self_attn.k_proj.weight"), vec![kv, d.n_embd]));
@@ -633,6 +799,60 @@ fn expected(arch: &Arch, d: &Dims) -> Vec<(String, Vec<u64>)> {
         out.push(("lm_head.weight".into(), vec![d.n_vocab, d.n_embd]));
     }
     out
+}
+
+/// The tensors of DeepSeek layer `l` (latent attention; a dense FFN in the first
+/// `first_k_dense_replace` layers, else routed experts with a selection bias and shared
+/// experts), in the order of a forward pass.
+fn deepseek_layer(
+    out: &mut Vec<(String, Vec<u64>)>,
+    d: &Dims,
+    ds: &DeepseekDims,
+    l: u64,
+    arch: &Arch,
+) {
+    let p = |s: &str| format!("model.layers.{l}.{s}");
+    let e = d.n_embd;
+    let q_width = d.n_head.saturating_mul(ds.nope.saturating_add(ds.rope));
+    out.push((p("input_layernorm.weight"), vec![e]));
+    match ds.q_lora {
+        Some(r) => {
+            out.push((p("self_attn.q_a_proj.weight"), vec![r, e]));
+            out.push((p("self_attn.q_a_layernorm.weight"), vec![r]));
+            out.push((p("self_attn.q_b_proj.weight"), vec![q_width, r]));
+        }
+        None => out.push((p("self_attn.q_proj.weight"), vec![q_width, e])),
+    }
+    let kv_a = ds.kv_lora.saturating_add(ds.rope);
+    out.push((p("self_attn.kv_a_proj_with_mqa.weight"), vec![kv_a, e]));
+    out.push((p("self_attn.kv_a_layernorm.weight"), vec![ds.kv_lora]));
+    let kv_b = d.n_head.saturating_mul(ds.nope.saturating_add(ds.v));
+    out.push((p("self_attn.kv_b_proj.weight"), vec![kv_b, ds.kv_lora]));
+    let o_in = d.n_head.saturating_mul(ds.v);
+    out.push((p("self_attn.o_proj.weight"), vec![e, o_in]));
+    out.push((p("post_attention_layernorm.weight"), vec![e]));
+    if l < ds.n_dense {
+        let f = ds.n_ff_dense;
+        out.push((p("mlp.gate_proj.weight"), vec![f, e]));
+        out.push((p("mlp.up_proj.weight"), vec![f, e]));
+        out.push((p("mlp.down_proj.weight"), vec![e, f]));
+        return;
+    }
+    out.push((p("mlp.gate.weight"), vec![d.n_expert, e]));
+    out.push((p("mlp.gate.e_score_correction_bias"), vec![d.n_expert]));
+    let [g, u, dn] = arch.expert_names;
+    for x in 0..d.n_expert {
+        let m = |n: &str| p(&format!("{}.experts.{x}.{n}.weight", arch.moe));
+        out.push((m(g), vec![d.n_ff, e]));
+        out.push((m(u), vec![d.n_ff, e]));
+        out.push((m(dn), vec![e, d.n_ff]));
+    }
+    if ds.n_ff_shared > 0 {
+        let s = ds.n_ff_shared;
+        out.push((p("mlp.shared_experts.gate_proj.weight"), vec![s, e]));
+        out.push((p("mlp.shared_experts.up_proj.weight"), vec![s, e]));
+        out.push((p("mlp.shared_experts.down_proj.weight"), vec![e, s]));
+    }
 }
 
 /// Parses every shard and maps its tensors to llama.cpp names, checking them against

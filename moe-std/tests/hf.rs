@@ -5,7 +5,9 @@
 //!   transformers' float32 logits within 1e-4 of the logit range, and our GGUF path on the
 //!   same weights converted by llama.cpp's `convert_hf_to_gguf.py` (q/k rows permuted,
 //!   llama.cpp's RoPE layout) within 1e-5 of the range;
-//! - Qwen2-MoE, Qwen3-MoE and OLMoE in float32 within 1e-4 of transformers;
+//! - Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V3 (latent attention from `kv_b_proj` in
+//!   place, interleaved RoPE, group-limited sigmoid routing with a selection bias) in
+//!   float32 within 1e-4 of transformers;
 //! - Mixtral in bfloat16 and float16 (norms included) against transformers' float32 run
 //!   of the same rounded weights, within 1e-4 of the range (half-precision weights multiply
 //!   float32 activations);
@@ -158,6 +160,55 @@ fn qwen3_moe_matches_transformers() {
 #[test]
 fn olmoe_matches_transformers() {
     check_against_transformers("olmoe", "olmoe", 1e-4);
+}
+
+#[test]
+fn deepseek_v3_matches_transformers() {
+    // Latent attention from kv_b_proj used in place (attn_kv_b), interleaved RoPE pairs,
+    // a leading dense layer, sigmoid routing with a selection bias over expert groups.
+    check_against_transformers("deepseek_v3", "deepseek_v3", 1e-4);
+    // One token at a time too (the absorbed query from the combined matrix, decode path).
+    let tokens = tokens("deepseek_v3");
+    let checkpoint = Checkpoint::open(fixture("deepseek_v3")).unwrap();
+    let pool = ThreadPool::new(2);
+    let mut session = Session::from_checkpoint(&checkpoint, &pool, 64, 1, KvType::F32).unwrap();
+    let n_vocab = session.model().config().n_vocab;
+    let mut last = vec![0.0; n_vocab];
+    let mut all = Vec::new();
+    for &t in &tokens {
+        session.eval(&[t], &mut last).unwrap();
+        all.extend_from_slice(&last);
+    }
+    let err = relative_error(&all, &reference("deepseek_v3"), n_vocab);
+    assert!(err <= 1e-4, "{err}");
+}
+
+#[test]
+fn deepseek_v3_bad_configs_are_errors_naming_the_key_or_tensor() {
+    // kv_b_proj of the wrong shape for the config.
+    let dir = scratch_copy("deepseek_v3", "kvb");
+    let config = fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"v_head_dim\": 8", "\"v_head_dim\": 4");
+    fs::write(dir.join("config.json"), config).unwrap();
+    let text = open_error(&dir).to_string();
+    assert!(
+        text.contains("kv_b_proj.weight") && text.contains("[48, 16]"),
+        "{text}"
+    );
+    // YaRN is refused by name.
+    let dir = scratch_copy("deepseek_v3", "yarn");
+    let config = fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"rope_type\": \"default\"", "\"rope_type\": \"yarn\"");
+    fs::write(dir.join("config.json"), config).unwrap();
+    let text = open_error(&dir).to_string();
+    assert!(text.contains("rope") && text.contains("yarn"), "{text}");
+    // Softmax scoring is not DeepSeek-V3's.
+    let dir = scratch_copy("deepseek_v3", "scoring");
+    let config = fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"n_group\"", "\"scoring_func\": \"softmax\", \"n_group\"");
+    fs::write(dir.join("config.json"), config).unwrap();
+    let text = open_error(&dir).to_string();
+    assert!(text.contains("scoring_func"), "{text}");
 }
 
 #[test]
