@@ -12,9 +12,11 @@
 //! same function of the same weights.
 //!
 //! Architectures (`model_type`): `mixtral`, `qwen2_moe`, `qwen3_moe`, `olmoe`, and
-//! `deepseek_v3` as llama.cpp's `deepseek2` (multi-head latent attention with the combined
-//! `kv_b_proj` used in place as `attn_kv_b`, leading dense layers, sigmoid routing with
-//! `e_score_correction_bias` over expert groups, shared experts). DeepSeek's RoPE pairs
+//! `deepseek_v3` / `deepseek_v2` as llama.cpp's `deepseek2` (multi-head latent attention
+//! with the combined `kv_b_proj` used in place as `attn_kv_b`, leading dense layers,
+//! shared experts; V3: sigmoid routing with `e_score_correction_bias` over expert groups,
+//! V2: softmax routing, greedy or group-limited by the groups' best score, weights scaled
+//! and never renormalised, as transformers computes it). DeepSeek's RoPE pairs
 //! are interleaved (`rope_interleave`, transformers' default): adjacent pairs, llama.cpp's
 //! normal layout, so no rows are permuted there either (transformers' de-interleaving
 //! reorders q and k alike, which leaves their dot products unchanged). YaRN RoPE scaling
@@ -38,8 +40,14 @@ use crate::safetensors::{self, SafetensorsError};
 use crate::{Error, Result};
 
 /// The `model_type`s [`HfCheckpoint::open`] reads.
-pub const SUPPORTED_MODEL_TYPES: [&str; 5] =
-    ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 6] = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+];
 
 /// A metadata value from `config.json`, as the GGUF key would hold it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -126,9 +134,10 @@ struct Arch {
     shared_expert: bool,
     /// Whether top-k weights are renormalised when `norm_topk_prob` is absent.
     norm_topk_default: bool,
-    /// DeepSeek: latent attention, leading dense layers, ungated shared experts, a
-    /// selection bias.
+    /// DeepSeek: latent attention, leading dense layers, ungated shared experts.
     deepseek: bool,
+    /// DeepSeek-V3's sigmoid routing with a selection bias (V2: softmax, no bias).
+    selection_bias: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -152,6 +161,7 @@ fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
                 shared_expert: false,
                 norm_topk_default: true,
                 deepseek: false,
+                selection_bias: false,
             },
         ),
         "qwen2_moe" => (
@@ -167,6 +177,7 @@ fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
                 shared_expert: true,
                 norm_topk_default: false,
                 deepseek: false,
+                selection_bias: false,
             },
         ),
         "qwen3_moe" => (
@@ -182,6 +193,7 @@ fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
                 shared_expert: false,
                 norm_topk_default: false,
                 deepseek: false,
+                selection_bias: false,
             },
         ),
         "olmoe" => (
@@ -197,6 +209,7 @@ fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
                 shared_expert: false,
                 norm_topk_default: false,
                 deepseek: false,
+                selection_bias: false,
             },
         ),
         "deepseek_v3" => (
@@ -212,6 +225,23 @@ fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
                 shared_expert: false,
                 norm_topk_default: true,
                 deepseek: true,
+                selection_bias: true,
+            },
+        ),
+        "deepseek_v2" => (
+            "deepseek_v2",
+            Arch {
+                gguf: "deepseek2",
+                moe: "mlp",
+                expert_names: ["gate_proj", "up_proj", "down_proj"],
+                n_expert_keys: &["n_routed_experts", "num_experts"],
+                n_ff_key: "moe_intermediate_size",
+                qkv_bias: false,
+                qk_norm: None,
+                shared_expert: false,
+                norm_topk_default: false,
+                deepseek: true,
+                selection_bias: false,
             },
         ),
         _ => return None,
@@ -460,6 +490,9 @@ fn metadata(config: &Config<'_>, arch: &Arch) -> Result<(HashMap<String, Meta>, 
             "biases on DeepSeek's attention projections are not supported",
         ));
     }
+    if config.bool("mlp_bias")?.unwrap_or(false) {
+        return Err(config.error("mlp_bias", "biases on FFN projections are not supported"));
+    }
     if config.get("clip_qkv").is_some() {
         return Err(config.error("clip_qkv", "clipping q, k and v is not supported"));
     }
@@ -539,7 +572,7 @@ fn metadata(config: &Config<'_>, arch: &Arch) -> Result<(HashMap<String, Meta>, 
         .unwrap_or(arch.norm_topk_default);
     m.insert(key("expert_weights_norm"), Meta::Bool(norm));
     if let Some(ds) = &dims.deepseek {
-        deepseek_metadata(config, ds, &mut m, key)?;
+        deepseek_metadata(config, arch, ds, &mut m, key)?;
     }
     Ok((m, dims))
 }
@@ -548,25 +581,46 @@ fn metadata(config: &Config<'_>, arch: &Arch) -> Result<(HashMap<String, Meta>, 
 /// attention sizes replace the generic ones).
 fn deepseek_metadata(
     config: &Config<'_>,
+    arch: &Arch,
     ds: &DeepseekDims,
     m: &mut HashMap<String, Meta>,
     key: impl Fn(&str) -> String,
 ) -> Result<()> {
-    match config.get("scoring_func").map(Json::as_str) {
-        None | Some(Some("sigmoid")) => {}
-        _ => {
+    // What transformers computes: V3 scores by sigmoid and picks by group (`noaux_tc`);
+    // V2 by softmax, picking greedily or by group (`group_limited_greedy`), and never
+    // renormalises the chosen weights (it ignores `norm_topk_prob`).
+    let (scoring, methods): (&str, &[&str]) = if arch.selection_bias {
+        ("sigmoid", &["noaux_tc"])
+    } else {
+        ("softmax", &["greedy", "group_limited_greedy"])
+    };
+    if config
+        .get("scoring_func")
+        .is_some_and(|f| f.as_str() != Some(scoring))
+    {
+        return Err(config.error(
+            "scoring_func",
+            &format!("only {scoring} routing is supported for this model_type"),
+        ));
+    }
+    let method = match config.get("topk_method") {
+        None => methods[0],
+        Some(v) => v.as_str().filter(|t| methods.contains(t)).ok_or_else(|| {
+            config.error(
+                "topk_method",
+                &format!("supported for this model_type: {}", methods.join(", ")),
+            )
+        })?,
+    };
+    let grouped = method != "greedy";
+    if !arch.selection_bias {
+        if config.bool("norm_topk_prob")?.unwrap_or(false) {
             return Err(config.error(
-                "scoring_func",
-                "only sigmoid routing is supported for deepseek_v3",
+                "norm_topk_prob",
+                "transformers' DeepSeek-V2 never renormalises the top-k weights; true is not supported",
             ));
         }
-    }
-    if config
-        .get("topk_method")
-        .and_then(Json::as_str)
-        .is_some_and(|t| t != "noaux_tc")
-    {
-        return Err(config.error("topk_method", "only noaux_tc is supported for deepseek_v3"));
+        m.insert(key("expert_weights_norm"), Meta::Bool(false));
     }
     let k_mla = ds.nope.saturating_add(ds.rope);
     let entries = [
@@ -586,19 +640,30 @@ fn deepseek_metadata(
             "expert_shared_count",
             Meta::U64(config.u64("n_shared_experts")?.unwrap_or(0)),
         ),
-        // llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID.
-        ("expert_gating_func", Meta::U64(2)),
+        // llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID (2) or _SOFTMAX (1).
+        (
+            "expert_gating_func",
+            Meta::U64(if arch.selection_bias { 2 } else { 1 }),
+        ),
         (
             "expert_weights_scale",
             Meta::F32(config.f64("routed_scaling_factor")?.unwrap_or(1.0) as f32),
         ),
         (
             "expert_group_count",
-            Meta::U64(config.u64("n_group")?.unwrap_or(1)),
+            Meta::U64(if grouped {
+                config.u64("n_group")?.unwrap_or(1)
+            } else {
+                1
+            }),
         ),
         (
             "expert_group_used_count",
-            Meta::U64(config.u64("topk_group")?.unwrap_or(1)),
+            Meta::U64(if grouped {
+                config.u64("topk_group")?.unwrap_or(1)
+            } else {
+                1
+            }),
         ),
     ];
     for (k, v) in entries {
@@ -722,7 +787,7 @@ fn target(name: &str, arch: &Arch) -> Option<Target> {
         "self_attn.kv_a_proj_with_mqa.weight" if arch.deepseek => "attn_kv_a_mqa.weight",
         "self_attn.kv_a_layernorm.weight" if arch.deepseek => "attn_kv_a_norm.weight",
         "self_attn.kv_b_proj.weight" if arch.deepseek => "attn_kv_b.weight",
-        "mlp.gate.e_score_correction_bias" if arch.deepseek => "exp_probs_b.bias",
+        "mlp.gate.e_score_correction_bias" if arch.selection_bias => "exp_probs_b.bias",
         "mlp.shared_experts.gate_proj.weight" if arch.deepseek => "ffn_gate_shexp.weight",
         "mlp.shared_experts.up_proj.weight" if arch.deepseek => "ffn_up_shexp.weight",
         "mlp.shared_experts.down_proj.weight" if arch.deepseek => "ffn_down_shexp.weight",
@@ -839,7 +904,9 @@ fn deepseek_layer(
         return;
     }
     out.push((p("mlp.gate.weight"), vec![d.n_expert, e]));
-    out.push((p("mlp.gate.e_score_correction_bias"), vec![d.n_expert]));
+    if arch.selection_bias {
+        out.push((p("mlp.gate.e_score_correction_bias"), vec![d.n_expert]));
+    }
     let [g, u, dn] = arch.expert_names;
     for x in 0..d.n_expert {
         let m = |n: &str| p(&format!("{}.experts.{x}.{n}.weight", arch.moe));

@@ -5,9 +5,10 @@
 //!   transformers' float32 logits within 1e-4 of the logit range, and our GGUF path on the
 //!   same weights converted by llama.cpp's `convert_hf_to_gguf.py` (q/k rows permuted,
 //!   llama.cpp's RoPE layout) within 1e-5 of the range;
-//! - Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V3 (latent attention from `kv_b_proj` in
-//!   place, interleaved RoPE, group-limited sigmoid routing with a selection bias) in
-//!   float32 within 1e-4 of transformers;
+//! - Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3 (latent attention from `kv_b_proj` in
+//!   place, interleaved RoPE, group-limited sigmoid routing with a selection bias) and
+//!   DeepSeek-V2 (full q_proj, group-limited softmax routing) in float32 within 1e-4 of
+//!   transformers;
 //! - Mixtral in bfloat16 and float16 (norms included) against transformers' float32 run
 //!   of the same rounded weights, within 1e-4 of the range (half-precision weights multiply
 //!   float32 activations);
@@ -181,6 +182,37 @@ fn deepseek_v3_matches_transformers() {
     }
     let err = relative_error(&all, &reference("deepseek_v3"), n_vocab);
     assert!(err <= 1e-4, "{err}");
+}
+
+#[test]
+fn deepseek_v2_matches_transformers() {
+    // A full q_proj (no q LoRA), softmax routing limited to the best group, weights scaled
+    // and not renormalised, no selection bias.
+    check_against_transformers("deepseek_v2", "deepseek_v2", 1e-4);
+    // Routing greedily instead changes the answer (the group limit is exercised).
+    let dir = scratch_copy("deepseek_v2", "greedy");
+    let config = fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"group_limited_greedy\"", "\"greedy\"");
+    fs::write(dir.join("config.json"), config).unwrap();
+    let tokens = tokens("deepseek_v2");
+    let checkpoint = Checkpoint::open(&dir).unwrap();
+    let pool = ThreadPool::new(1);
+    let mut session =
+        Session::from_checkpoint(&checkpoint, &pool, 64, tokens.len(), KvType::F32).unwrap();
+    let greedy = logits(&mut session, &tokens);
+    let n_vocab = session.model().config().n_vocab;
+    drop(session);
+    drop(checkpoint);
+    let _ = fs::remove_dir_all(&dir);
+    let err = relative_error(&greedy, &reference("deepseek_v2"), n_vocab);
+    assert!(err > 1e-3, "{err}");
+    // norm_topk_prob true is what transformers ignores for V2: refused.
+    let dir = scratch_copy("deepseek_v2", "norm");
+    let config = fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"norm_topk_prob\": false", "\"norm_topk_prob\": true");
+    fs::write(dir.join("config.json"), config).unwrap();
+    let text = open_error(&dir).to_string();
+    assert!(text.contains("norm_topk_prob"), "{text}");
 }
 
 #[test]
