@@ -6,6 +6,7 @@ use std::path::Path;
 use moe_core::model::Model;
 
 use crate::hf::HfCheckpoint;
+use crate::tokenizer::Tokenizer;
 use crate::{Error, GgufFile, Result};
 
 /// A mapped model checkpoint.
@@ -52,6 +53,69 @@ impl Checkpoint {
         }
     }
 
+    /// The tokenizer: a GGUF file's (`tokenizer.ggml.*`), or a directory's
+    /// `tokenizer.json` with its `tokenizer_config.json` (BOS/EOS, add-BOS) and
+    /// `generation_config.json` (end-of-generation ids) when present
+    /// ([`Tokenizer::apply_hf_config`]). `None` for a directory without `tokenizer.json`;
+    /// an error for one that cannot be read or is not supported.
+    pub fn tokenizer(&self) -> Option<Result<Tokenizer>> {
+        match self {
+            Checkpoint::Gguf(g) => {
+                Some(Tokenizer::from_gguf(g.file()).map_err(|e| tokenizer_error(g.path(), e)))
+            }
+            Checkpoint::Hf(h) => {
+                let path = h.path().join("tokenizer.json");
+                if !path.is_file() {
+                    return None;
+                }
+                Some(hf_tokenizer(h.path(), &path))
+            }
+        }
+    }
+
+    /// The chat template's source: a GGUF file's `tokenizer.chat_template`; for a
+    /// directory, `tokenizer_config.json`'s `chat_template` (a string, or the one named
+    /// `default` in a list of named templates), else `chat_template.jinja`. `None` when
+    /// there is none.
+    pub fn chat_template(&self) -> Result<Option<String>> {
+        match self {
+            Checkpoint::Gguf(g) => Ok(g
+                .file()
+                .get(crate::chat::TEMPLATE_KEY)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)),
+            Checkpoint::Hf(h) => {
+                let config = h.path().join("tokenizer_config.json");
+                if let Some(bytes) = read_optional(&config)? {
+                    let json: serde_json::Value = serde_json::from_slice(&bytes)
+                        .map_err(|e| checkpoint_error(&config, e.to_string()))?;
+                    match json.get("chat_template") {
+                        Some(serde_json::Value::String(t)) => return Ok(Some(t.clone())),
+                        Some(serde_json::Value::Array(named)) => {
+                            let default = named.iter().find(|t| {
+                                t.get("name").and_then(|n| n.as_str()) == Some("default")
+                            });
+                            if let Some(t) = default
+                                .and_then(|t| t.get("template"))
+                                .and_then(|t| t.as_str())
+                            {
+                                return Ok(Some(t.to_string()));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let jinja = h.path().join("chat_template.jinja");
+                match read_optional(&jinja)? {
+                    Some(bytes) => String::from_utf8(bytes)
+                        .map(Some)
+                        .map_err(|_| checkpoint_error(&jinja, "not UTF-8".to_string())),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
     /// The model over the checkpoint's bytes (scalar kernels, serial; see
     /// [`Model::set_kernels`] and [`Model::set_parallel`]), boxed: a model holds its blocks
     /// inline and is large to keep on a stack.
@@ -63,6 +127,38 @@ impl Checkpoint {
             Checkpoint::Hf(h) => hf_model(h),
         }
     }
+}
+
+fn checkpoint_error(path: &Path, message: String) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+fn tokenizer_error(path: &Path, e: crate::tokenizer::TokenizerError) -> Error {
+    checkpoint_error(path, e.to_string())
+}
+
+/// The bytes of `path`, or `None` when there is no such file.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+fn hf_tokenizer(dir: &Path, path: &Path) -> Result<Tokenizer> {
+    let json = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut tokenizer =
+        Tokenizer::from_tokenizer_json(&json).map_err(|e| tokenizer_error(path, e))?;
+    let config = read_optional(&dir.join("tokenizer_config.json"))?;
+    let generation = read_optional(&dir.join("generation_config.json"))?;
+    tokenizer
+        .apply_hf_config(config.as_deref(), generation.as_deref())
+        .map_err(|e| tokenizer_error(dir, e))?;
+    Ok(tokenizer)
 }
 
 #[inline(never)]

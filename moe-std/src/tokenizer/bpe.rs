@@ -362,6 +362,12 @@ fn split_deepseek_v3(cpts: &[char]) -> Vec<usize> {
     words
 }
 
+/// Splits `cpts` into word lengths (in code points) as the hand-written matcher of `pre`
+/// does (for Hugging Face `Split` expressions too).
+pub(super) fn split_lengths(pre: Pre, cpts: &[char]) -> Vec<usize> {
+    split(pre, cpts)
+}
+
 /// Splits `cpts` into word lengths (in code points) as llama.cpp's custom matchers do.
 fn split(pre: Pre, cpts: &[char]) -> Vec<usize> {
     if pre == Pre::DeepseekV3 {

@@ -11,8 +11,14 @@
 //! GGUF metadata, and pulls in a large dependency tree; what llama.cpp does for SPM fits in
 //! a few hundred lines, and matching it exactly (tie-breaking, the space prefix, special
 //! tokens found before tokenizing) is easier in code we control.
+//!
+//! A Hugging Face `tokenizer.json` (BPE, byte-level or SentencePiece-style with byte
+//! fallback) builds the same type through [`Tokenizer::from_tokenizer_json`], token for
+//! token the same as the `tokenizers` library: see `hf.rs` for what maps and what is
+//! refused.
 
 mod bpe;
+mod hf;
 mod spm;
 
 pub use bpe::Pre;
@@ -48,8 +54,15 @@ pub enum TokenizerError {
         /// The number of tokens.
         tokens: usize,
     },
-    /// More tokens than fit in a `u32` id.
+    /// More tokens than fit in a `u32` id (or, in a `tokenizer.json`, ids far beyond the
+    /// number of tokens listed).
     TooManyTokens(usize),
+    /// A `tokenizer.json` (or `tokenizer_config.json`) that is not valid JSON or not
+    /// shaped as `tokenizers` writes it.
+    Json(String),
+    /// A `tokenizer.json` component this crate does not implement (a normalizer,
+    /// pre-tokenizer, decoder or post-processor kind, BPE dropout, …).
+    Unsupported(String),
 }
 
 impl fmt::Display for TokenizerError {
@@ -62,7 +75,7 @@ impl fmt::Display for TokenizerError {
             TokenizerError::UnknownModel(model) => {
                 write!(
                     f,
-                    "tokenizer model '{model}' is not supported ('llama', 'gpt2')"
+                    "tokenizer model '{model}' is not supported ('llama', 'gpt2'; 'BPE' in a tokenizer.json)"
                 )
             }
             TokenizerError::UnknownPre(pre) => {
@@ -72,6 +85,10 @@ impl fmt::Display for TokenizerError {
                 write!(f, "'{key}' has {len} entries for {tokens} tokens")
             }
             TokenizerError::TooManyTokens(n) => write!(f, "{n} tokens do not fit u32 ids"),
+            TokenizerError::Json(why) => write!(f, "tokenizer.json: {why}"),
+            TokenizerError::Unsupported(what) => {
+                write!(f, "tokenizer.json: {what} is not supported")
+            }
         }
     }
 }
@@ -107,6 +124,10 @@ pub enum Model {
     Spm,
     /// `gpt2`: byte-level BPE with merge ranks, after the given pre-tokenizer.
     Bpe(Pre),
+    /// A Hugging Face `tokenizer.json` BPE model (merge ranks; byte-level or
+    /// SentencePiece-style with byte fallback, as its normalizer, pre-tokenizer and
+    /// decoder say).
+    HfBpe,
 }
 
 /// One vocabulary entry.
@@ -139,6 +160,8 @@ pub struct Tokenizer {
     /// Detokenization removes spaces before `?!.,` and some contractions (BPE).
     clean_spaces: bool,
     bpe: Option<bpe::Bpe>,
+    /// The `tokenizer.json` pipeline, which then does all encoding and decoding.
+    hf: Option<Box<hf::Hf>>,
 }
 
 /// Reads a string array of per-token values.
@@ -314,7 +337,7 @@ impl Tokenizer {
         };
         // llama.cpp's defaults per model and pre-tokenizer.
         let (bos, eos, unk, add_bos, add_space_prefix, clean_spaces) = match model {
-            Model::Spm => (Some(1), Some(2), Some(0), true, true, false),
+            Model::Spm | Model::HfBpe => (Some(1), Some(2), Some(0), true, true, false),
             Model::Bpe(pre) => (
                 Some(11),
                 Some(11),
@@ -364,11 +387,93 @@ impl Tokenizer {
             add_space_prefix,
             clean_spaces,
             bpe,
+            hf: None,
         };
         tokenizer.pieces = (0..n)
             .map(|i| tokenizer.render(i).into_boxed_slice())
             .collect();
         Ok(tokenizer)
+    }
+
+    /// Builds the tokenizer of a Hugging Face `tokenizer.json`: [`Tokenizer::encode`]
+    /// and [`Tokenizer::decode`] then give what the `tokenizers` library's
+    /// `encode(text, add_special_tokens)` and `decode(ids, skip_special_tokens = False)`
+    /// give. BOS and EOS are the first and last tokens the post-processor adds around a
+    /// single sequence, until [`Tokenizer::apply_hf_config`] names them.
+    pub fn from_tokenizer_json(json: &[u8]) -> Result<Self, TokenizerError> {
+        hf::from_json(json)
+    }
+
+    /// Applies a checkpoint's `tokenizer_config.json` and `generation_config.json` to a
+    /// tokenizer from [`Tokenizer::from_tokenizer_json`] (a GGUF tokenizer is left as
+    /// is): `bos_token` / `eos_token` name BOS and EOS; `add_bos_token` /
+    /// `add_eos_token`, where present, decide whether encoding adds them (replacing what
+    /// the post-processor adds on that side, as transformers rebuilds it for the
+    /// Llama-family tokenizers); the end-of-generation set is EOS and every id of
+    /// `generation_config.json`'s `eos_token_id` (a number or a list).
+    pub fn apply_hf_config(
+        &mut self,
+        tokenizer_config: Option<&[u8]>,
+        generation_config: Option<&[u8]>,
+    ) -> Result<(), TokenizerError> {
+        let Some(hf) = self.hf.as_mut() else {
+            return Ok(());
+        };
+        let parse = |bytes: &[u8], name: &str| -> Result<serde_json::Value, TokenizerError> {
+            serde_json::from_slice(bytes).map_err(|e| TokenizerError::Json(format!("{name}: {e}")))
+        };
+        if let Some(bytes) = tokenizer_config {
+            let config = parse(bytes, "tokenizer_config.json")?;
+            let named = |key: &str| -> Option<u32> {
+                let v = config.get(key)?;
+                let text = v
+                    .as_str()
+                    .or_else(|| v.get("content").and_then(|c| c.as_str()))?;
+                self.ids.get(text.as_bytes()).copied()
+            };
+            let (bos, eos) = (named("bos_token"), named("eos_token"));
+            if bos.is_some() {
+                self.bos = bos;
+            }
+            if eos.is_some() {
+                self.eos = eos;
+            }
+            if let Some(add) = config.get("add_bos_token").and_then(|v| v.as_bool()) {
+                hf.prefix = if add {
+                    self.bos.into_iter().collect()
+                } else {
+                    Vec::new()
+                };
+            }
+            if let Some(add) = config.get("add_eos_token").and_then(|v| v.as_bool()) {
+                hf.suffix = if add {
+                    self.eos.into_iter().collect()
+                } else {
+                    Vec::new()
+                };
+            }
+            self.add_bos = self.bos.is_some() && hf.prefix.first() == self.bos.as_ref();
+            self.add_eos = self.eos.is_some() && hf.suffix.last() == self.eos.as_ref();
+        }
+        let mut eog: Vec<u32> = self.eos.into_iter().collect();
+        if let Some(bytes) = generation_config {
+            let config = parse(bytes, "generation_config.json")?;
+            let n = self.tokens.len() as u64;
+            match config.get("eos_token_id") {
+                Some(serde_json::Value::Array(list)) => eog.extend(
+                    list.iter()
+                        .filter_map(|v| v.as_u64())
+                        .filter(|&id| id < n)
+                        .map(|id| id as u32),
+                ),
+                Some(v) => eog.extend(v.as_u64().filter(|&id| id < n).map(|id| id as u32)),
+                None => {}
+            }
+        }
+        eog.sort_unstable();
+        eog.dedup();
+        self.end_of_generation = eog;
+        Ok(())
     }
 
     /// The tokenization algorithm.
@@ -450,6 +555,8 @@ impl Tokenizer {
         } else if a & attr::NORMAL != 0 {
             match self.model {
                 Model::Spm => token.text.replace('\u{2581}', " ").into_bytes(),
+                // Filled by `hf::from_json`.
+                Model::HfBpe => Vec::new(),
                 Model::Bpe(_) => {
                     // GPT-2's printable characters back to bytes; one outside the map
                     // gives llama.cpp's `[UNK_BYTE_0x…]` marker.
@@ -542,6 +649,9 @@ impl Tokenizer {
     /// (`tokenizer.ggml.add_bos_token` / `add_eos_token`), `parse_special` recognises
     /// control tokens such as `<s>` written in the text (user-defined tokens always are).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        if let Some(hf) = &self.hf {
+            return hf.encode(text, add_special, parse_special);
+        }
         let mut output = Vec::new();
         let fragments = self.partition(text, parse_special);
         match self.model {
@@ -574,7 +684,7 @@ impl Tokenizer {
                     output.extend(self.eos);
                 }
             }
-            Model::Bpe(_) => {
+            Model::Bpe(_) | Model::HfBpe => {
                 if add_special && self.add_bos {
                     output.extend(self.bos);
                 }
@@ -615,6 +725,9 @@ impl Tokenizer {
         if remove_special && self.add_eos && !ids.is_empty() && ids.last() == self.eos.as_ref() {
             ids = &ids[..ids.len() - 1];
         }
+        if let Some(hf) = &self.hf {
+            return hf.decode(self, ids, !unparse_special).into_bytes();
+        }
         let mut out = Vec::new();
         for &id in ids {
             let mut piece = self.piece(id, unparse_special);
@@ -644,6 +757,9 @@ impl Tokenizer {
             pending: Vec::new(),
             first: true,
             unparse_special,
+            ids: Vec::new(),
+            prefix: String::new(),
+            prefix_index: 0,
         }
     }
 }
@@ -936,11 +1052,34 @@ pub struct StreamDecoder<'a> {
     pending: Vec<u8>,
     first: bool,
     unparse_special: bool,
+    /// For a `tokenizer.json` tokenizer, `tokenizers`' `DecodeStream` state: the ids
+    /// decoded together (one already shown before `prefix_index`, for context) and the
+    /// text of the shown ones.
+    ids: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
 }
 
 impl StreamDecoder<'_> {
     /// Adds one token; returns the text that is now complete (possibly empty).
     pub fn push(&mut self, id: u32) -> String {
+        if let Some(hf) = &self.tokenizer.hf {
+            // `tokenizers`' `step_decode_stream`: decode the window and show what it adds,
+            // unless it ends in an unfinished character.
+            self.ids.push(id);
+            let text = hf.decode(self.tokenizer, &self.ids, !self.unparse_special);
+            if text.len() <= self.prefix.len() || text.ends_with('\u{FFFD}') {
+                return String::new();
+            }
+            let new = text
+                .strip_prefix(self.prefix.as_str())
+                .map_or_else(|| text.clone(), str::to_string);
+            let new_prefix_index = self.ids.len() - self.prefix_index;
+            self.ids.drain(..self.prefix_index);
+            self.prefix = hf.decode(self.tokenizer, &self.ids, !self.unparse_special);
+            self.prefix_index = new_prefix_index;
+            return new;
+        }
         let mut piece = self.tokenizer.piece(id, self.unparse_special);
         if self.first
             && self.tokenizer.add_space_prefix
@@ -955,6 +1094,18 @@ impl StreamDecoder<'_> {
 
     /// The rest at the end of the stream: an unfinished sequence becomes U+FFFD.
     pub fn finish(&mut self) -> String {
+        if let Some(hf) = &self.tokenizer.hf {
+            let text = hf.decode(self.tokenizer, &self.ids, !self.unparse_special);
+            let rest = match text.strip_prefix(self.prefix.as_str()) {
+                Some(rest) => rest.to_string(),
+                None if text.len() > self.prefix.len() => text,
+                None => String::new(),
+            };
+            self.ids.clear();
+            self.prefix.clear();
+            self.prefix_index = 0;
+            return rest;
+        }
         let out = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         out
