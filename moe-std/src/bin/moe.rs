@@ -280,9 +280,13 @@ fn tokenize_cmd(args: Vec<OsString>) -> Result<(), Failure> {
         .map_err(|_| usage("tokenize needs exactly one FILE"))?;
     let text = text.ok_or_else(|| usage("tokenize: -p TEXT is required"))?;
     let path = PathBuf::from(path);
-    let gguf = GgufFile::open(&path)?;
-    let tokenizer = Tokenizer::from_gguf(gguf.file())
-        .map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?;
+    let checkpoint = Checkpoint::open(&path)?;
+    let tokenizer = checkpoint.tokenizer().ok_or_else(|| {
+        Failure::Error(format!(
+            "{}: no tokenizer.json in the directory",
+            path.display()
+        ))
+    })??;
     let ids = tokenizer.encode(&text, add_special, parse_special);
     let mut out = io::stdout().lock();
     let written = if ids_only {
@@ -608,16 +612,10 @@ fn prompt_ids(
         Prompt::Ids(ids) => return Ok(ids.clone()),
         Prompt::Text(text) => text,
     };
-    let gguf = checkpoint.gguf().ok_or_else(|| {
-        Failure::Error(format!(
-            "{}: text prompts need a GGUF file's tokenizer: give --tokens instead",
-            checkpoint.path().display()
-        ))
-    })?;
-    let file = gguf.path().display();
+    let file = checkpoint.path().display();
     let tokenizer = tokenizer.ok_or_else(|| {
         Failure::Error(format!(
-            "{file}: no tokenizer in the file (tokenizer.ggml.*): give --tokens instead"
+            "{file}: no tokenizer (tokenizer.ggml.* in a GGUF file, tokenizer.json in a directory): give --tokens instead"
         ))
     })?;
     if !o.chat {
@@ -636,8 +634,15 @@ fn prompt_ids(
             ChatTemplate::new(&source, &bos, &eos)
                 .map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?
         }
-        None => ChatTemplate::from_gguf(gguf.file(), &bos, &eos)
-            .map_err(|e| Failure::Error(format!("{file}: {e}")))?,
+        None => {
+            let source = checkpoint.chat_template()?.ok_or_else(|| {
+                Failure::Error(format!(
+                    "{file}: no chat template (tokenizer.chat_template, or chat_template in tokenizer_config.json / chat_template.jinja)"
+                ))
+            })?;
+            ChatTemplate::new(&source, &bos, &eos)
+                .map_err(|e| Failure::Error(format!("{file}: {e}")))?
+        }
     };
     let mut messages = Vec::new();
     if let Some(system) = &o.system {
@@ -664,9 +669,9 @@ fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let mut a = model_args("run", args, RUN_VALUE_FLAGS, RUN_SWITCHES)?;
     let o = run_options(&mut a)?;
     let checkpoint = Checkpoint::open(&a.path)?;
-    let tokenizer = checkpoint.gguf().map(|g| Tokenizer::from_gguf(g.file()));
+    let tokenizer = checkpoint.tokenizer();
     if let (Prompt::Text(_), Some(Err(e))) = (&o.prompt, &tokenizer) {
-        return Err(Failure::Error(format!("{}: {e}", a.path.display())));
+        return Err(Failure::Error(e.to_string()));
     }
     let tokenizer = tokenizer.and_then(Result::ok);
     let prompt = prompt_ids(&o, &checkpoint, tokenizer.as_ref())?;
