@@ -205,6 +205,7 @@ fn deepseek_v2_matches_transformers() {
     drop(checkpoint);
     let _ = fs::remove_dir_all(&dir);
     let err = relative_error(&greedy, &reference("deepseek_v2"), n_vocab);
+    println!("deepseek_v2 routed greedily: {err:.2e} of the range");
     assert!(err > 1e-3, "{err}");
     // norm_topk_prob true is what transformers ignores for V2: refused.
     let dir = scratch_copy("deepseek_v2", "norm");

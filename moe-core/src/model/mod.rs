@@ -16,9 +16,10 @@
 //! biases, NeoX RoPE, a sigmoid-gated shared expert), `qwen3moe` (per-head QK norms),
 //! `olmoe` (QK norms over the whole query / key), `granitemoe` (embedding, residual,
 //! attention and logit scales) and `deepseek2` (multi-head latent attention with its
-//! compressed KV cache, leading dense blocks, sigmoid routing with a selection bias and
-//! shared experts; YaRN RoPE scaling is refused for now). Other architectures are refused
-//! at load with [`Error::UnsupportedArchitecture`].
+//! compressed KV cache, from the split `attn_k_b`/`attn_v_b` or the combined `attn_kv_b`
+//! of older files and Hugging Face checkpoints; leading dense blocks, sigmoid or softmax
+//! routing, group-limited, with a selection bias; shared experts; YaRN RoPE scaling).
+//! Other architectures are refused at load with [`Error::UnsupportedArchitecture`].
 
 mod config;
 mod kv;
