@@ -123,7 +123,7 @@ fn every_case_matches_hugging_face_tokenizers() {
 #[test]
 fn the_fixtures_cover_both_kinds_and_the_variants() {
     if std::env::var_os("MOE_HF_TOKENIZER_DIR").is_none() {
-        assert_eq!(tokenizers().len(), 6);
+        assert_eq!(tokenizers().len(), 7);
     }
 }
 
@@ -166,9 +166,9 @@ fn unsupported_kinds_are_refused_by_name() {
     assert_eq!(e, TokenizerError::UnknownModel("WordPiece".into()));
     let e = with(&|j| j["model"]["type"] = "Unigram".into());
     assert_eq!(e, TokenizerError::UnknownModel("Unigram".into()));
-    let e = with(&|j| j["normalizer"] = serde_json::json!({"type": "NFC"}));
+    let e = with(&|j| j["normalizer"] = serde_json::json!({"type": "NFKC"}));
     assert!(
-        matches!(&e, TokenizerError::Unsupported(w) if w.contains("NFC")),
+        matches!(&e, TokenizerError::Unsupported(w) if w.contains("NFKC")),
         "{e}"
     );
     let e = with(&|j| j["decoder"] = serde_json::json!({"type": "WordPiece"}));
@@ -188,4 +188,20 @@ fn unsupported_kinds_are_refused_by_name() {
     assert!(matches!(e, TokenizerError::Json(_)), "{e}");
     let e = with(&|j| j["added_tokens"][0]["id"] = 4_000_000_000u64.into());
     assert!(matches!(e, TokenizerError::TooManyTokens(_)), "{e}");
+}
+
+#[test]
+fn nfc_is_hugging_face_nfc() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf-tokenizer/nfc-cases.json");
+    let cases = read_json(&path);
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 400);
+    for case in cases {
+        let (text, want) = (
+            case["text"].as_str().unwrap(),
+            case["nfc"].as_str().unwrap(),
+        );
+        assert_eq!(moe_std::tokenizer::nfc(text), want, "{text:?}");
+    }
 }

@@ -4,7 +4,8 @@
 //! The pipeline is `tokenizers`' own, step by step: added tokens are found first
 //! (leftmost-longest, as its Aho-Corasick matcher; those not `normalized` in the raw text,
 //! the others in each normalized piece, with their `lstrip`/`rstrip`/`single_word`), each
-//! other piece is normalized (`Prepend`, `Replace`, `Lowercase`, `Strip`, `Sequence`),
+//! other piece is normalized (`NFC`, `Prepend`, `Replace`, `Lowercase`, `Strip`,
+//! `Sequence`),
 //! pre-tokenized (`Metaspace`, `ByteLevel`, `Split` with a known expression — mapped onto
 //! the hand-written matchers of [`Pre`] — or one the `regex` crate runs, `Sequence`), and
 //! each word is merged by the `BPE` model: one symbol per character (byte fallback to
@@ -17,7 +18,7 @@
 //!
 //! Refused with [`TokenizerError::UnknownModel`] / [`TokenizerError::Unsupported`]:
 //! WordPiece, Unigram and WordLevel models, BPE dropout or subword prefixes/suffixes,
-//! Unicode normalization forms (NFC, NFKC, …), BERT and precompiled normalizers, other
+//! the normalization forms other than NFC (NFD, NFKC, NFKD), BERT and precompiled normalizers, other
 //! pre-tokenizers and decoders, `Split` behaviours other than `Isolated`.
 
 use std::collections::{BinaryHeap, HashMap};
@@ -56,6 +57,7 @@ enum Norm {
     Replace(Pattern, String),
     Lowercase,
     Strip { left: bool, right: bool },
+    Nfc,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +221,7 @@ fn normalizers(v: &Value, out: &mut Vec<Norm>) -> Result<(), TokenizerError> {
             get_str(v, "content").unwrap_or("").to_string(),
         )),
         "Lowercase" => out.push(Norm::Lowercase),
+        "NFC" => out.push(Norm::Nfc),
         "Strip" => out.push(Norm::Strip {
             left: get_bool(v, "strip_left", true),
             right: get_bool(v, "strip_right", true),
@@ -725,6 +728,7 @@ impl Hf {
                 Norm::Prepend(_) => s,
                 Norm::Replace(p, with) => p.replace(&s, with),
                 Norm::Lowercase => s.to_lowercase(),
+                Norm::Nfc => super::nfc::nfc(&s),
                 Norm::Strip { left, right } => {
                     let mut t = s.as_str();
                     if *left {

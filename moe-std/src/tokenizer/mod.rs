@@ -19,9 +19,11 @@
 
 mod bpe;
 mod hf;
+mod nfc;
 mod spm;
 
 pub use bpe::Pre;
+pub use nfc::nfc;
 
 use std::collections::HashMap;
 use std::fmt;
