@@ -19,8 +19,9 @@
 //! and never renormalised, as transformers computes it). DeepSeek's RoPE pairs
 //! are interleaved (`rope_interleave`, transformers' default): adjacent pairs, llama.cpp's
 //! normal layout, so no rows are permuted there either (transformers' de-interleaving
-//! reorders q and k alike, which leaves their dot products unchanged). YaRN RoPE scaling
-//! (`rope_type` `yarn`) is refused for now.
+//! reorders q and k alike, which leaves their dot products unchanged). DeepSeek's YaRN RoPE
+//! scaling is read as llama.cpp reads it (see `deepseek_yarn`; variants it cannot express
+//! are refused by key).
 //! Disagreements between `config.json` and the tensors (a missing tensor or shard, a
 //! shape the config does not predict, an unsupported dtype) are errors naming the file,
 //! tensor or key.
@@ -521,12 +522,19 @@ fn metadata(config: &Config<'_>, arch: &Arch) -> Result<(HashMap<String, Meta>, 
         .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
         .and_then(Json::as_str)
         .unwrap_or("default");
-    if rope_type != "default" {
-        return Err(config.error(
-            "rope_parameters",
-            &format!("RoPE type '{rope_type}' is not supported (only default)"),
-        ));
-    }
+    let yarn = match rope_type {
+        "default" => None,
+        "yarn" if arch.deepseek => Some(deepseek_yarn(config, rope.or(scaling))?),
+        _ => {
+            return Err(config.error(
+                "rope_parameters",
+                &format!(
+                    "RoPE type '{rope_type}' is not supported (only default{})",
+                    if arch.deepseek { " and yarn" } else { "" }
+                ),
+            ));
+        }
+    };
     let theta = match rope.and_then(|r| r.get("rope_theta")) {
         Some(v) => Some(
             v.as_f64()
@@ -572,9 +580,94 @@ fn metadata(config: &Config<'_>, arch: &Arch) -> Result<(HashMap<String, Meta>, 
         .unwrap_or(arch.norm_topk_default);
     m.insert(key("expert_weights_norm"), Meta::Bool(norm));
     if let Some(ds) = &dims.deepseek {
-        deepseek_metadata(config, arch, ds, &mut m, key)?;
+        deepseek_metadata(config, arch, ds, &mut m, &key)?;
+    }
+    if let Some(y) = yarn {
+        m.insert(key("rope.scaling.type"), Meta::Str("yarn"));
+        m.insert(key("rope.scaling.factor"), Meta::F32(y.factor as f32));
+        m.insert(
+            key("rope.scaling.original_context_length"),
+            Meta::U64(y.original_context),
+        );
+        m.insert(
+            key("rope.scaling.yarn_log_multiplier"),
+            Meta::F32((0.1 * y.mscale_all_dim) as f32),
+        );
     }
     Ok((m, dims))
+}
+
+/// DeepSeek's YaRN parameters, as llama.cpp's `deepseek2` reads them.
+struct Yarn {
+    factor: f64,
+    original_context: u64,
+    mscale_all_dim: f64,
+}
+
+/// The YaRN `rope_parameters` of a DeepSeek checkpoint, limited to what llama.cpp's
+/// `deepseek2` computes: transformers scales cos and sin by `mscale(factor, mscale) /
+/// mscale(factor, mscale_all_dim)`, which llama.cpp's graph takes to be 1 (the two are
+/// equal in DeepSeek's releases), and the logits by `mscale(factor, mscale_all_dim)²`
+/// (`yarn_log_multiplier` = 0.1 · `mscale_all_dim`, as the converter writes it); the ramp
+/// between interpolated and extrapolated frequencies uses beta_fast 32, beta_slow 1 and
+/// whole-dimension bounds.
+fn deepseek_yarn(
+    config: &Config<'_>,
+    rope: Option<&serde_json::Map<String, Json>>,
+) -> Result<Yarn> {
+    let bad = |k: &str, what: &str| config.error(&format!("rope_parameters.{k}"), what);
+    let get = |k: &str| rope.and_then(|r| r.get(k)).filter(|v| !v.is_null());
+    let number = |k: &str| -> Result<Option<f64>> {
+        get(k)
+            .map(|v| v.as_f64().ok_or_else(|| bad(k, "not a number")))
+            .transpose()
+    };
+    let original_context = get("original_max_position_embeddings")
+        .and_then(Json::as_u64)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            bad(
+                "original_max_position_embeddings",
+                "missing or not a positive integer",
+            )
+        })?;
+    let factor = match number("factor")? {
+        Some(f) => f,
+        // transformers: the ratio of the context lengths.
+        None => config.required("max_position_embeddings")? as f64 / original_context as f64,
+    };
+    if !(factor.is_finite() && factor > 1.0) {
+        return Err(bad("factor", "YaRN needs a factor above 1"));
+    }
+    let (mscale, mscale_all_dim) = (number("mscale")?, number("mscale_all_dim")?);
+    let mscale_all_dim = match (mscale, mscale_all_dim) {
+        (Some(a), Some(b)) if a == b && a > 0.0 => b,
+        _ => {
+            return Err(bad(
+                "mscale",
+                "mscale and mscale_all_dim must be given and equal (cos/sin unscaled, as llama.cpp computes DeepSeek's YaRN)",
+            ));
+        }
+    };
+    if get("attention_factor").is_some() {
+        return Err(bad(
+            "attention_factor",
+            "an explicit YaRN attention factor is not supported",
+        ));
+    }
+    for (k, default) in [("beta_fast", 32.0), ("beta_slow", 1.0)] {
+        if number(k)?.is_some_and(|v| v != default) {
+            return Err(bad(k, &format!("only {default} is supported")));
+        }
+    }
+    if get("truncate").is_some_and(|v| v.as_bool() != Some(true)) {
+        return Err(bad("truncate", "only true is supported"));
+    }
+    Ok(Yarn {
+        factor,
+        original_context,
+        mscale_all_dim,
+    })
 }
 
 /// The `deepseek2` keys `convert_hf_to_gguf.py` writes for a DeepSeek-V3 checkpoint (the
@@ -584,7 +677,7 @@ fn deepseek_metadata(
     arch: &Arch,
     ds: &DeepseekDims,
     m: &mut HashMap<String, Meta>,
-    key: impl Fn(&str) -> String,
+    key: &impl Fn(&str) -> String,
 ) -> Result<()> {
     // What transformers computes: V3 scores by sigmoid and picks by group (`noaux_tc`);
     // V2 by softmax, picking greedily or by group (`group_limited_greedy`), and never

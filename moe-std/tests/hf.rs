@@ -6,7 +6,8 @@
 //!   same weights converted by llama.cpp's `convert_hf_to_gguf.py` (q/k rows permuted,
 //!   llama.cpp's RoPE layout) within 1e-5 of the range;
 //! - Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3 (latent attention from `kv_b_proj` in
-//!   place, interleaved RoPE, group-limited sigmoid routing with a selection bias) and
+//!   place, interleaved RoPE, group-limited sigmoid routing with a selection bias; also
+//!   with DeepSeek's YaRN) and
 //!   DeepSeek-V2 (full q_proj, group-limited softmax routing) in float32 within 1e-4 of
 //!   transformers;
 //! - Mixtral in bfloat16 and float16 (norms included) against transformers' float32 run
@@ -185,6 +186,18 @@ fn deepseek_v3_matches_transformers() {
 }
 
 #[test]
+fn deepseek_v3_with_yarn_matches_transformers() {
+    // The deepseek_v3 weights (same seed) with DeepSeek's YaRN: the ramp between
+    // extrapolated and interpolated frequencies and the mscale² on the logits.
+    check_against_transformers("deepseek_v3_yarn", "deepseek_v3_yarn", 1e-4);
+    let plain = reference("deepseek_v3");
+    let yarn = reference("deepseek_v3_yarn");
+    let err = relative_error(&plain, &yarn, plain.len() / tokens("deepseek_v3").len());
+    println!("deepseek_v3: yarn vs none {err:.2e} of the range");
+    assert!(err > 1e-2, "{err}");
+}
+
+#[test]
 fn deepseek_v2_matches_transformers() {
     // A full q_proj (no q LoRA), softmax routing limited to the best group, weights scaled
     // and not renormalised, no selection bias.
@@ -228,13 +241,31 @@ fn deepseek_v3_bad_configs_are_errors_naming_the_key_or_tensor() {
         text.contains("kv_b_proj.weight") && text.contains("[48, 16]"),
         "{text}"
     );
-    // YaRN is refused by name.
-    let dir = scratch_copy("deepseek_v3", "yarn");
+    // YaRN variants llama.cpp's deepseek2 does not compute are refused by key.
+    for (from, to, key) in [
+        ("\"mscale\": 1.0", "\"mscale\": 0.5", "mscale"),
+        ("\"beta_fast\": 32.0", "\"beta_fast\": 16.0", "beta_fast"),
+        (
+            "\"original_max_position_embeddings\": 16",
+            "\"original_max_position_embeddingz\": 16",
+            "original_max_position_embeddings",
+        ),
+        ("\"factor\": 4.0", "\"factor\": 0.5", "factor"),
+    ] {
+        let dir = scratch_copy("deepseek_v3_yarn", key);
+        let config = fs::read_to_string(dir.join("config.json")).unwrap();
+        assert!(config.contains(from), "{from}");
+        fs::write(dir.join("config.json"), config.replace(from, to)).unwrap();
+        let text = open_error(&dir).to_string();
+        assert!(text.contains(&format!("'rope_parameters.{key}'")), "{text}");
+    }
+    // Other scaling types are refused by name.
+    let dir = scratch_copy("deepseek_v3", "scaling");
     let config = fs::read_to_string(dir.join("config.json")).unwrap();
-    let config = config.replace("\"rope_type\": \"default\"", "\"rope_type\": \"yarn\"");
+    let config = config.replace("\"rope_type\": \"default\"", "\"rope_type\": \"longrope\"");
     fs::write(dir.join("config.json"), config).unwrap();
     let text = open_error(&dir).to_string();
-    assert!(text.contains("rope") && text.contains("yarn"), "{text}");
+    assert!(text.contains("'longrope' is not supported"), "{text}");
     // Softmax scoring is not DeepSeek-V3's.
     let dir = scratch_copy("deepseek_v3", "scoring");
     let config = fs::read_to_string(dir.join("config.json")).unwrap();
