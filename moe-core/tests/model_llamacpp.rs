@@ -39,11 +39,13 @@ const FLOAT_MODELS: [&str; 11] = [
 ];
 
 /// Fixtures quantized by llama.cpp's own quantizer.
-const QUANTIZED_MODELS: [&str; 4] = [
+const QUANTIZED_MODELS: [&str; 5] = [
     "mixtral-tiny-q8_0",
     "mixtral-tiny-q4_0",
     "qwen3moe-tiny-q8_0",
     "mixtral-k-tiny-q4_k_m",
+    // Q8_0 attn_kv_b: its rows dequantized one at a time for the absorbed query.
+    "deepseek2-kvb-tiny-q8_0",
 ];
 
 fn read(name: &str) -> Vec<u8> {
@@ -195,6 +197,8 @@ fn greedy_generation_follows_llama_cpp() {
         "mixtral-tiny-q8_0",
         "mixtral-tiny-q4_0",
         "mixtral-k-tiny-q4_k_m",
+        "deepseek2-kvb-tiny",
+        "deepseek2-kvb-tiny-q8_0",
     ] {
         let bytes = read(&format!("{name}.gguf"));
         let file = File::parse(&bytes).unwrap();

@@ -14,21 +14,26 @@
 //! checkpoints (`kv_b_proj`) carry one combined `attn_kv_b` of `n_head · (nope + value)`
 //! rows of `kv_lora_rank` columns instead: per head `nope` rows of `W_k` (the key's nope
 //! part is `W_k c`), then `value_length` rows of `W_v`. It is used in place, in the same
-//! absorbed form with the same compressed cache (llama.cpp runs such files
-//! non-absorbed, with full per-head keys and values in its cache; the two agree up to
-//! rounding):
+//! absorbed form with the same compressed cache. llama.cpp runs such files
+//! non-absorbed (`K = [W_k ĉ, k_pe]`, `V = W_v ĉ` per head in its cache, with `ĉ` the
+//! latent rounded to the weight's activation format, Q8_0 for Q8_0 weights); the same
+//! function is computed here, differing only in f32 summation order:
+//! - the latent is rounded to `ĉ` the same way before it is cached (a no-op for F32);
 //! - the absorbed query `q̃ = W_kᵀ q_nope` is a transposed product: one row of `W_k` at a
 //!   time is dequantized into a `kv_lora_rank` scratch row and added, times the query's
 //!   element, into `q̃` of every token of the batch (f32, rows in ascending order, each
-//!   row read once per batch);
-//! - the value `W_v · o` of the head's attention output `o` is an ordinary matrix product
-//!   over the head's `value_length` contiguous rows.
+//!   row read once per batch), so `q̃ · ĉ = q_nope · W_k ĉ`;
+//! - the value `W_v · o` of the head's attention output `o = Σ p_j ĉ_j` is taken row by
+//!   row the same way (each row dequantized once per batch, an f32 dot product with every
+//!   token's `o`), so that `o` is not rounded again: `W_v o = Σ p_j W_v ĉ_j`.
+//!
+//! (Not parallelised: these products are small next to the other projections.)
 
 use super::{Model, ModelConfig, block_tensor, check_matrix, check_norm, norm_in_place};
 use crate::error::name_of;
 use crate::gguf::names::layer_tensor;
 use crate::model::MlaConfig;
-use crate::quant::dequantize_row;
+use crate::quant::{TensorType, dequantize_row, quantize_row};
 use crate::source::TensorSource;
 use crate::tensor::TensorView;
 use crate::{Error, Result};
@@ -197,18 +202,6 @@ impl<'a> Weights<'a> {
     }
 }
 
-/// Rows `first..first + count` of the `[cols, rows]` matrix `view`, as a matrix.
-fn row_block<'a>(view: &TensorView<'a>, first: usize, count: usize) -> Result<TensorView<'a>> {
-    let rb = view.row_bytes();
-    let data =
-        view.data()
-            .get(first * rb..(first + count) * rb)
-            .ok_or(Error::InvalidModelConfig {
-                reason: "a latent-attention head slice is out of range",
-            })?;
-    TensorView::new(view.ty(), &[view.ne(0), count as u64], data)
-}
-
 impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
     /// The absorbed queries into `q` (`t × n_head × (kv_lora_rank + rope)`) and the batch's
     /// `[c, k_pe]` keys and `c` values into `new_keys` / `new_values` (token `i` at position
@@ -255,6 +248,9 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
             let pos = start + i;
             let (latent, k_pe) = kv.split_at_mut(lora);
             norm_in_place(latent, &w.kv_a_norm, c.rms_eps);
+            if let KvB::Combined(kv_b) = &w.kv_b {
+                round_to_activation(kv_b, latent, acts)?;
+            }
             c.rope.apply(k_pe, pos);
             let key = &mut new_keys[i * kd..(i + 1) * kd];
             key[..lora].copy_from_slice(latent);
@@ -306,18 +302,62 @@ impl<const MAX_LAYERS: usize> Model<'_, MAX_LAYERS> {
             .chunks_exact(lora)
             .zip(scratch.chunks_exact_mut(m.value_length));
         let nope = m.key_length - c.rope_dims;
-        for (n, (latent, value)) in heads.enumerate() {
-            let h = n % c.n_head;
-            let v_h = match &w.kv_b {
-                KvB::Split { v_b, .. } => head(v_b, h)?,
-                KvB::Combined(kv_b) => {
-                    row_block(kv_b, h * (nope + m.value_length) + nope, m.value_length)?
+        match &w.kv_b {
+            KvB::Split { v_b, .. } => {
+                for (n, (latent, value)) in heads.enumerate() {
+                    self.project(&head(v_b, n % c.n_head)?, latent, lora, acts, value)?;
                 }
-            };
-            self.project(&v_h, latent, lora, acts, value)?;
+            }
+            KvB::Combined(kv_b) => {
+                let t = attn.len() / (c.n_head * lora).max(1);
+                let (values, rest) = scratch.split_at_mut(t * c.n_head * m.value_length);
+                let at = t * scratch_per_token(c, &m) - values.len();
+                let actual = rest.len();
+                let row = rest.get_mut(at..at + lora).ok_or(Error::BufferTooSmall {
+                    needed: at + lora,
+                    actual,
+                })?;
+                for h in 0..c.n_head {
+                    for j in 0..m.value_length {
+                        let r = h * (nope + m.value_length) + nope + j;
+                        dequantize_row(kv_b.ty(), kv_row(kv_b, r)?, row)?;
+                        for i in 0..t {
+                            let latent = &attn[(i * c.n_head + h) * lora..][..lora];
+                            values[(i * c.n_head + h) * m.value_length + j] =
+                                latent.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Row `r` of `view`.
+fn kv_row<'a>(view: &TensorView<'a>, r: usize) -> Result<&'a [u8]> {
+    view.row(r as u64).ok_or(Error::InvalidModelConfig {
+        reason: "a latent-attention head slice is out of range",
+    })
+}
+
+/// Rounds `latent` through `kv_b`'s activation format in place (`bytes` as scratch), as
+/// llama.cpp's non-absorbed graph rounds the latent it multiplies `attn_kv_b` by (a no-op
+/// for F32 weights).
+fn round_to_activation(kv_b: &TensorView<'_>, latent: &mut [f32], bytes: &mut [u8]) -> Result<()> {
+    let ty = kv_b.ty();
+    let act = ty.activation_type().ok_or(Error::UnsupportedType { ty })?;
+    if act == TensorType::F32 {
+        return Ok(());
+    }
+    let rb = crate::moe::ffn::act_row_bytes(act, latent.len());
+    let available = bytes.len();
+    let buf = bytes.get_mut(..rb).ok_or(Error::WorkspaceTooSmall {
+        needed: rb,
+        actual: available,
+    })?;
+    quantize_row(act, latent, buf)?;
+    dequantize_row(act, buf, latent)
 }
 
 /// `q̃_h += Σ_j q_nope_h[j] · W_k_h[j, :]` for every token and head, from the combined
@@ -339,10 +379,7 @@ fn absorb_combined(
     for h in 0..n_head {
         for j in 0..nope {
             let r = h * (nope + m.value_length) + j;
-            let src = kv_b.row(r as u64).ok_or(Error::InvalidModelConfig {
-                reason: "a latent-attention head slice is out of range",
-            })?;
-            dequantize_row(kv_b.ty(), src, row)?;
+            dequantize_row(kv_b.ty(), kv_row(kv_b, r)?, row)?;
             for i in 0..n_tokens {
                 let x = q_full[(i * n_head + h) * m.key_length + j];
                 let out = &mut q[(i * n_head + h) * head_dim..][..m.kv_lora_rank];
