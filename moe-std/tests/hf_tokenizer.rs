@@ -205,3 +205,33 @@ fn nfc_is_hugging_face_nfc() {
         assert_eq!(moe_std::tokenizer::nfc(text), want, "{text:?}");
     }
 }
+
+/// DeepSeek-V3's own tokenizer.json writes the line breaks of its third expression as the
+/// characters themselves: the same expression as with `\r` / `\n` escapes.
+#[test]
+fn split_expressions_with_literal_line_breaks_are_known() {
+    let (_, escaped) = tokenizers()
+        .into_iter()
+        .find(|(name, _)| name == "deepseek-v3-split")
+        .unwrap();
+    let mut json: Value = serde_json::from_slice(&escaped).unwrap();
+    let pattern = &mut json["pre_tokenizer"]["pretokenizers"][2]["pattern"]["Regex"];
+    let literal = pattern
+        .as_str()
+        .unwrap()
+        .replace("\\r", "\r")
+        .replace("\\n", "\n");
+    assert!(literal.contains("\r\n"));
+    *pattern = literal.into();
+    let a = Tokenizer::from_tokenizer_json(&escaped).unwrap();
+    let b = Tokenizer::from_tokenizer_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+    let cases = read_json(&dir().join("cases-deepseek-v3-split.json"));
+    for case in cases["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            b.encode(text, false, true),
+            a.encode(text, false, true),
+            "{text:?}"
+        );
+    }
+}

@@ -288,7 +288,10 @@ fn pre_tokenizers(v: &Value, out: &mut Vec<PreTok>) -> Result<(), TokenizerError
                     .map(Splitter::Regex)
                     .map_err(|_| TokenizerError::UnknownPre(s.to_string()))?
             } else if let Some(r) = get_str(p, "Regex") {
-                match KNOWN_SPLITS.iter().find(|(known, _)| *known == r) {
+                // Some files (DeepSeek-V3's) write the line breaks in the expression as
+                // the characters themselves rather than `\r` / `\n`: the same expression.
+                let escaped = r.replace('\r', "\\r").replace('\n', "\\n");
+                match KNOWN_SPLITS.iter().find(|(known, _)| *known == escaped) {
                     Some(&(_, pre)) => Splitter::Custom(pre),
                     // Without look-around the `regex` crate finds the same matches as
                     // Oniguruma (leftmost, alternatives in order); with it, refused.
