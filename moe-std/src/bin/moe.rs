@@ -51,8 +51,9 @@ usage:
                                        n_tokens x n_vocab, to stdout or OUT
   moe --help | --version
 
-For run, bench, route and logits, FILE may also be a Hugging Face checkpoint directory
-(config.json and safetensors; Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE), with --tokens.
+For run, bench, route, logits and tokenize, FILE may also be a Hugging Face checkpoint
+directory (config.json and safetensors; Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
+DeepSeek-V2/V3); text prompts need its tokenizer.json, --chat its tokenizer_config.json.
 In --json, arrays longer than 64 elements are cut to their first 8 unless --full.
 ";
 
