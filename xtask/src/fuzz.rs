@@ -6,9 +6,10 @@
 //!
 //! libFuzzer reads two corpus folders: `fuzz/corpus/<target>` (where it writes the new
 //! inputs it finds; ignored by git) and `fuzz/seeds/<target>` (refreshed here from the
-//! committed fixtures `moe-core/tests/fixtures/**/*.gguf`, or for `safetensors_parse`
-//! `moe-std/tests/fixtures/hf/**/*.safetensors`; also ignored by git, so the fixtures stay
-//! the one copy in the repository).
+//! committed fixtures `moe-core/tests/fixtures/**/*.gguf`, for `safetensors_parse`
+//! `moe-std/tests/fixtures/hf/**/*.safetensors`, for `tokenizer_from_json` the tiny
+//! checkpoint tokenizer's `*.json`; also ignored by git, so the fixtures stay the one copy
+//! in the repository).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -97,6 +98,12 @@ fn refresh_seeds(seeds: &Path, target: &str) -> Result<usize> {
     // The safetensors reader starts from the Hugging Face fixtures, the rest from GGUF.
     let (fixtures, extension) = match target {
         "safetensors_parse" => (root().join("moe-std/tests/fixtures/hf"), "safetensors"),
+        // The tiny checkpoint's tokenizer files (the committed full-size tokenizer.json
+        // files would make every execution parse a megabyte).
+        "tokenizer_from_json" => (
+            root().join("moe-std/tests/fixtures/hf-tokenizer/tiny-mixtral"),
+            "json",
+        ),
         _ => (root().join("moe-core/tests/fixtures"), "gguf"),
     };
     let mut files = Vec::new();

@@ -22,9 +22,9 @@ usage: cargo xtask <task> [options]
 tasks:
   ci [--fuzz-seconds N]      fmt --check, clippy -D warnings, cargo test --workspace,
                              nostd, firmware, aarch64-test, then fuzz smokes of
-                             gguf_parse, layer_from_gguf, tokenizer_from_gguf and
-                             safetensors_parse (N seconds each, default 45,
-                             or $MOE_FUZZ_SECONDS)
+                             gguf_parse, layer_from_gguf, tokenizer_from_gguf,
+                             safetensors_parse and tokenizer_from_json (N seconds
+                             each, default 45, or $MOE_FUZZ_SECONDS)
   nostd                      build moe-core for bare-metal targets and prove that neither
                              std nor alloc is linked
   fuzz <target> [--seconds N]
@@ -55,13 +55,15 @@ const DEFAULT_FUZZ_SECONDS: u64 = 45;
 
 /// The fuzz targets `cargo xtask ci` smoke-tests: the GGUF reader, the layers built from
 /// GGUF metadata (`from_gguf` of MoE and PEER layers, then one forward pass), the
-/// tokenizer built from GGUF metadata (then encoding and decoding through it), and the
-/// safetensors reader of Hugging Face checkpoints.
-const FUZZ_TARGETS: [&str; 4] = [
+/// tokenizer built from GGUF metadata (then encoding and decoding through it), the
+/// safetensors reader of Hugging Face checkpoints, and the tokenizer built from a
+/// Hugging Face `tokenizer.json`.
+const FUZZ_TARGETS: [&str; 5] = [
     "gguf_parse",
     "layer_from_gguf",
     "tokenizer_from_gguf",
     "safetensors_parse",
+    "tokenizer_from_json",
 ];
 
 /// What a task returns: `Err` carries the message printed before exiting with status 1.
