@@ -115,6 +115,7 @@ impl<'a> TensorSource<'a> for Source<'a> {
 }
 
 /// How one architecture's Hugging Face names and keys map to llama.cpp's.
+#[derive(Clone, Copy)]
 struct Arch {
     /// `general.architecture` of the equivalent GGUF.
     gguf: &'static str,
@@ -147,107 +148,108 @@ enum QkNorm {
     Whole,
 }
 
+/// The architectures mapped, by `config.json`'s `model_type`.
+const ARCHS: [(&str, Arch); 6] = [
+    (
+        "mixtral",
+        Arch {
+            gguf: "llama",
+            moe: "block_sparse_moe",
+            expert_names: ["w1", "w3", "w2"],
+            n_expert_keys: &["num_local_experts"],
+            n_ff_key: "intermediate_size",
+            qkv_bias: false,
+            qk_norm: None,
+            shared_expert: false,
+            norm_topk_default: true,
+            deepseek: false,
+            selection_bias: false,
+        },
+    ),
+    (
+        "qwen2_moe",
+        Arch {
+            gguf: "qwen2moe",
+            moe: "mlp",
+            expert_names: ["gate_proj", "up_proj", "down_proj"],
+            n_expert_keys: &["num_experts", "num_local_experts"],
+            n_ff_key: "moe_intermediate_size",
+            qkv_bias: true,
+            qk_norm: None,
+            shared_expert: true,
+            norm_topk_default: false,
+            deepseek: false,
+            selection_bias: false,
+        },
+    ),
+    (
+        "qwen3_moe",
+        Arch {
+            gguf: "qwen3moe",
+            moe: "mlp",
+            expert_names: ["gate_proj", "up_proj", "down_proj"],
+            n_expert_keys: &["num_experts", "num_local_experts"],
+            n_ff_key: "moe_intermediate_size",
+            qkv_bias: false,
+            qk_norm: Some(QkNorm::PerHead),
+            shared_expert: false,
+            norm_topk_default: false,
+            deepseek: false,
+            selection_bias: false,
+        },
+    ),
+    (
+        "olmoe",
+        Arch {
+            gguf: "olmoe",
+            moe: "mlp",
+            expert_names: ["gate_proj", "up_proj", "down_proj"],
+            n_expert_keys: &["num_experts", "num_local_experts"],
+            n_ff_key: "intermediate_size",
+            qkv_bias: false,
+            qk_norm: Some(QkNorm::Whole),
+            shared_expert: false,
+            norm_topk_default: false,
+            deepseek: false,
+            selection_bias: false,
+        },
+    ),
+    (
+        "deepseek_v3",
+        Arch {
+            gguf: "deepseek2",
+            moe: "mlp",
+            expert_names: ["gate_proj", "up_proj", "down_proj"],
+            n_expert_keys: &["n_routed_experts", "num_local_experts"],
+            n_ff_key: "moe_intermediate_size",
+            qkv_bias: false,
+            qk_norm: None,
+            shared_expert: false,
+            norm_topk_default: true,
+            deepseek: true,
+            selection_bias: true,
+        },
+    ),
+    (
+        "deepseek_v2",
+        Arch {
+            gguf: "deepseek2",
+            moe: "mlp",
+            expert_names: ["gate_proj", "up_proj", "down_proj"],
+            n_expert_keys: &["n_routed_experts", "num_experts"],
+            n_ff_key: "moe_intermediate_size",
+            qkv_bias: false,
+            qk_norm: None,
+            shared_expert: false,
+            norm_topk_default: false,
+            deepseek: true,
+            selection_bias: false,
+        },
+    ),
+];
+
 fn arch_of(model_type: &str) -> Option<(&'static str, Arch)> {
-    let (name, arch) = match model_type {
-        "mixtral" => (
-            "mixtral",
-            Arch {
-                gguf: "llama",
-                moe: "block_sparse_moe",
-                expert_names: ["w1", "w3", "w2"],
-                n_expert_keys: &["num_local_experts"],
-                n_ff_key: "intermediate_size",
-                qkv_bias: false,
-                qk_norm: None,
-                shared_expert: false,
-                norm_topk_default: true,
-                deepseek: false,
-                selection_bias: false,
-            },
-        ),
-        "qwen2_moe" => (
-            "qwen2_moe",
-            Arch {
-                gguf: "qwen2moe",
-                moe: "mlp",
-                expert_names: ["gate_proj", "up_proj", "down_proj"],
-                n_expert_keys: &["num_experts", "num_local_experts"],
-                n_ff_key: "moe_intermediate_size",
-                qkv_bias: true,
-                qk_norm: None,
-                shared_expert: true,
-                norm_topk_default: false,
-                deepseek: false,
-                selection_bias: false,
-            },
-        ),
-        "qwen3_moe" => (
-            "qwen3_moe",
-            Arch {
-                gguf: "qwen3moe",
-                moe: "mlp",
-                expert_names: ["gate_proj", "up_proj", "down_proj"],
-                n_expert_keys: &["num_experts", "num_local_experts"],
-                n_ff_key: "moe_intermediate_size",
-                qkv_bias: false,
-                qk_norm: Some(QkNorm::PerHead),
-                shared_expert: false,
-                norm_topk_default: false,
-                deepseek: false,
-                selection_bias: false,
-            },
-        ),
-        "olmoe" => (
-            "olmoe",
-            Arch {
-                gguf: "olmoe",
-                moe: "mlp",
-                expert_names: ["gate_proj", "up_proj", "down_proj"],
-                n_expert_keys: &["num_experts", "num_local_experts"],
-                n_ff_key: "intermediate_size",
-                qkv_bias: false,
-                qk_norm: Some(QkNorm::Whole),
-                shared_expert: false,
-                norm_topk_default: false,
-                deepseek: false,
-                selection_bias: false,
-            },
-        ),
-        "deepseek_v3" => (
-            "deepseek_v3",
-            Arch {
-                gguf: "deepseek2",
-                moe: "mlp",
-                expert_names: ["gate_proj", "up_proj", "down_proj"],
-                n_expert_keys: &["n_routed_experts", "num_local_experts"],
-                n_ff_key: "moe_intermediate_size",
-                qkv_bias: false,
-                qk_norm: None,
-                shared_expert: false,
-                norm_topk_default: true,
-                deepseek: true,
-                selection_bias: true,
-            },
-        ),
-        "deepseek_v2" => (
-            "deepseek_v2",
-            Arch {
-                gguf: "deepseek2",
-                moe: "mlp",
-                expert_names: ["gate_proj", "up_proj", "down_proj"],
-                n_expert_keys: &["n_routed_experts", "num_experts"],
-                n_ff_key: "moe_intermediate_size",
-                qkv_bias: false,
-                qk_norm: None,
-                shared_expert: false,
-                norm_topk_default: false,
-                deepseek: true,
-                selection_bias: false,
-            },
-        ),
-        _ => return None,
-    };
-    Some((name, arch))
+    ARCHS.iter().find(|(name, _)| *name == model_type).copied()
 }
 
 /// The sizes `config.json` gives, checked as numbers.
