@@ -676,15 +676,16 @@ fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     }
     let tokenizer = tokenizer.and_then(Result::ok);
     let prompt = prompt_ids(&o, &checkpoint, tokenizer.as_ref())?;
-    let pool = ThreadPool::new(a.threads);
-    let mut session = Session::from_checkpoint(&checkpoint, &pool, a.context, a.batch, a.kv)?;
-    let context = session.context();
+    // Refused before the model and its KV cache are built.
     if prompt.is_empty() {
         return Err(Failure::Error(format!(
             "{}: the prompt has no tokens",
             a.path.display()
         )));
     }
+    let pool = ThreadPool::new(a.threads);
+    let mut session = Session::from_checkpoint(&checkpoint, &pool, a.context, a.batch, a.kv)?;
+    let context = session.context();
     if prompt.len() >= context {
         return Err(Failure::Error(format!(
             "{}: the prompt is {} tokens, which leaves no room in the {context}-token context (--ctx)",
