@@ -19,7 +19,8 @@ use core::arch::x86_64::*;
 
 use super::avx2::{self, hsum8, load16, q4_k_quants, q6_k_quants, q8_k_qs};
 use super::batch::{
-    self, ROWS, f16_lanes, matmul_rows_into_vnni, matmul_scaled_vnni, nibbles, q8_0_quants,
+    self, ROWS, f16_lanes, matmul_rows_into_vnni, matmul_scaled_vnni, matvec_rows_vnni, nibbles,
+    q8_0_quants,
 };
 use crate::kernels::{MatmulShape, check_matmul};
 use crate::quant::{q4_k, q5_k, q6_k, q8_k};
@@ -241,10 +242,9 @@ fn q4_k_heads<const W: usize>(w: &[&[u8; W]; ROWS]) -> [__m256i; 4] {
     ]
 }
 
-/// Eight Q4_K (or Q5_K) rows' unpacked block.
-struct Q4kRows {
-    /// Quants `0..=15`, vector `j` being sub-block `j`.
-    q: [[__m256i; 8]; ROWS],
+/// Eight Q4_K (or Q5_K) rows' block heads decoded together, a row per lane: everything
+/// but the quants.
+struct KMinHeads {
     /// One token: `scale_pairs[c][k]`, row `k`'s scales of sub-blocks `2c` and `2c + 1`
     /// as an `i16` pair.
     scale_pairs: [[u32; ROWS]; 4],
@@ -258,6 +258,27 @@ struct Q4kRows {
     dmin: __m256,
 }
 
+impl KMinHeads {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn new() -> KMinHeads {
+        KMinHeads {
+            scale_pairs: [[0; ROWS]; 4],
+            scales: [[_mm256_setzero_si256(); 4]; ROWS],
+            mins: [_mm256_setzero_si256(); 8],
+            d: _mm256_setzero_ps(),
+            dmin: _mm256_setzero_ps(),
+        }
+    }
+}
+
+/// Eight Q4_K (or Q5_K) rows' unpacked block, for a batch.
+struct KMinRows {
+    heads: KMinHeads,
+    /// Quants `0..=15` (`0..=31`), vector `j` being sub-block `j`.
+    q: [[__m256i; 8]; ROWS],
+}
+
 /// Q4_K · Q8_K for eight rows: per row `Σ_j scale_j Σ q a` (`maddubs` pairs times the
 /// broadcast scale by `vpdpwssd`) and `Σ_s min_s (bsum_2s + bsum_2s+1)` (lane per row,
 /// one `vpdpwssd` per sub-block), both exact, then `(d d_a) sumi − (dmin d_a) summ` as
@@ -267,11 +288,7 @@ struct Q4kRows {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
     let w = weights.as_chunks::<{ q4_k::BLOCK_BYTES }>().0;
-    if activations.len() == 1 {
-        matmul_k_min::<_, false>(w, shape, activations, out, |w| q4_k_quants(w));
-    } else {
-        matmul_k_min::<_, true>(w, shape, activations, out, |w| q4_k_quants(w));
-    }
+    matmul_k_min(w, shape, activations, out, |w| q4_k_quants(w));
 }
 
 /// Q5_K · Q8_K for eight rows: as Q4_K (the same scales, minimums and float terms) with
@@ -280,11 +297,7 @@ fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matmul_q5_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
     let w = weights.as_chunks::<{ q5_k::BLOCK_BYTES }>().0;
-    if activations.len() == 1 {
-        matmul_k_min::<_, false>(w, shape, activations, out, |w| q5_k_quants(w));
-    } else {
-        matmul_k_min::<_, true>(w, shape, activations, out, |w| q5_k_quants(w));
-    }
+    matmul_k_min(w, shape, activations, out, |w| q5_k_quants(w));
 }
 
 /// The 256 quants of a Q5_K block as bytes `0..=31` in eight vectors, vector `j` being
@@ -314,159 +327,208 @@ fn q5_k_quants(block: &q5_k::Block) -> [__m256i; 8] {
     q
 }
 
+/// The shuffle tables of [`KMinTables::heads`], made once per call.
+struct KMinTables {
+    /// Byte `s % 4` of each `i32` lane as the pair `(m, m)`.
+    min_index: [__m256i; 4],
+    /// Bytes `0, 1` or `2, 3` of each `i32` lane as an `i16` pair.
+    pair_index: [__m256i; 2],
+    /// Scale `2c` to the low four `i16` of each half, `2c + 1` to the high four.
+    pack_index: [__m256i; 4],
+    /// Bytes 0, 1 (`d`) of each dword to the low half of each 128-bit lane, 2, 3 (`dmin`)
+    /// to the high half.
+    f16_index: __m256i,
+}
+
+impl KMinTables {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn new() -> KMinTables {
+        KMinTables {
+            min_index: PAIR_INDEX.map(|t| table(&t)),
+            pair_index: [table(&two_index(0)), table(&two_index(2))],
+            pack_index: core::array::from_fn(|c| {
+                let mut t = [0x80u8; 32];
+                for (i, t) in t.chunks_exact_mut(2).enumerate() {
+                    t[0] = (2 * c + i % 8 / 4) as u8;
+                }
+                table(&t)
+            }),
+            f16_index: table(&[
+                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
+                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+            ]),
+        }
+    }
+
+    /// Decodes the heads of eight blocks into `heads`, as `q4_k::scales_mins` does, a row
+    /// per lane: the scale pairs of one token, or with `PACK` the scale vectors of a
+    /// batch.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn heads<const W: usize, const PACK: bool>(&self, w: &[&[u8; W]; ROWS], heads: &mut KMinHeads) {
+        let m6 = _mm256_set1_epi32(0x3f3f_3f3f);
+        let m4 = _mm256_set1_epi32(0x0f0f_0f0f);
+        let hi2 = _mm256_set1_epi32(0x3030_3030);
+        let [u0, u1, u2, u3] = q4_k_heads(w);
+        // Bytes of scales 0..4 and 4..8, of minimums 0..4 and 4..8.
+        let sc_lo = _mm256_and_si256(u1, m6);
+        let sc_hi = _mm256_or_si256(
+            _mm256_and_si256(u3, m4),
+            _mm256_and_si256(_mm256_srli_epi32::<2>(u1), hi2),
+        );
+        let m_lo = _mm256_and_si256(u2, m6);
+        let m_hi = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32::<4>(u3), m4),
+            _mm256_and_si256(_mm256_srli_epi32::<2>(u2), hi2),
+        );
+        if PACK {
+            let (mut lo, mut hi) = ([0u32; ROWS], [0u32; ROWS]);
+            // SAFETY: the pointers cover 32 writable bytes; unaligned stores are allowed.
+            unsafe {
+                _mm256_storeu_si256(lo.as_mut_ptr().cast(), sc_lo);
+                _mm256_storeu_si256(hi.as_mut_ptr().cast(), sc_hi);
+            }
+            for (k, s) in heads.scales.iter_mut().enumerate() {
+                // Row `k`'s eight scale bytes in every quadword.
+                let bytes = u64::from(hi[k]) << 32 | u64::from(lo[k]);
+                let row = _mm256_set1_epi64x(bytes as i64);
+                for (c, s) in s.iter_mut().enumerate() {
+                    *s = _mm256_shuffle_epi8(row, self.pack_index[c]);
+                }
+            }
+        } else {
+            for (c, s) in heads.scale_pairs.iter_mut().enumerate() {
+                let src = if c < 2 { sc_lo } else { sc_hi };
+                let v = _mm256_shuffle_epi8(src, self.pair_index[c % 2]);
+                // SAFETY: the pointer covers 32 writable bytes; unaligned stores are allowed.
+                unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), v) };
+            }
+        }
+        for (s, m) in heads.mins.iter_mut().enumerate() {
+            *m = _mm256_shuffle_epi8(if s < 4 { m_lo } else { m_hi }, self.min_index[s % 4]);
+        }
+        // `d` of the eight rows in the low 128 bits, `dmin` in the high.
+        let h = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(u0, self.f16_index));
+        heads.d = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+        heads.dmin = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(h));
+    }
+}
+
+/// Row `k`'s exact `Σ_j scale_j Σ q a` as `i32` lanes that add up to it: sub-blocks `2c`
+/// and `2c + 1` by `vpdpbusd` (each `i32` lane a sum of four products, |·| ≤ 4 · 31 ·
+/// 128 < 2^15), then paired as `i16` and scaled by one `vpdpwssd`: for a batch (`PACK`)
+/// by `vpackssdw` (one shuffle, never saturating) against the row's scale vectors; for
+/// one token by interleaving the low halves (two shuffles) against the scale pair
+/// broadcast from memory, which saves making the vectors.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn k_min_row_sum<const PACK: bool>(
+    q: &[__m256i; 8],
+    heads: &KMinHeads,
+    k: usize,
+    qa: &[__m256i; 8],
+) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let mut acc = zero;
+    for c in 0..4 {
+        let v0 = dpbusd(zero, q[2 * c], qa[2 * c]);
+        let v1 = dpbusd(zero, q[2 * c + 1], qa[2 * c + 1]);
+        acc = if PACK {
+            dpwssd(acc, _mm256_packs_epi32(v0, v1), heads.scales[k][c])
+        } else {
+            let v = _mm256_blend_epi16::<0b1010_1010>(v0, _mm256_bslli_epi128::<2>(v1));
+            dpwssd_bcst(acc, v, &heads.scale_pairs[c][k])
+        };
+    }
+    acc
+}
+
+/// The eight rows' float terms from their integer sums: `Σ_s min_s (bsum_2s +
+/// bsum_2s+1)` a lane per row (one `vpdpwssd` per sub-block), then
+/// `(d d_a) sumi − (dmin d_a) summ`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn k_min_terms(heads: &KMinHeads, sums: [__m256i; ROWS], bsums: &[u32; 8], d_a: f32) -> __m256 {
+    let sumi = hsum8(sums);
+    let mut summ = _mm256_setzero_si256();
+    for (m, pair) in heads.mins.iter().zip(bsums) {
+        summ = dpwssd_bcst(summ, *m, pair);
+    }
+    let d_a = _mm256_set1_ps(d_a);
+    _mm256_sub_ps(
+        _mm256_mul_ps(_mm256_mul_ps(heads.d, d_a), _mm256_cvtepi32_ps(sumi)),
+        _mm256_mul_ps(_mm256_mul_ps(heads.dmin, d_a), _mm256_cvtepi32_ps(summ)),
+    )
+}
+
 /// The eight-row driver of the formats with Q4_K's scales, minimums and float terms;
 /// `quants` gives a block's quants (at most 127, so `maddubs` pairs are exact), vector
-/// `j` being sub-block `j`.
+/// `j` being sub-block `j`. One token unpacks each row's quants straight into its sum; a
+/// batch unpacks the eight rows once for all its tokens.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn matmul_k_min<const W: usize, const PACK: bool>(
+fn matmul_k_min<const W: usize>(
     weights: &[[u8; W]],
     shape: MatmulShape,
     activations: &[&[u8]],
     out: &mut [f32],
     quants: impl Fn(&[u8; W]) -> [__m256i; 8],
 ) {
-    let m6 = _mm256_set1_epi32(0x3f3f_3f3f);
-    let m4 = _mm256_set1_epi32(0x0f0f_0f0f);
-    let hi2 = _mm256_set1_epi32(0x3030_3030);
-    let index = PAIR_INDEX.map(|t| table(&t));
-    let pair_index = [table(&two_index(0)), table(&two_index(2))];
-    // Scale 2c to the low four `i16` of each half, 2c + 1 to the high four.
-    let pack_index: [__m256i; 4] = core::array::from_fn(|c| {
-        let mut t = [0x80u8; 32];
-        for (i, t) in t.chunks_exact_mut(2).enumerate() {
-            t[0] = (2 * c + i % 8 / 4) as u8;
-        }
-        table(&t)
-    });
-    // Bytes 0, 1 (`d`) of each dword to the low half of each 128-bit lane, 2, 3 (`dmin`)
-    // to the high half.
-    let f16_index = table(&[
-        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
-        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
-    ]);
+    let tables = KMinTables::new();
+    let prepare = |a: &q8_k::Block| {
+        let qs = q8_k_qs(a);
+        let qa: [__m256i; 8] = core::array::from_fn(|j| avx2::load32(&qs[j]));
+        // The `bsums` as eight pairs `(bsum_2s, bsum_2s+1)`.
+        let pairs: &[[u8; 4]] = a[260..].as_chunks().0;
+        let bsums: [u32; 8] = core::array::from_fn(|s| u32::from_le_bytes(pairs[s]));
+        (qa, bsums, q8_k::d(a))
+    };
+    if let [activation] = activations {
+        matvec_rows_vnni(
+            weights,
+            shape,
+            activation,
+            out,
+            prepare,
+            |w: &[&[u8; W]; ROWS], (qa, bsums, d_a)| {
+                let mut heads = KMinHeads::new();
+                tables.heads::<W, false>(w, &mut heads);
+                let sums =
+                    core::array::from_fn(|k| k_min_row_sum::<false>(&quants(w[k]), &heads, k, qa));
+                k_min_terms(&heads, sums, bsums, *d_a)
+            },
+        );
+        return;
+    }
     matmul_rows_into_vnni(
         weights,
         shape,
         activations,
         out,
-        Q4kRows {
+        KMinRows {
+            heads: KMinHeads::new(),
             q: [[_mm256_setzero_si256(); 8]; ROWS],
-            scale_pairs: [[0; ROWS]; 4],
-            scales: [[_mm256_setzero_si256(); 4]; ROWS],
-            mins: [_mm256_setzero_si256(); 8],
-            d: _mm256_setzero_ps(),
-            dmin: _mm256_setzero_ps(),
         },
-        |w: &[&[u8; W]; ROWS], rows: &mut Q4kRows| {
-            let [u0, u1, u2, u3] = q4_k_heads(w);
-            // As `q4_k::scales_mins`, a row per lane: bytes of scales 0..4 and 4..8, of
-            // minimums 0..4 and 4..8.
-            let sc_lo = _mm256_and_si256(u1, m6);
-            let sc_hi = _mm256_or_si256(
-                _mm256_and_si256(u3, m4),
-                _mm256_and_si256(_mm256_srli_epi32::<2>(u1), hi2),
-            );
-            let m_lo = _mm256_and_si256(u2, m6);
-            let m_hi = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi32::<4>(u3), m4),
-                _mm256_and_si256(_mm256_srli_epi32::<2>(u2), hi2),
-            );
-            if PACK {
-                let (mut lo, mut hi) = ([0u32; ROWS], [0u32; ROWS]);
-                // SAFETY: the pointers cover 32 writable bytes; unaligned stores are allowed.
-                unsafe {
-                    _mm256_storeu_si256(lo.as_mut_ptr().cast(), sc_lo);
-                    _mm256_storeu_si256(hi.as_mut_ptr().cast(), sc_hi);
-                }
-                for (k, s) in rows.scales.iter_mut().enumerate() {
-                    // Row `k`'s eight scale bytes in every quadword.
-                    let bytes = u64::from(hi[k]) << 32 | u64::from(lo[k]);
-                    let row = _mm256_set1_epi64x(bytes as i64);
-                    for (c, s) in s.iter_mut().enumerate() {
-                        *s = _mm256_shuffle_epi8(row, pack_index[c]);
-                    }
-                }
-            } else {
-                for (c, s) in rows.scale_pairs.iter_mut().enumerate() {
-                    let src = if c < 2 { sc_lo } else { sc_hi };
-                    let v = _mm256_shuffle_epi8(src, pair_index[c % 2]);
-                    // SAFETY: the pointer covers 32 writable bytes; unaligned stores are
-                    // allowed.
-                    unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), v) };
-                }
-            }
-            for (s, m) in rows.mins.iter_mut().enumerate() {
-                *m = _mm256_shuffle_epi8(if s < 4 { m_lo } else { m_hi }, index[s % 4]);
-            }
-            // `d` of the eight rows in the low 128 bits, `dmin` in the high.
-            let h = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(u0, f16_index));
-            rows.d = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
-            rows.dmin = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(h));
+        |w: &[&[u8; W]; ROWS], rows: &mut KMinRows| {
+            tables.heads::<W, true>(w, &mut rows.heads);
             for (q, w) in rows.q.iter_mut().zip(w) {
                 *q = quants(w);
             }
         },
-        |a: &q8_k::Block| {
-            let qs = q8_k_qs(a);
-            let mut qa = [_mm256_setzero_si256(); 8];
-            for (v, q) in qa.iter_mut().zip(qs) {
-                *v = avx2::load32(q);
-            }
-            // The `bsums` as eight pairs `(bsum_2s, bsum_2s+1)`.
-            let pairs: &[[u8; 4]] = a[260..].as_chunks().0;
-            let mut bsums = [0u32; 8];
-            for (b, p) in bsums.iter_mut().zip(pairs) {
-                *b = u32::from_le_bytes(*p);
-            }
-            (qa, bsums, q8_k::d(a))
-        },
+        prepare,
         |rows, (qa, bsums, d_a)| {
-            let zero = _mm256_setzero_si256();
-            let mut sums = [zero; ROWS];
-            for (k, acc) in sums.iter_mut().enumerate() {
-                let q = &rows.q[k];
-                for c in 0..4 {
-                    // Sub-blocks 2c and 2c + 1 by `vpdpbusd` (each `i32` lane a sum of four
-                    // products, |·| ≤ 4 · 31 · 128 < 2^15), then paired as `i16` and scaled
-                    // by one `vpdpwssd`: for a batch by `vpackssdw` (one shuffle, never
-                    // saturating) against per-row scale vectors made once per block; for
-                    // one token by interleaving the low halves (two shuffles) against the
-                    // scale pair broadcast from memory, which saves making the vectors.
-                    let v0 = dpbusd(zero, q[2 * c], qa[2 * c]);
-                    let v1 = dpbusd(zero, q[2 * c + 1], qa[2 * c + 1]);
-                    *acc = if PACK {
-                        dpwssd(*acc, _mm256_packs_epi32(v0, v1), rows.scales[k][c])
-                    } else {
-                        let v = _mm256_blend_epi16::<0b1010_1010>(v0, _mm256_bslli_epi128::<2>(v1));
-                        dpwssd_bcst(*acc, v, &rows.scale_pairs[c][k])
-                    };
-                }
-            }
-            let sumi = hsum8(sums);
-            let mut summ = _mm256_setzero_si256();
-            for (m, pair) in rows.mins.iter().zip(bsums) {
-                summ = dpwssd_bcst(summ, *m, pair);
-            }
-            let d_a = _mm256_set1_ps(*d_a);
-            _mm256_sub_ps(
-                _mm256_mul_ps(_mm256_mul_ps(rows.d, d_a), _mm256_cvtepi32_ps(sumi)),
-                _mm256_mul_ps(_mm256_mul_ps(rows.dmin, d_a), _mm256_cvtepi32_ps(summ)),
-            )
+            let sums =
+                core::array::from_fn(|k| k_min_row_sum::<true>(&rows.q[k], &rows.heads, k, qa));
+            k_min_terms(&rows.heads, sums, bsums, *d_a)
         },
     );
 }
 
-/// Eight Q6_K rows' unpacked block.
+/// Eight Q6_K rows' unpacked block, for a batch: each row's [`q6_k_row`] and the rows'
+/// `d`.
 struct Q6kRows {
-    /// 6-bit quants `0..=63` as [`q6_k_quants`] orders them.
-    u: [[__m256i; 8]; ROWS],
-    /// `i16` scales: vector `m` has sub-block `4m`'s in its four lowest lanes, then
-    /// `4m + 2`'s, `4m + 1`'s and `4m + 3`'s.
-    scales: [[__m256i; 4]; ROWS],
-    /// `−32 · scale` per sub-block, even sub-blocks in the low 128 bits and odd ones in
-    /// the high (the order of [`q6_k_sub_sums`]).
-    offsets: [__m256i; ROWS],
+    rows: [([__m256i; 8], [__m256i; 4], __m256i); ROWS],
     d: __m256,
 }
 
@@ -487,9 +549,53 @@ fn q6_k_sub_sums(qa: &[__m256i; 8]) -> __m256i {
     _mm256_hadd_epi16(_mm256_hadd_epi16(h01, h23), _mm256_hadd_epi16(h45, h67))
 }
 
+/// One Q6_K row's block unpacked: the 6-bit quants `0..=63` as [`q6_k_quants`] orders
+/// them; the `i16` scales, vector `m` with sub-block `4m`'s in its four lowest lanes, then
+/// `4m + 2`'s, `4m + 1`'s and `4m + 3`'s; and `−32 · scale` per sub-block, even
+/// sub-blocks in the low 128 bits and odd ones in the high (the order of
+/// [`q6_k_sub_sums`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q6_k_row(w: &q6_k::Block, index: &[__m256i; 2]) -> ([__m256i; 8], [__m256i; 4], __m256i) {
+    let even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    let raw = load16(&w[192..208].as_chunks().0[0]);
+    let wide = _mm256_cvtepi8_epi16(raw);
+    let lo = _mm256_permute2x128_si256::<0x00>(wide, wide);
+    let hi = _mm256_permute2x128_si256::<0x11>(wide, wide);
+    let scales =
+        core::array::from_fn(|m| _mm256_shuffle_epi8(if m < 2 { lo } else { hi }, index[m % 2]));
+    let eo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(raw, even_odd));
+    let offsets = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(eo));
+    (q6_k_quants(w), scales, offsets)
+}
+
+/// One row's exact `Σ_k sc_k Σ (u − 32) a` of a Q6_K block as `i32` lanes that add up to
+/// it: the offsets against the activation's sub-block sums, then vectors 2m and 2m + 1
+/// by `vpdpbusd` (each `i32` lane a sum of four products, |·| ≤ 4 · 63 · 128 < 2^15, so
+/// the pack never saturates), packed to `i16` (sub-blocks 4m and 4m + 2 in the low 128
+/// bits, 4m + 1 and 4m + 3 in the high, four lanes each) and scaled by one `vpdpwssd`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn q6_k_row_sum(
+    (u, scales, offsets): &([__m256i; 8], [__m256i; 4], __m256i),
+    qa: &[__m256i; 8],
+    sub_sums: __m256i,
+) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let mut acc = dpwssd(zero, *offsets, sub_sums);
+    for (m, s) in scales.iter().enumerate() {
+        let x0 = dpbusd(zero, u[2 * m], qa[2 * m]);
+        let x1 = dpbusd(zero, u[2 * m + 1], qa[2 * m + 1]);
+        acc = dpwssd(acc, _mm256_packs_epi32(x0, x1), *s);
+    }
+    acc
+}
+
 /// Q6_K · Q8_K for eight rows: per row `Σ_k sc_k Σ u a − 32 Σ_k sc_k Σ a` (the quants'
 /// offset taken out through the activation's own sub-block sums, shared by the eight
-/// rows), exact, then `(d d_a) sumi` as the specification computes it.
+/// rows), exact, then `(d d_a) sumi` as the specification computes it. One token unpacks
+/// each row's block straight into its sum; a batch unpacks the eight rows once for all
+/// its tokens.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
@@ -503,65 +609,56 @@ fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
         }
         table(&t)
     });
-    let even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    let weights = weights.as_chunks::<{ q6_k::BLOCK_BYTES }>().0;
+    let prepare = |a: &q8_k::Block| {
+        let qs = q8_k_qs(a);
+        let qa: [__m256i; 8] = core::array::from_fn(|j| avx2::load32(&qs[j]));
+        (qa, q6_k_sub_sums(&qa), q8_k::d(a))
+    };
+    let scale = |d: __m256, d_a: f32, sumi: __m256i| {
+        _mm256_mul_ps(
+            _mm256_mul_ps(d, _mm256_set1_ps(d_a)),
+            _mm256_cvtepi32_ps(sumi),
+        )
+    };
+    if let [activation] = activations {
+        matvec_rows_vnni(
+            weights,
+            shape,
+            activation,
+            out,
+            prepare,
+            |w: &[&q6_k::Block; ROWS], (qa, sub_sums, d_a)| {
+                let sums =
+                    core::array::from_fn(|k| q6_k_row_sum(&q6_k_row(w[k], &index), qa, *sub_sums));
+                scale(f16_lanes(w, 208), *d_a, hsum8(sums))
+            },
+        );
+        return;
+    }
     matmul_rows_into_vnni(
-        weights.as_chunks::<{ q6_k::BLOCK_BYTES }>().0,
+        weights,
         shape,
         activations,
         out,
         Q6kRows {
-            u: [[_mm256_setzero_si256(); 8]; ROWS],
-            scales: [[_mm256_setzero_si256(); 4]; ROWS],
-            offsets: [_mm256_setzero_si256(); ROWS],
+            rows: [(
+                [_mm256_setzero_si256(); 8],
+                [_mm256_setzero_si256(); 4],
+                _mm256_setzero_si256(),
+            ); ROWS],
             d: _mm256_setzero_ps(),
         },
-        |w: &[&q6_k::Block; ROWS], rows: &mut Q6kRows| {
-            for (k, w) in w.iter().enumerate() {
-                rows.u[k] = q6_k_quants(w);
-                let raw = load16(&w[192..208].as_chunks().0[0]);
-                let wide = _mm256_cvtepi8_epi16(raw);
-                let lo = _mm256_permute2x128_si256::<0x00>(wide, wide);
-                let hi = _mm256_permute2x128_si256::<0x11>(wide, wide);
-                for m in 0..4 {
-                    let src = if m < 2 { lo } else { hi };
-                    rows.scales[k][m] = _mm256_shuffle_epi8(src, index[m % 2]);
-                }
-                let eo = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(raw, even_odd));
-                rows.offsets[k] =
-                    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(eo));
+        |w: &[&q6_k::Block; ROWS], unpacked: &mut Q6kRows| {
+            for (row, w) in unpacked.rows.iter_mut().zip(w) {
+                *row = q6_k_row(w, &index);
             }
-            rows.d = f16_lanes(w, 208);
+            unpacked.d = f16_lanes(w, 208);
         },
-        |a: &q8_k::Block| {
-            let qs = q8_k_qs(a);
-            let mut qa = [_mm256_setzero_si256(); 8];
-            for (v, q) in qa.iter_mut().zip(qs) {
-                *v = avx2::load32(q);
-            }
-            (qa, q6_k_sub_sums(&qa), q8_k::d(a))
-        },
-        |rows, (qa, sub_sums, d_a)| {
-            let zero = _mm256_setzero_si256();
-            let mut sums = [zero; ROWS];
-            for (k, acc) in sums.iter_mut().enumerate() {
-                *acc = dpwssd(*acc, rows.offsets[k], *sub_sums);
-                let u = &rows.u[k];
-                for (m, s) in rows.scales[k].iter().enumerate() {
-                    // Vectors 2m and 2m + 1 by `vpdpbusd` (each `i32` lane a sum of four
-                    // products, |·| ≤ 4 · 63 · 128 < 2^15, so the pack never saturates),
-                    // packed to `i16` (sub-blocks 4m and 4m + 2 in the low 128 bits, 4m + 1
-                    // and 4m + 3 in the high, four lanes each) and scaled by one
-                    // `vpdpwssd`.
-                    let x0 = dpbusd(zero, u[2 * m], qa[2 * m]);
-                    let x1 = dpbusd(zero, u[2 * m + 1], qa[2 * m + 1]);
-                    *acc = dpwssd(*acc, _mm256_packs_epi32(x0, x1), *s);
-                }
-            }
-            let sumi = hsum8(sums);
-            _mm256_mul_ps(
-                _mm256_mul_ps(rows.d, _mm256_set1_ps(*d_a)),
-                _mm256_cvtepi32_ps(sumi),
-            )
+        prepare,
+        |unpacked, (qa, sub_sums, d_a)| {
+            let sums = core::array::from_fn(|k| q6_k_row_sum(&unpacked.rows[k], qa, *sub_sums));
+            scale(unpacked.d, *d_a, hsum8(sums))
         },
     );
 }

@@ -103,57 +103,69 @@ pub(super) unsafe fn matmul_unchecked(
 
 /// Q4_K · Q8_K for eight rows: per row `Σ_j scale_j Σ q a` and `Σ_j min_j (bsum pair j)`,
 /// both exact, then `(d d_a) sumi − (dmin d_a) summ` as the specification computes it.
+/// One token unpacks each row's block straight into its sums; a batch unpacks the eight
+/// rows once for all its tokens.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
-    /// Eight rows' unpacked block: quants, scales broadcast per sub-block, mins in the
-    /// lane order of [`bsum_pairs`], and `d` / `dmin`.
-    struct Rows {
-        q: [[__m256i; 8]; ROWS],
-        scales: [[__m256i; 8]; ROWS],
-        mins: [__m256i; ROWS],
-        d: __m256,
-        dmin: __m256,
+    /// One row's unpacked block: quants, scales broadcast per sub-block, and mins in the
+    /// lane order of [`bsum_pairs`].
+    type Row = ([__m256i; 8], [__m256i; 8], __m256i);
+    let row = |w: &q4_k::Block| -> Row {
+        let (scales, mins) = q4_k::scales_mins(w);
+        let m = BSUM_PAIR_ORDER.map(|s| i32::from(mins[s]));
+        // SAFETY: the pointer covers 32 readable bytes; unaligned loads are allowed.
+        let mins = unsafe { _mm256_loadu_si256(m.as_ptr().cast()) };
+        (
+            q4_k_quants(w),
+            scales.map(|s| _mm256_set1_epi16(i16::from(s))),
+            mins,
+        )
+    };
+    // Row sums `Σ_j scale_j Σ q a` and the row's minimum terms, lanes to be added up.
+    let sums = |(q, scales, mins): &Row, qa: &[__m256i; 8], pairs: __m256i| {
+        let mut acc = _mm256_setzero_si256();
+        for ((q, a), s) in q.iter().zip(qa).zip(scales) {
+            let p = _mm256_maddubs_epi16(*q, *a);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, *s));
+        }
+        (acc, _mm256_mullo_epi32(*mins, pairs))
+    };
+    let scale = |d: __m256, dmin: __m256, d_a: f32, sums: [(__m256i, __m256i); ROWS]| {
+        let sumi = hsum8(sums.map(|s| s.0));
+        let summ = hsum8(sums.map(|s| s.1));
+        let d_a = _mm256_set1_ps(d_a);
+        _mm256_sub_ps(
+            _mm256_mul_ps(_mm256_mul_ps(d, d_a), _mm256_cvtepi32_ps(sumi)),
+            _mm256_mul_ps(_mm256_mul_ps(dmin, d_a), _mm256_cvtepi32_ps(summ)),
+        )
+    };
+    let weights = weights.as_chunks::<{ q4_k::BLOCK_BYTES }>().0;
+    let prepare = |a: &q8_k::Block| (q8_k_vectors(a), bsum_pairs(a), q8_k::d(a));
+    if let [activation] = activations {
+        matvec_rows(
+            weights,
+            shape,
+            activation,
+            out,
+            prepare,
+            |w: &[&q4_k::Block; ROWS], (qa, pairs, d_a)| {
+                let sums = core::array::from_fn(|k| sums(&row(w[k]), qa, *pairs));
+                scale(f16_lanes(w, 0), f16_lanes(w, 2), *d_a, sums)
+            },
+        );
+        return;
     }
     matmul_rows(
-        weights.as_chunks::<{ q4_k::BLOCK_BYTES }>().0,
+        weights,
         shape,
         activations,
         out,
-        |w: &[&q4_k::Block; ROWS]| {
-            let mut rows = Rows {
-                q: [[_mm256_setzero_si256(); 8]; ROWS],
-                scales: [[_mm256_setzero_si256(); 8]; ROWS],
-                mins: [_mm256_setzero_si256(); ROWS],
-                d: f16_lanes(w, 0),
-                dmin: f16_lanes(w, 2),
-            };
-            for (k, w) in w.iter().enumerate() {
-                let (scales, mins) = q4_k::scales_mins(w);
-                rows.q[k] = q4_k_quants(w);
-                rows.scales[k] = scales.map(|s| _mm256_set1_epi16(i16::from(s)));
-                let m = BSUM_PAIR_ORDER.map(|s| i32::from(mins[s]));
-                // SAFETY: the pointer covers 32 readable bytes; unaligned loads are allowed.
-                rows.mins[k] = unsafe { _mm256_loadu_si256(m.as_ptr().cast()) };
-            }
-            rows
-        },
-        |a: &q8_k::Block| (q8_k_vectors(a), bsum_pairs(a), q8_k::d(a)),
-        |rows, (qa, pairs, d_a)| {
-            let sumi = hsum8(core::array::from_fn(|k| {
-                let mut acc = _mm256_setzero_si256();
-                for ((q, a), s) in rows.q[k].iter().zip(qa).zip(&rows.scales[k]) {
-                    let p = _mm256_maddubs_epi16(*q, *a);
-                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, *s));
-                }
-                acc
-            }));
-            let summ = hsum8(rows.mins.map(|m| _mm256_mullo_epi32(m, *pairs)));
-            let d_a = _mm256_set1_ps(*d_a);
-            _mm256_sub_ps(
-                _mm256_mul_ps(_mm256_mul_ps(rows.d, d_a), _mm256_cvtepi32_ps(sumi)),
-                _mm256_mul_ps(_mm256_mul_ps(rows.dmin, d_a), _mm256_cvtepi32_ps(summ)),
-            )
+        |w: &[&q4_k::Block; ROWS]| (w.map(row), f16_lanes(w, 0), f16_lanes(w, 2)),
+        prepare,
+        |(rows, d, dmin), (qa, pairs, d_a)| {
+            let sums = core::array::from_fn(|k| sums(&rows[k], qa, *pairs));
+            scale(*d, *dmin, *d_a, sums)
         },
     );
 }
@@ -182,50 +194,66 @@ fn bsum_pairs(a: &q8_k::Block) -> __m256i {
 }
 
 /// Q6_K · Q8_K for eight rows: per row `Σ_k sc_k Σ (u − 32) a`, exact, then
-/// `(d d_a) sumi` as the specification computes it.
+/// `(d d_a) sumi` as the specification computes it. One token unpacks each row's block
+/// straight into its sum; a batch unpacks the eight rows once for all its tokens.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &mut [f32]) {
-    /// Eight rows' unpacked block: 6-bit quants, their scale pairs, and `d`.
-    struct Rows {
-        u: [[__m256i; 8]; ROWS],
-        scales: [[__m256i; 8]; ROWS],
-        d: __m256,
-    }
+    /// One row's unpacked block: 6-bit quants and their scale pairs.
+    type Row = ([__m256i; 8], [__m256i; 8]);
+    let row = |w: &q6_k::Block| -> Row {
+        let sc = q6_k::scales(w);
+        (
+            q6_k_quants(w),
+            core::array::from_fn(|v| q6_k_scale_pair(&sc, v)),
+        )
+    };
+    let sum = |(u, scales): &Row, qa: &[__m256i; 8], off_a: &[__m256i; 8]| {
+        let mut acc = _mm256_setzero_si256();
+        for (((u, a), off_a), s) in u.iter().zip(qa).zip(off_a).zip(scales) {
+            // Pairwise `Σ (u − 32) a`: |·| ≤ 2 · 32 · 128, fits i16.
+            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*u, *a), *off_a);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, *s));
+        }
+        acc
+    };
+    let scale = |d: __m256, d_a: f32, sumi: __m256i| {
+        _mm256_mul_ps(
+            _mm256_mul_ps(d, _mm256_set1_ps(d_a)),
+            _mm256_cvtepi32_ps(sumi),
+        )
+    };
     let off = _mm256_set1_epi8(32);
+    let weights = weights.as_chunks::<{ q6_k::BLOCK_BYTES }>().0;
+    // `32 Σ a` in pairs, shared by the eight rows.
+    let prepare = |a: &q8_k::Block| {
+        let qa = q8_k_vectors(a);
+        (qa, qa.map(|y| _mm256_maddubs_epi16(off, y)), q8_k::d(a))
+    };
+    if let [activation] = activations {
+        matvec_rows(
+            weights,
+            shape,
+            activation,
+            out,
+            prepare,
+            |w: &[&q6_k::Block; ROWS], (qa, off_a, d_a)| {
+                let sums = core::array::from_fn(|k| sum(&row(w[k]), qa, off_a));
+                scale(f16_lanes(w, 208), *d_a, hsum8(sums))
+            },
+        );
+        return;
+    }
     matmul_rows(
-        weights.as_chunks::<{ q6_k::BLOCK_BYTES }>().0,
+        weights,
         shape,
         activations,
         out,
-        |w: &[&q6_k::Block; ROWS]| Rows {
-            u: w.map(|w| q6_k_quants(w)),
-            scales: w.map(|w| {
-                let sc = q6_k::scales(w);
-                core::array::from_fn(|v| q6_k_scale_pair(&sc, v))
-            }),
-            d: f16_lanes(w, 208),
-        },
-        // `32 Σ a` in pairs, shared by the eight rows.
-        |a: &q8_k::Block| {
-            let qa = q8_k_vectors(a);
-            (qa, qa.map(|y| _mm256_maddubs_epi16(off, y)), q8_k::d(a))
-        },
-        |rows, (qa, off_a, d_a)| {
-            let sumi = hsum8(core::array::from_fn(|k| {
-                let mut acc = _mm256_setzero_si256();
-                let pairs = rows.u[k].iter().zip(qa).zip(off_a).zip(&rows.scales[k]);
-                for (((u, a), off_a), s) in pairs {
-                    // Pairwise `Σ (u − 32) a`: |·| ≤ 2 · 32 · 128, fits i16.
-                    let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*u, *a), *off_a);
-                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, *s));
-                }
-                acc
-            }));
-            _mm256_mul_ps(
-                _mm256_mul_ps(rows.d, _mm256_set1_ps(*d_a)),
-                _mm256_cvtepi32_ps(sumi),
-            )
+        |w: &[&q6_k::Block; ROWS]| (w.map(row), f16_lanes(w, 208)),
+        prepare,
+        |(rows, d), (qa, off_a, d_a)| {
+            let sums = core::array::from_fn(|k| sum(&rows[k], qa, off_a));
+            scale(*d, *d_a, hsum8(sums))
         },
     );
 }
@@ -260,7 +288,7 @@ fn widen(q: __m256i) -> (__m256i, __m256i) {
 /// least its features: the AVX-512 kernels therefore get their own instance of the
 /// drivers, so their closures inline instead of becoming a call per block.
 macro_rules! drivers {
-    ($features:literal, $scaled:ident, $rows:ident) => {
+    ($features:literal, $scaled:ident, $rows:ident, $vec:ident) => {
         /// `out[t · rows + r] = Σ_b isum(w_rb, a_tb) as f32 · (d(w_rb) · d(a_tb))`, summed over
         /// blocks `b` in order, for weight blocks of `W` bytes led by an f16 scale and Q8_0
         /// activation rows.
@@ -351,14 +379,55 @@ macro_rules! drivers {
                 }
             }
         }
+
+        /// The driver for one activation row: as [`matmul_rows`] with a batch of one, but
+        /// `terms` takes the eight rows' blocks themselves, so a format unpacks each row's
+        /// block straight into its dot product (in registers) instead of through a buffer
+        /// that one token never reuses.
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(super) fn $vec<const W: usize, const A: usize, P>(
+            weights: &[[u8; W]],
+            shape: MatmulShape,
+            activation: &[u8],
+            out: &mut [f32],
+            prepare: impl Fn(&[u8; A]) -> P,
+            terms: impl Fn(&[&[u8; W]; ROWS], &P) -> __m256,
+        ) {
+            let blocks = shape.blocks;
+            let act: &[[u8; A]] = activation.as_chunks().0;
+            for (g, group) in weights.chunks(blocks * ROWS).enumerate() {
+                let r0 = g * ROWS;
+                let n_rows = group.len() / blocks;
+                let next = weights
+                    .get((g + 1) * blocks * ROWS..)
+                    .map_or(&[][..], |n| &n[..n.len().min(blocks * ROWS)])
+                    .as_flattened();
+                let row: [&[[u8; W]]; ROWS] = core::array::from_fn(|k| {
+                    let k = k.min(n_rows - 1);
+                    &group[k * blocks..(k + 1) * blocks]
+                });
+                let mut acc = _mm256_setzero_ps();
+                for (b, a) in act.iter().enumerate().take(blocks) {
+                    prefetch_step(next, b, blocks);
+                    let w = core::array::from_fn(|k| &row[k][b]);
+                    acc = _mm256_add_ps(acc, terms(&w, &prepare(a)));
+                }
+                let mut lanes = [0.0f32; ROWS];
+                // SAFETY: the pointer covers 32 writable bytes; unaligned stores are allowed.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+                out[r0..r0 + n_rows].copy_from_slice(&lanes[..n_rows]);
+            }
+        }
     };
 }
 
-drivers!("avx2,fma,f16c", matmul_scaled, matmul_rows);
+drivers!("avx2,fma,f16c", matmul_scaled, matmul_rows, matvec_rows);
 drivers!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     matmul_scaled_vnni,
-    matmul_rows_vnni
+    matmul_rows_vnni,
+    matvec_rows_vnni
 );
 
 /// [`matmul_rows_vnni`] for large unpacked blocks: `unpack` writes the eight rows' block
@@ -425,7 +494,7 @@ fn prefetch_step(bytes: &[u8], b: usize, steps: usize) {
     for line in b * lines / steps..(b + 1) * lines / steps {
         if let Some(byte) = bytes.get(line * LINE) {
             // A hint that never faults (safe in a function with the target feature).
-            _mm_prefetch::<_MM_HINT_T0>(core::ptr::from_ref(byte).cast());
+            _mm_prefetch::<_MM_HINT_T1>(core::ptr::from_ref(byte).cast());
         }
     }
 }
