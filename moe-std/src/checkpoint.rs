@@ -1,5 +1,6 @@
 //! [`Checkpoint`]: whatever a user points the engine at — a GGUF file or a Hugging Face
-//! checkpoint directory — opened zero-copy, with the model built from it the same way.
+//! checkpoint directory — mapped zero-copy or read into memory, with the model built
+//! from it the same way.
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use moe_core::model::Model;
 
 use crate::hf::HfCheckpoint;
 use crate::tokenizer::Tokenizer;
-use crate::{Error, GgufFile, Result};
+use crate::{Error, GgufFile, Residency, Result};
 
 /// A mapped model checkpoint.
 #[derive(Debug)]
@@ -22,18 +23,24 @@ impl Checkpoint {
     /// Opens `path`: a directory as a Hugging Face checkpoint (so is a file of one: its
     /// `config.json`, a `*.safetensors` shard or the index), anything else as GGUF.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Checkpoint::open_with(path, Residency::Map)
+    }
+
+    /// [`Checkpoint::open`] with the bytes held as `residency` says: mapped, or read
+    /// into huge-page memory for faster decoding (see [`Residency`]).
+    pub fn open_with(path: impl AsRef<Path>, residency: Residency) -> Result<Self> {
         let path = path.as_ref();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let hf_file = name == "config.json"
             || name.ends_with(".safetensors")
             || name.ends_with(".safetensors.index.json");
         if path.is_dir() {
-            HfCheckpoint::open(path).map(Checkpoint::Hf)
+            HfCheckpoint::open_with(path, residency).map(Checkpoint::Hf)
         } else if hf_file && path.is_file() {
             let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-            HfCheckpoint::open(dir.unwrap_or(Path::new("."))).map(Checkpoint::Hf)
+            HfCheckpoint::open_with(dir.unwrap_or(Path::new(".")), residency).map(Checkpoint::Hf)
         } else {
-            GgufFile::open(path).map(Checkpoint::Gguf)
+            GgufFile::open_with(path, residency).map(Checkpoint::Gguf)
         }
     }
 

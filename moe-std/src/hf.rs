@@ -37,6 +37,7 @@ use moe_core::source::TensorSource;
 use moe_core::tensor::TensorView;
 use serde_json::Value as Json;
 
+use crate::residency::{self, Residency};
 use crate::safetensors::{self, SafetensorsError};
 use crate::{Error, Result};
 
@@ -335,6 +336,12 @@ impl HfCheckpoint {
     /// every shard, and checks that every tensor the config implies is there with the
     /// shape it implies.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        HfCheckpoint::open_with(dir, Residency::Map)
+    }
+
+    /// [`HfCheckpoint::open`] with the shards held as `residency` says (decided for all
+    /// shards together, by their total size).
+    pub fn open_with(dir: impl AsRef<Path>, residency: Residency) -> Result<Self> {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let text = fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
@@ -372,15 +379,17 @@ impl HfCheckpoint {
             RopeLayout::Neox
         };
         let (shards, weight_map) = shard_paths(dir)?;
-        let mut maps = Vec::with_capacity(shards.len());
+        let mut files = Vec::with_capacity(shards.len());
+        let mut total = 0u64;
         for path in &shards {
             let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-            // SAFETY: as in `GgufFile::open`: the shard is opened and mapped read-only;
-            // another process truncating it while mapped is the hazard every mmap loader
-            // accepts.
-            #[allow(unsafe_code)]
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-            maps.push(map);
+            total += file.metadata().map_err(|e| Error::io(path, e))?.len();
+            files.push(file);
+        }
+        let load = residency.loads(total);
+        let mut maps = Vec::with_capacity(shards.len());
+        for (file, path) in files.iter().zip(&shards) {
+            maps.push(residency::hold(file, path, load)?);
         }
         let mapped = Mapped::try_new(Shards { maps }, |owner| {
             weights(&owner.maps, &shards, &weight_map, &arch, &dims, metadata)

@@ -3,15 +3,17 @@
 //! `moe-core` never touches files; this crate hands it bytes. [`GgufFile::open`] maps a
 //! GGUF checkpoint read-only (memmap2), validates it once with
 //! [`moe_core::gguf::File::parse`] and keeps the parsed view next to the mapping, so weights
-//! are read straight from the page cache and never copied. Hugging Face checkpoint
-//! directories (`config.json` and safetensors, [`hf`], read by our own [`safetensors`]
-//! reader) are mapped the same way, and [`checkpoint::Checkpoint`] opens either kind.
+//! are read straight from the page cache and never copied; [`GgufFile::open_with`] can
+//! instead read them into huge-page memory, which decodes faster ([`residency`]). Hugging
+//! Face checkpoint directories (`config.json` and safetensors, [`hf`], read by our own
+//! [`safetensors`] reader) are held the same ways, and [`checkpoint::Checkpoint`] opens
+//! either kind.
 //!
 //! Also here: the reports behind `moe inspect` ([`inspect`]) and `moe dequant`
 //! ([`dequant`]), the thread pool that runs the core's independent ranges ([`pool`]), and
 //! the `moe` command-line tool itself (`src/bin/moe.rs`).
 #![warn(missing_docs)]
-// The hand-written `unsafe`: `Mmap::map` in `GgufFile::open` and `HfCheckpoint::open`,
+// The hand-written `unsafe`: `Mmap::map` in `residency::hold` (every checkpoint file),
 // the kernel table built after CPU-feature detection in `kernels::with_level`, and the
 // pool's lifetime-erased job closure in `pool` (its `Send` impl, the erasure and the
 // workers' dereference), each allowed there alone.
@@ -24,6 +26,7 @@ pub mod hf;
 pub mod inspect;
 pub mod kernels;
 pub mod pool;
+pub mod residency;
 pub mod safetensors;
 pub mod session;
 pub mod tokenizer;
@@ -35,6 +38,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use moe_core::gguf::File;
+
+pub use residency::Residency;
 
 /// Errors of `moe-std`: an I/O failure or a malformed file, always with the file's path.
 #[derive(Debug)]
@@ -160,20 +165,18 @@ pub struct GgufFile {
 impl GgufFile {
     /// Maps `path` read-only and parses it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        GgufFile::open_with(path, Residency::Map)
+    }
+
+    /// Opens `path` with its bytes held as `residency` says (mapped, or read into
+    /// memory for faster decoding; see [`residency`]) and parses it.
+    pub fn open_with(path: impl AsRef<Path>, residency: Residency) -> Result<Self> {
         let path = path.as_ref();
         let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the file is opened read-only and mapped read-only (`Mmap`, not
-        // `MmapMut`), so this process never writes through the mapping. What `Mmap::map`
-        // cannot rule out is another process changing the file while it is mapped: the
-        // bytes behind our `&[u8]` would then change under us, and if the file is
-        // *truncated* the pages past the new end fault with SIGBUS on access. Like every
-        // mmap-based model loader, we accept that hazard: checkpoints are not edited in
-        // place while being served, and the alternative (reading tens of GiB into memory)
-        // defeats zero-copy. `HfCheckpoint::open` maps its shards the same way.
-        #[allow(unsafe_code)]
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let bytes = residency::hold(&file, path, residency.loads(len))?;
         let mapped =
-            Mapped::try_new(map, |bytes| File::parse(bytes)).map_err(|e| Error::gguf(path, e))?;
+            Mapped::try_new(bytes, |bytes| File::parse(bytes)).map_err(|e| Error::gguf(path, e))?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             mapped,

@@ -5,6 +5,8 @@
 //! - `moe run` generates llama.cpp's greedy tokens; `moe logits` writes llama.cpp's
 //!   logits (within 1e-3 of the logit range) as `n_tokens × n_vocab` little-endian f32;
 //! - `moe bench --json` and `moe route --json` print the documented keys;
+//! - weights read into memory (the default for a small file, `--no-mmap`) and mapped
+//!   (`--mmap`) give the same logits, for GGUF and Hugging Face checkpoints;
 //! - bad input (no such file, a token outside the vocabulary, a context too small) is a
 //!   message and a failing status, not a panic;
 //! - decoding a token (sampling included) allocates nothing on the calling thread once the
@@ -115,6 +117,24 @@ fn logits_are_llama_cpp_logits() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(max_diff <= 1e-3 * range, "max diff {max_diff}");
+}
+
+#[test]
+fn mapped_and_loaded_weights_give_the_same_logits() {
+    // The default (read into memory: the fixture fits), --no-mmap and --mmap.
+    let path = model("mixtral-k-tiny-q4_k_m.gguf");
+    let logits = |flag: Option<&str>| {
+        let mut args = vec!["logits", path.to_str().unwrap(), "--tokens", TOKENS];
+        args.extend(flag);
+        ok(&args).stdout
+    };
+    let default = logits(None);
+    assert!(!default.is_empty());
+    assert_eq!(logits(Some("--no-mmap")), default);
+    assert_eq!(logits(Some("--mmap")), default);
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/mixtral");
+    let hf_logits = |flag: &str| ok(&["logits", hf.to_str().unwrap(), "--tokens", "1,2,3", flag]);
+    assert_eq!(hf_logits("--no-mmap").stdout, hf_logits("--mmap").stdout);
 }
 
 #[test]

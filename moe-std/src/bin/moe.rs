@@ -16,7 +16,7 @@ use moe_std::checkpoint::Checkpoint;
 use moe_std::pool::ThreadPool;
 use moe_std::session::{KvType, Session, argmax};
 use moe_std::tokenizer::Tokenizer;
-use moe_std::{GgufFile, dequant, inspect};
+use moe_std::{GgufFile, Residency, dequant, inspect};
 
 const USAGE: &str = "\
 usage:
@@ -40,7 +40,8 @@ usage:
                                        defaults are llama.cpp's (temp 0.8, top-k 40,
                                        top-p 0.95, min-p 0.05); --temp 0 is greedy.
                                        --chat applies the file's chat template
-  moe bench FILE [--threads N] [--prompt 128] [--gen 64] [--reps 3] [--json]
+  moe bench FILE [--threads N] [--prompt 128] [--gen 64] [--reps 3] [--kv f32|f16]
+          [--json]
                                        median prefill and decode tokens/s, weight bytes
                                        per decoded token and the GB/s they make
   moe route FILE --tokens 1,2,3 [--json] [--threads N]
@@ -55,6 +56,9 @@ For run, bench, route, logits and tokenize, FILE may also be a Hugging Face chec
 directory (config.json and safetensors; Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
 DeepSeek-V2/V3); text prompts need its tokenizer.json, --chat its tokenizer_config.json.
 In --json, arrays longer than 64 elements are cut to their first 8 unless --full.
+run, bench, route and logits read the weights into memory (huge pages: faster decoding)
+when they take at most half of the available memory, and map the file otherwise;
+--no-mmap always reads, --mmap always maps.
 ";
 
 fn main() -> ExitCode {
@@ -321,6 +325,7 @@ struct ModelArgs {
     batch: usize,
     output: Option<PathBuf>,
     kv: KvType,
+    residency: Residency,
     extra: Vec<(String, Option<OsString>)>,
 }
 
@@ -352,6 +357,7 @@ fn model_args(
         batch: 512,
         output: None,
         kv: KvType::F32,
+        residency: Residency::Auto,
         extra: Vec::new(),
     };
     for (flag, value) in args.flags {
@@ -361,6 +367,7 @@ fn model_args(
             "--ctx" | "-c" => parsed.context = number(command, &flag, &value)?,
             "--batch" | "-b" => parsed.batch = number(command, &flag, &value)?.max(1),
             "--kv" => parsed.kv = kv_type(command, &value)?,
+            "--mmap" | "--no-mmap" => parsed.residency = residency(&flag),
             "-o" | "--output" if with_value.contains(&"-o") => {
                 parsed.output = value.as_ref().map(PathBuf::from)
             }
@@ -400,6 +407,16 @@ fn text(command: &str, flag: &str, value: Option<OsString>) -> Result<String, Fa
         .ok_or_else(|| usage(format!("{command}: {flag} needs a value")))?
         .into_string()
         .map_err(|_| usage(format!("{command}: the value of {flag} is not UTF-8")))
+}
+
+/// `--mmap`: map the checkpoint; `--no-mmap`: read it into memory. Without either, it is
+/// read into memory when it fits in half of the available memory ([`Residency::Auto`]).
+fn residency(flag: &str) -> Residency {
+    if flag == "--mmap" {
+        Residency::Map
+    } else {
+        Residency::Load
+    }
 }
 
 /// `f32` or `f16`.
@@ -669,7 +686,7 @@ enum Stop {
 fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let mut a = model_args("run", args, RUN_VALUE_FLAGS, RUN_SWITCHES)?;
     let o = run_options(&mut a)?;
-    let checkpoint = Checkpoint::open(&a.path)?;
+    let checkpoint = Checkpoint::open_with(&a.path, a.residency)?;
     let tokenizer = checkpoint.tokenizer();
     if let (Prompt::Text(_), Some(Err(e))) = (&o.prompt, &tokenizer) {
         return Err(Failure::Error(e.to_string()));
@@ -794,7 +811,7 @@ fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
 fn logits_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let a = model_args("logits", args, &["-o", "--output"], &[])?;
     require_tokens("logits", &a)?;
-    let checkpoint = Checkpoint::open(&a.path)?;
+    let checkpoint = Checkpoint::open_with(&a.path, a.residency)?;
     let pool = ThreadPool::new(a.threads);
     let context = a.context.max(a.tokens.len());
     let mut session = Session::from_checkpoint(&checkpoint, &pool, context, a.batch, a.kv)?;
@@ -824,11 +841,13 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
             "-n",
             "--reps",
             "-r",
+            "--kv",
         ],
     )?;
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (mut prompt, mut gen_tokens, mut reps, mut json) = (128usize, 64usize, 3usize, false);
     let mut kv = KvType::F32;
+    let mut residency = Residency::Auto;
     for (flag, value) in &args.flags {
         let number = || -> Result<usize, Failure> {
             value
@@ -844,12 +863,13 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
             "--reps" | "-r" => reps = number()?.max(1),
             "--json" => json = true,
             "--kv" => kv = kv_type("bench", value)?,
+            "--mmap" | "--no-mmap" => residency = self::residency(flag),
             other => return Err(usage(format!("bench: unknown flag {other}"))),
         }
     }
     let [path] = <[OsString; 1]>::try_from(args.positionals)
         .map_err(|_| usage("bench needs exactly one FILE"))?;
-    let checkpoint = Checkpoint::open(PathBuf::from(path))?;
+    let checkpoint = Checkpoint::open_with(PathBuf::from(path), residency)?;
     let pool = ThreadPool::new(threads);
     let mut session =
         Session::from_checkpoint(&checkpoint, &pool, prompt + gen_tokens, prompt, kv)?;
@@ -912,7 +932,7 @@ fn route_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let args: Vec<OsString> = args.into_iter().filter(|a| a != "--json").collect();
     let a = model_args("route", args, &[], &[])?;
     require_tokens("route", &a)?;
-    let checkpoint = Checkpoint::open(&a.path)?;
+    let checkpoint = Checkpoint::open_with(&a.path, a.residency)?;
     let pool = ThreadPool::new(a.threads);
     let mut session = Session::from_checkpoint(&checkpoint, &pool, a.tokens.len(), a.batch, a.kv)?;
     let n_layer = session.model().config().n_layer;
