@@ -31,6 +31,20 @@ pub trait Parallel: Sync {
         min_rows: usize,
         job: RowsJob<'_>,
     ) -> Result<()>;
+
+    /// [`for_each_rows`](Self::for_each_rows) for rows of unequal cost (causal attention:
+    /// later tokens attend to more positions), with no minimum piece: a runner with
+    /// threads should cut pieces finer than one per thread and hand them out as threads
+    /// free up, so no thread waits on another's expensive rows. The default is
+    /// `for_each_rows(data, row_bytes, 1, job)`.
+    fn for_each_uneven_rows(
+        &self,
+        data: &mut [u8],
+        row_bytes: usize,
+        job: RowsJob<'_>,
+    ) -> Result<()> {
+        self.for_each_rows(data, row_bytes, 1, job)
+    }
 }
 
 /// Everything on the calling thread, in one piece.

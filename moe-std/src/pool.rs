@@ -388,7 +388,8 @@ impl Drop for ThreadPool {
 
 /// The core's row pieces (`MoeLayer::with_parallel`) on this pool: `data`'s whole rows
 /// are split as [`ThreadPool::for_each_range`] splits the row count, one contiguous piece
-/// per thread, and the first error any piece returns is returned.
+/// per thread (uneven rows: [`UNEVEN_PIECES_PER_THREAD`] pieces per thread, claimed as
+/// threads free up), and the first error any piece returns is returned.
 impl Parallel for ThreadPool {
     fn for_each_rows(
         &self,
@@ -397,19 +398,60 @@ impl Parallel for ThreadPool {
         min_rows: usize,
         job: RowsJob<'_>,
     ) -> moe_core::Result<()> {
+        let rows = data.len().checked_div(row_bytes).unwrap_or(0);
+        self.run_pieces(data, row_bytes, self.chunk_len(rows, min_rows), job)
+    }
+
+    fn for_each_uneven_rows(
+        &self,
+        data: &mut [u8],
+        row_bytes: usize,
+        job: RowsJob<'_>,
+    ) -> moe_core::Result<()> {
+        let rows = data.len().checked_div(row_bytes).unwrap_or(0);
+        let pieces = self.threads() * UNEVEN_PIECES_PER_THREAD;
+        self.run_pieces(data, row_bytes, rows.div_ceil(pieces).max(1), job)
+    }
+}
+
+/// Pieces per thread of [`Parallel::for_each_uneven_rows`]: enough that the last piece
+/// handed out is a small part of any thread's share.
+const UNEVEN_PIECES_PER_THREAD: usize = 8;
+
+impl ThreadPool {
+    /// `job` on `data` cut into pieces of `chunk_rows` whole rows, each claimed by the
+    /// next free thread.
+    fn run_pieces(
+        &self,
+        data: &mut [u8],
+        row_bytes: usize,
+        chunk_rows: usize,
+        job: RowsJob<'_>,
+    ) -> moe_core::Result<()> {
         if row_bytes == 0 {
             return job(0, data);
         }
-        let rows = data.len() / row_bytes;
-        let chunk_rows = self.chunk_len(rows, min_rows);
-        let pieces = Mutex::new(data.chunks_mut(chunk_rows * row_bytes).enumerate());
+        let pieces = (data.len() / row_bytes).div_ceil(chunk_rows).max(1);
+        // Pieces not yet claimed: the next one's index and the bytes from its start; the
+        // last piece takes everything left (a trailing partial row included).
+        let rest = Mutex::new((0usize, data));
         let first_error = FirstError::default();
-        self.for_each_range(rows.div_ceil(chunk_rows).max(1), 1, |claims| {
+        self.for_each_range(pieces, 1, |claims| {
             for _ in claims {
-                let next = lock(&pieces).next();
-                if let Some((i, piece)) = next {
-                    first_error.record(job(i * chunk_rows, piece));
-                }
+                let next = {
+                    let mut rest = lock(&rest);
+                    let (i, bytes) = &mut *rest;
+                    let len = if *i + 1 == pieces {
+                        bytes.len()
+                    } else {
+                        (chunk_rows * row_bytes).min(bytes.len())
+                    };
+                    let (piece, tail) = std::mem::take(bytes).split_at_mut(len);
+                    *bytes = tail;
+                    *i += 1;
+                    (*i - 1, piece)
+                };
+                first_error.record(job(next.0 * chunk_rows, next.1));
             }
         });
         first_error.into_result()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use moe_core::TensorType;
 use moe_core::kernels::Kernels;
+use moe_core::parallel::Parallel;
 use moe_core::quant::quantize_row;
 use moe_std::pool::{ThreadPool, matvec_parallel};
 
@@ -102,6 +103,58 @@ fn chunks_mut_are_disjoint_and_cover_the_slice() {
             });
             let want: Vec<usize> = (1..=n).collect();
             assert_eq!(data, want, "n {n}, {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn row_pieces_cover_every_row_once_at_their_first_row() {
+    // The core's `Parallel` entry points, even and uneven: every whole row (and a
+    // trailing partial one) is in exactly one piece, which starts at the row it names;
+    // a job's error comes back.
+    for threads in THREADS {
+        let pool = ThreadPool::new(threads);
+        for (rows, row_bytes) in [
+            (0usize, 4usize),
+            (1, 4),
+            (5, 3),
+            (64, 8),
+            (129, 4),
+            (1000, 1),
+        ] {
+            for uneven in [false, true] {
+                let mut data = vec![0u8; rows * row_bytes + 1];
+                let job = |first: usize, piece: &mut [u8]| {
+                    for (j, b) in piece.iter_mut().enumerate() {
+                        *b = b.wrapping_add(((first * row_bytes + j) % 251) as u8 + 1);
+                    }
+                    Ok(())
+                };
+                let result = if uneven {
+                    pool.for_each_uneven_rows(&mut data, row_bytes, &job)
+                } else {
+                    pool.for_each_rows(&mut data, row_bytes, 3, &job)
+                };
+                result.unwrap();
+                let want: Vec<u8> = (0..data.len()).map(|i| (i % 251) as u8 + 1).collect();
+                assert_eq!(
+                    data, want,
+                    "{rows} rows, {threads} threads, uneven {uneven}"
+                );
+                let failing = |first: usize, _: &mut [u8]| {
+                    if first == 0 {
+                        Err(moe_core::Error::CannotSample { reason: "test" })
+                    } else {
+                        Ok(())
+                    }
+                };
+                let err = if uneven {
+                    pool.for_each_uneven_rows(&mut data, row_bytes, &failing)
+                } else {
+                    pool.for_each_rows(&mut data, row_bytes, 3, &failing)
+                };
+                assert!(err.is_err());
+            }
         }
     }
 }

@@ -761,7 +761,7 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
     /// queries (`q`, after RoPE; token `i` at position `start + i`) over the cached keys and
     /// values of positions `0..=start + i`, into `attn` (`t × n_head · head_dim_v`). Query
     /// head `h` reads key/value head `h / (n_head / n_head_kv)`. The (token, head) pairs
-    /// are split across the parallel runner.
+    /// are split across the parallel runner, as rows of unequal cost.
     #[allow(clippy::too_many_arguments)]
     fn attend_cached<E: kv::Element>(
         &self,
@@ -791,8 +791,9 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         let group = c.n_head / c.n_head_kv;
         let scale = c.attention_scale;
         let attn_bytes: &mut [u8] = bytemuck::cast_slice_mut(attn);
+        // Token `i` attends to `start + i + 1` positions: uneven rows.
         self.parallel
-            .for_each_rows(attn_bytes, hdv * 4, 1, &|first, piece| {
+            .for_each_uneven_rows(attn_bytes, hdv * 4, &|first, piece| {
                 let piece = as_floats(piece)?;
                 for (n, out) in piece.chunks_exact_mut(hdv).enumerate() {
                     let (i, h) = ((first + n) / c.n_head, (first + n) % c.n_head);
@@ -857,9 +858,16 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
                     actual: available,
                 })?;
             if quantized != Some(act) {
-                for (src, dst) in rows.chunks_exact(width).zip(acts.chunks_exact_mut(rb)) {
-                    quantize_row(act, src, dst)?;
-                }
+                // Split across threads too: serial, it idled every other thread for
+                // about 4 % of a prefill.
+                self.parallel
+                    .for_each_rows(acts, rb, QUANTIZE_MIN_ROWS, &|first, piece| {
+                        let src = rows.chunks_exact(width).skip(first);
+                        for (src, dst) in src.zip(piece.chunks_exact_mut(rb)) {
+                            quantize_row(act, src, dst)?;
+                        }
+                        Ok(())
+                    })?;
                 quantized = Some(act);
             }
             self.multiply(w, acts, n_tokens, out)?;
@@ -936,6 +944,9 @@ impl<'a> Block<'a> {
 
 /// Output rows below which one token's projection is not split further across threads.
 const MIN_ROWS_PER_THREAD: usize = 64;
+
+/// Activation rows below which their quantization is not split across threads.
+const QUANTIZE_MIN_ROWS: usize = 8;
 
 /// A piece of an f32 buffer handed back as bytes by the parallel runner, as f32 again
 /// (pieces are whole rows of 4-byte elements of an f32 buffer, hence aligned).

@@ -379,24 +379,29 @@ impl Ffn<'_> {
             Ok(())
         })?;
 
-        // Quantize each entry's intermediate row once, block by block through the stack.
+        // Quantize each entry's intermediate row once, block by block through the stack,
+        // entries split across threads.
         let hidden = &scratch.hidden;
         let down_act = self.down_act();
         let block = down_act.block_len();
         let block_bytes = down_act.block_bytes();
         let hrb = self.hidden_row_bytes();
-        let mut buf = [0.0f32; 256];
-        let buf = buf
-            .get_mut(..block)
-            .ok_or(Error::UnsupportedType { ty: down_act })?;
-        for (i, dst) in scratch.quantized.chunks_exact_mut(hrb).take(m).enumerate() {
-            for (b, dst) in dst.chunks_exact_mut(block_bytes).enumerate() {
-                for (k, v) in buf.iter_mut().enumerate() {
-                    *v = hidden.f32((b * block + k) * m + i);
+        let quantized = region(scratch.quantized, m * hrb)?;
+        parallel.for_each_rows(quantized, hrb, 1, &|first, piece| {
+            let mut buf = [0.0f32; 256];
+            let buf = buf
+                .get_mut(..block)
+                .ok_or(Error::UnsupportedType { ty: down_act })?;
+            for (i, dst) in piece.chunks_exact_mut(hrb).enumerate() {
+                for (b, dst) in dst.chunks_exact_mut(block_bytes).enumerate() {
+                    for (k, v) in buf.iter_mut().enumerate() {
+                        *v = hidden.f32((b * block + k) * m + first + i);
+                    }
+                    quantize_row(down_act, buf, dst)?;
                 }
-                quantize_row(down_act, buf, dst)?;
             }
-        }
+            Ok(())
+        })?;
 
         // down: down[r · m + i] = down_r · h_i.
         let quantized = &*scratch.quantized;
