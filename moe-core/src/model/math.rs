@@ -100,8 +100,9 @@ pub(crate) fn yarn_corr_dims(dims: usize, n_ctx_orig: usize, base: f32) -> [f32;
 }
 
 /// One query head attending over `n` cached positions: `out = Σ_j softmax_j(scale · q·k_j)
-/// v_j`, where `keys(j)` / `values(j)` give cached rows (f32 or f16). Two passes over the
-/// keys (the maximum score, then the exponentials) so no per-position scratch is needed.
+/// v_j`, where `keys(j)` / `values(j)` give cached rows (f32 or f16). One pass over the
+/// keys with a running maximum (what has been summed is rescaled when it grows), so no
+/// per-position scratch is needed and each score is computed once.
 pub(crate) fn attend<'k, E: super::kv::Element + 'k>(
     q: &[f32],
     n: usize,
@@ -110,18 +111,19 @@ pub(crate) fn attend<'k, E: super::kv::Element + 'k>(
     values: impl Fn(usize) -> &'k [E],
     out: &mut [f32],
 ) {
-    let score = |j: usize| -> f32 {
-        q.iter()
-            .zip(keys(j))
-            .map(|(a, b)| a * b.load())
-            .sum::<f32>()
-            * scale
-    };
-    let max = (0..n).map(score).fold(f32::NEG_INFINITY, f32::max);
     out.fill(0.0);
+    let mut max = f32::NEG_INFINITY;
     let mut sum = 0.0f64;
     for j in 0..n {
-        let p = libm::expf(score(j) - max);
+        let score = dot(q, keys(j)) * scale;
+        if score > max {
+            // e^(old max − new max): 0 on the first position, whose sums are all zero.
+            let rescale = libm::expf(max - score);
+            sum *= f64::from(rescale);
+            out.iter_mut().for_each(|o| *o *= rescale);
+            max = score;
+        }
+        let p = libm::expf(score - max);
         sum += f64::from(p);
         for (o, v) in out.iter_mut().zip(values(j)) {
             *o += p * v.load();
@@ -131,4 +133,22 @@ pub(crate) fn attend<'k, E: super::kv::Element + 'k>(
     for o in out.iter_mut() {
         *o *= inv;
     }
+}
+
+/// `Σ q_i k_i` in eight interleaved partial sums (independent chains the compiler turns
+/// into vector lanes), then the tail.
+fn dot<E: super::kv::Element>(q: &[f32], k: &[E]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (q8, q_tail) = q.as_chunks::<8>();
+    let (k8, k_tail) = k.as_chunks::<8>();
+    for (a, b) in q8.iter().zip(k8) {
+        for ((l, a), b) in lanes.iter_mut().zip(a).zip(b) {
+            *l += a * b.load();
+        }
+    }
+    let mut sum = lanes.iter().sum::<f32>();
+    for (a, b) in q_tail.iter().zip(k_tail) {
+        sum += a * b.load();
+    }
+    sum
 }
