@@ -6,7 +6,7 @@
 //! over the quants). Element `i` is `d * qs[i]`; `d` is negative when the largest-magnitude
 //! value is positive.
 
-use super::{TensorType, dequantize_blocks, quantize_blocks, round};
+use super::{TensorType, dequantize_blocks, quantize_blocks};
 use crate::Result;
 
 /// Elements per block.
@@ -64,24 +64,31 @@ pub fn dequantize_block(block: &Block, out: &mut [f32; BLOCK_LEN]) {
 ///
 /// -127 rather than -128 keeps every quant in -127..=127, which ggml's IQ kernels need.
 pub fn quantize_block(x: &[f32; BLOCK_LEN], out: &mut Block) {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let a = libm::fabsf(v);
-        if a > amax {
-            amax = a;
-            max = v;
+    // Written as independent lanes so the compiler vectorises it: activations of every
+    // K-quant matrix product pass through here. Same bits as the scalar description.
+    let mut lanes = [0.0f32; 8];
+    for chunk in x.as_chunks::<8>().0 {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            // `f32::max` ignores NaN, as the description's `a > amax` does.
+            *l = l.max(libm::fabsf(*v));
         }
     }
-    if amax == 0.0 {
+    let amax = lanes.iter().fold(0.0f32, |m, &l| m.max(l));
+    // The first value of that magnitude.
+    let Some(&max) = x
+        .iter()
+        .find(|v| libm::fabsf(**v) == amax)
+        .filter(|_| amax != 0.0)
+    else {
         out.fill(0);
         return;
-    }
+    };
     let iscale = -127.0 / max;
     let mut q = [0i8; BLOCK_LEN];
     for (q, &v) in q.iter_mut().zip(x) {
-        let r = round::round_half_even(iscale * v);
-        *q = round::to_i8(if r > 127.0 { 127.0 } else { r });
+        let r = round_half_even_small(iscale * v);
+        // `as i32` takes NaN (from an infinite input) to 0, as `round::to_i8` does.
+        *q = (if r > 127.0 { 127.0 } else { r }) as i32 as i8;
     }
     out[D..QS].copy_from_slice(&(1.0 / iscale).to_le_bytes());
     for (o, &q) in out[QS..BSUMS].iter_mut().zip(&q) {
@@ -94,6 +101,16 @@ pub fn quantize_block(x: &[f32; BLOCK_LEN], out: &mut Block) {
     }
 }
 
+/// `round_half_even(x)` for `|x| < 2^22` (and NaN), by adding and removing `1.5 · 2^23`:
+/// the sum's unit in the last place is 1, so the addition itself rounds `x` to an integer,
+/// half to even (the default rounding mode; Rust never reassociates float arithmetic).
+/// The quantizer's `x` is within ±127.
+#[inline]
+fn round_half_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
 /// Decodes whole blocks; `dst.len()` elements from exactly their bytes in `src`.
 pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<()> {
     dequantize_blocks(TensorType::Q8_K, src, dst, dequantize_block)
@@ -102,4 +119,68 @@ pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<()> {
 /// Encodes whole blocks; `src.len()` elements into exactly their bytes in `dst`.
 pub fn quantize_row(src: &[f32], dst: &mut [u8]) -> Result<()> {
     quantize_blocks(TensorType::Q8_K, src, dst, quantize_block)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The description in [`quantize_block`]'s docs, element by element.
+    fn described(x: &[f32; BLOCK_LEN]) -> Block {
+        let (mut max, mut amax) = (0.0f32, 0.0f32);
+        for &v in x {
+            if libm::fabsf(v) > amax {
+                amax = libm::fabsf(v);
+                max = v;
+            }
+        }
+        let mut out = [0u8; BLOCK_BYTES];
+        if amax == 0.0 {
+            return out;
+        }
+        let iscale = -127.0 / max;
+        let q: [i8; BLOCK_LEN] = core::array::from_fn(|i| {
+            let r = libm::roundevenf(iscale * x[i]);
+            super::super::round::to_i8(if r > 127.0 { 127.0 } else { r })
+        });
+        out[D..QS].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        for (o, &q) in out[QS..BSUMS].iter_mut().zip(&q) {
+            *o = q as u8;
+        }
+        for (k, group) in q.chunks_exact(16).enumerate() {
+            let sum: i16 = group.iter().map(|&q| i16::from(q)).sum();
+            out[BSUMS + 2 * k..BSUMS + 2 * k + 2].copy_from_slice(&sum.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn special_values_quantize_as_described() {
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            f32::MIN_POSITIVE / 3.0,
+            -f32::MAX,
+            2.5,
+            -3.5,
+            1e-30,
+        ];
+        let mut state = 0x9e37_79b9u32;
+        for case in 0..64 {
+            let x: [f32; BLOCK_LEN] = core::array::from_fn(|i| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                if (state >> 28) < 3 || case == 0 {
+                    specials[(state as usize >> 8) % specials.len()]
+                } else {
+                    (state >> 8) as f32 / 16_777_216.0 * 254.0 - 127.0 + (i % 2) as f32 * 0.5
+                }
+            });
+            let mut got = [0u8; BLOCK_BYTES];
+            quantize_block(&x, &mut got);
+            assert_eq!(got, described(&x), "case {case}");
+        }
+    }
 }

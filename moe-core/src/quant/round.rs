@@ -48,11 +48,6 @@ fn sign(n: f32) -> f32 {
     }
 }
 
-/// Round half to even, as ggml's `nearest_int` and the SIMD activation quantizers do.
-pub(crate) fn round_half_even(x: f32) -> f32 {
-    libm::roundevenf(x)
-}
-
 /// numpy's `abs(x).argmax()`: the first index of the largest magnitude, where the first
 /// NaN wins outright.
 pub(crate) fn argmax_abs(x: &[f32]) -> usize {
@@ -138,9 +133,6 @@ mod tests {
         assert_eq!(round_half_away(2.4999998), 2.0);
         assert_eq!(round_half_away(-0.5), -1.0);
         assert!(round_half_away(f32::INFINITY).is_nan());
-        assert_eq!(round_half_even(2.5), 2.0);
-        assert_eq!(round_half_even(3.5), 4.0);
-        assert_eq!(round_half_even(-2.5), -2.0);
     }
 
     #[test]
