@@ -25,8 +25,10 @@ use crate::kernels::vector::{gelu_erf_of as gelu_erf, gelu_of as gelu, silu_of a
 const CHUNK_ROWS: usize = 64;
 
 /// Tokens per batch-kernel call (the kernel outputs of one call live on the stack:
-/// `CHUNK_ROWS × CHUNK_TOKENS` floats per matrix).
-const CHUNK_TOKENS: usize = 8;
+/// `CHUNK_ROWS × CHUNK_TOKENS` floats per matrix). The kernels unpack a weight block once
+/// per call, so more tokens per call unpack less; 16 on 64-bit targets, 8 (4 KiB of
+/// stack for two matrices) on microcontrollers.
+const CHUNK_TOKENS: usize = if cfg!(target_pointer_width = "64") { 16 } else { 8 };
 
 /// The element-wise nonlinearity of an FFN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
