@@ -28,7 +28,11 @@ const CHUNK_ROWS: usize = 64;
 /// `CHUNK_ROWS × CHUNK_TOKENS` floats per matrix). The kernels unpack a weight block once
 /// per call, so more tokens per call unpack less; 16 on 64-bit targets, 8 (4 KiB of
 /// stack for two matrices) on microcontrollers.
-const CHUNK_TOKENS: usize = if cfg!(target_pointer_width = "64") { 16 } else { 8 };
+const CHUNK_TOKENS: usize = if cfg!(target_pointer_width = "64") {
+    16
+} else {
+    8
+};
 
 /// The element-wise nonlinearity of an FFN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
