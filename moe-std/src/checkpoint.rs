@@ -52,6 +52,14 @@ impl Checkpoint {
         }
     }
 
+    /// Whether the weights were read into memory rather than mapped ([`Residency`]).
+    pub fn is_loaded(&self) -> bool {
+        match self {
+            Checkpoint::Gguf(g) => g.is_loaded(),
+            Checkpoint::Hf(h) => h.is_loaded(),
+        }
+    }
+
     /// The GGUF file, when it is one (its metadata holds the tokenizer).
     pub fn gguf(&self) -> Option<&GgufFile> {
         match self {

@@ -89,6 +89,7 @@ pub struct HfCheckpoint {
     shards: Vec<PathBuf>,
     model_type: &'static str,
     rope_layout: RopeLayout,
+    loaded: bool,
     mapped: Mapped,
 }
 
@@ -399,8 +400,14 @@ impl HfCheckpoint {
             shards: shards.clone(),
             model_type,
             rope_layout,
+            loaded: load,
             mapped,
         })
+    }
+
+    /// Whether the shards were read into memory ([`Residency`]) rather than mapped.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
     }
 
     /// The checkpoint's tensors and keys for the core (see [`TensorSource`]).

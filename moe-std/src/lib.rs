@@ -159,6 +159,7 @@ self_cell::self_cell!(
 /// tensor data pages are not touched until read.
 pub struct GgufFile {
     path: PathBuf,
+    loaded: bool,
     mapped: Mapped,
 }
 
@@ -174,13 +175,20 @@ impl GgufFile {
         let path = path.as_ref();
         let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let bytes = residency::hold(&file, path, residency.loads(len))?;
+        let loaded = residency.loads(len);
+        let bytes = residency::hold(&file, path, loaded)?;
         let mapped =
             Mapped::try_new(bytes, |bytes| File::parse(bytes)).map_err(|e| Error::gguf(path, e))?;
         Ok(GgufFile {
             path: path.to_path_buf(),
+            loaded,
             mapped,
         })
+    }
+
+    /// Whether the file was read into memory ([`Residency`]) rather than mapped.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
     }
 
     /// The parsed file; its metadata, tensor infos and tensor bytes borrow the mapping.

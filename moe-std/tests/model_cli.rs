@@ -162,6 +162,22 @@ fn bench_and_route_print_their_keys() {
     ] {
         assert!(j[key].is_number(), "bench --json lacks {key}: {j}");
     }
+    // The tiny file fits in memory: read by default, mapped with --mmap.
+    assert_eq!(j["weights"], "loaded", "{j}");
+    let mapped = ok(&[
+        "bench",
+        path.to_str().unwrap(),
+        "--prompt",
+        "8",
+        "--gen",
+        "1",
+        "--reps",
+        "1",
+        "--json",
+        "--mmap",
+    ]);
+    let mapped: Json = serde_json::from_slice(&mapped.stdout).unwrap();
+    assert_eq!(mapped["weights"], "mapped", "{mapped}");
     let out = ok(&[
         "route",
         path.to_str().unwrap(),

@@ -914,14 +914,20 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
             "decode_tokens_per_s": decode_tps,
             "weight_bytes_per_token": bytes_per_token,
             "decode_weight_gb_per_s": decode_gbs,
+            "weights": if checkpoint.is_loaded() { "loaded" } else { "mapped" },
         });
         writeln!(out, "{report}")
     } else {
         writeln!(
             out,
-            "{}: {} threads, kernels {kernels}\n  prefill {prompt} tokens: {prefill_tps:.2} tokens/s\n  decode {gen_tokens} tokens: {decode_tps:.2} tokens/s, {bytes_per_token} weight bytes/token = {decode_gbs:.2} GB/s",
+            "{}: {} threads, kernels {kernels}, weights {}\n  prefill {prompt} tokens: {prefill_tps:.2} tokens/s\n  decode {gen_tokens} tokens: {decode_tps:.2} tokens/s, {bytes_per_token} weight bytes/token = {decode_gbs:.2} GB/s",
             checkpoint.path().display(),
             pool.threads(),
+            if checkpoint.is_loaded() {
+                "loaded"
+            } else {
+                "mapped"
+            },
         )
     };
     finish_stdout(written.and_then(|()| out.flush()))

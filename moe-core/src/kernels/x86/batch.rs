@@ -12,7 +12,10 @@
 //! [`matmul_rows`] is the driver; a format enters through three closures — unpack the
 //! eight rows' blocks, prepare an activation block, and turn the two into the eight
 //! rows' float terms with the specification's operations — so formats and instruction
-//! sets (AVX2, AVX-512 VNNI) share it.
+//! sets (AVX2, AVX-512 VNNI) share it. For one activation row the K-quants use
+//! [`matvec_rows`] instead, whose closure unpacks each row's block straight into its dot
+//! product: a single token never reuses an unpacked block, so storing it costs more than
+//! it saves.
 
 use core::arch::x86_64::*;
 
