@@ -4,12 +4,12 @@
     cargo build --release -p moe-std
     /work/.llamavenv/bin/python benches/llamacpp/make_perf_model.py
     /work/.llamavenv/bin/python benches/llamacpp/compare_models.py [--threads 1,2] \
-        [--files q4_0,q8_0,q4_k_m] [--prompt 128] [--gen 64] [--reps 3] [--small]
+        [--files q4_0,q8_0,q4_k_m] [--prompt 128] [--gen 64] [--reps 3] [--small] [--kv f32|f16]
 
 For each file (DIR/perf-<type>.gguf, written by make_perf_model.py) and each thread count it
 runs
 
-    target/release/moe bench FILE --threads T --prompt P --gen G --reps R --json
+    target/release/moe bench FILE --threads T --prompt P --gen G --reps R --kv KV --json
     PYTHON benches/llamacpp/llamacpp_bench.py FILE --threads T --prompt P --gen G --reps R
 
 one after the other (ours first), and prints a Markdown table: file, threads, prefill and
@@ -126,6 +126,8 @@ def main() -> int:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--moe", default="target/release/moe")
+    ap.add_argument("--kv", default="f32", choices=("f32", "f16"),
+                    help="our K/V cache type (llama.cpp's is F16)")
     ap.add_argument("--python", default=sys.executable, help="interpreter with llama-cpp-python")
     ap.add_argument("--extra-bufts", default="repack", choices=("repack", "all", "none"),
                     help="passed to llamacpp_bench.py (default repack: CPU_REPACK, no AMX)")
@@ -166,6 +168,7 @@ def main() -> int:
         "gen_tokens": args.gen,
         "repetitions": args.reps,
         "llamacpp_extra_bufts": args.extra_bufts,
+        "ours_kv": args.kv,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -174,7 +177,7 @@ def main() -> int:
         md = (f"Whole-model speed, {meta['started_utc']} UTC, {meta['host']} ({meta['cpu']}, "
               f"{meta['cpus_online']} CPUs), commit {meta['commit']}; prompt {args.prompt} tokens "
               f"as one batch, then {args.gen} greedy decode steps; median of {args.reps} "
-              f"repetitions; llama.cpp: F16 K/V cache, n_batch = n_ubatch = prompt, "
+              f"repetitions; our K/V cache {args.kv.upper()}; llama.cpp: F16 K/V cache, n_batch = n_ubatch = prompt, "
               f"extra buffer types `{args.extra_bufts}`; load average at start "
               f"{' '.join(f'{x:.2f}' for x in meta['loadavg_at_start'])}.\n\n" + table(rows))
         args.out.with_suffix(".md").write_text(md)
@@ -190,7 +193,8 @@ def main() -> int:
             targs = ["--threads", str(t)] + common
             print(f"[{dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {f.name} threads {t}: moe bench",
                   file=sys.stderr, flush=True)
-            ours = run_json([moe, "bench", str(f)] + targs + ["--json"], args.timeout) \
+            ours = run_json([moe, "bench", str(f)] + targs + ["--kv", args.kv, "--json"],
+                            args.timeout) \
                 if "ours" in engines else SKIPPED
             print(f"[{dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {f.name} threads {t}: llama.cpp",
                   file=sys.stderr, flush=True)
