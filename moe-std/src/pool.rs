@@ -388,8 +388,9 @@ impl Drop for ThreadPool {
 
 /// The core's row pieces (`MoeLayer::with_parallel`) on this pool: `data`'s whole rows
 /// are split as [`ThreadPool::for_each_range`] splits the row count, one contiguous piece
-/// per thread (uneven rows: [`UNEVEN_PIECES_PER_THREAD`] pieces per thread, claimed as
-/// threads free up), and the first error any piece returns is returned.
+/// per thread (uneven rows: eight pieces per thread, each thread taking the next unclaimed
+/// one in turn, so every thread's share spreads over the whole range), and the first error
+/// any piece returns is returned.
 impl Parallel for ThreadPool {
     fn for_each_rows(
         &self,
