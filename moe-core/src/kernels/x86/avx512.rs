@@ -17,10 +17,10 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use super::avx2::{self, hsum8, load16, q4_k_quants, q6_k_quants, q8_k_qs};
+use super::avx2::{self, hsum8, load16, q4_k_quants, q6_k_quants};
 use super::batch::{
     self, ROWS, f16_lanes, matmul_rows_into_vnni, matmul_scaled_vnni, matvec_rows_vnni, nibbles,
-    q8_0_quants,
+    q8_0_quants, q8_k_vectors,
 };
 use crate::kernels::{MatmulShape, check_matmul};
 use crate::quant::{q4_k, q5_k, q6_k, q8_k};
@@ -477,8 +477,7 @@ fn matmul_k_min<const W: usize>(
 ) {
     let tables = KMinTables::new();
     let prepare = |a: &q8_k::Block| {
-        let qs = q8_k_qs(a);
-        let qa: [__m256i; 8] = core::array::from_fn(|j| avx2::load32(&qs[j]));
+        let qa = q8_k_vectors(a);
         // The `bsums` as eight pairs `(bsum_2s, bsum_2s+1)`.
         let pairs: &[[u8; 4]] = a[260..].as_chunks().0;
         let bsums: [u32; 8] = core::array::from_fn(|s| u32::from_le_bytes(pairs[s]));
@@ -611,8 +610,7 @@ fn matmul_q6_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
     });
     let weights = weights.as_chunks::<{ q6_k::BLOCK_BYTES }>().0;
     let prepare = |a: &q8_k::Block| {
-        let qs = q8_k_qs(a);
-        let qa: [__m256i; 8] = core::array::from_fn(|j| avx2::load32(&qs[j]));
+        let qa = q8_k_vectors(a);
         (qa, q6_k_sub_sums(&qa), q8_k::d(a))
     };
     let scale = |d: __m256, d_a: f32, sumi: __m256i| {

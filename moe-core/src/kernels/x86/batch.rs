@@ -176,7 +176,7 @@ fn matmul_q4_k(weights: &[u8], shape: MatmulShape, activations: &[&[u8]], out: &
 /// The 256 quants of a Q8_K block in eight vectors.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn q8_k_vectors(a: &q8_k::Block) -> [__m256i; 8] {
+pub(super) fn q8_k_vectors(a: &q8_k::Block) -> [__m256i; 8] {
     let qs = q8_k_qs(a);
     core::array::from_fn(|j| load32(&qs[j]))
 }
@@ -346,19 +346,13 @@ macro_rules! drivers {
             terms: impl Fn(&U, &P) -> __m256,
         ) {
             let MatmulShape { blocks, rows } = shape;
-            for (g, group) in weights.chunks(blocks * ROWS).enumerate() {
-                let r0 = g * ROWS;
-                let n_rows = group.len() / blocks;
-                // The next group's bytes (contiguous), prefetched a slice per block step: eight
-                // interleaved short row streams defeat the hardware prefetcher on narrow matrices.
-                let next = weights
-                    .get((g + 1) * blocks * ROWS..)
-                    .map_or(&[][..], |n| &n[..n.len().min(blocks * ROWS)])
-                    .as_flattened();
-                let row: [&[[u8; W]]; ROWS] = core::array::from_fn(|k| {
-                    let k = k.min(n_rows - 1);
-                    &group[k * blocks..(k + 1) * blocks]
-                });
+            for g in 0..rows.div_ceil(ROWS) {
+                let RowGroup {
+                    r0,
+                    n_rows,
+                    row,
+                    next,
+                } = RowGroup::new(weights, blocks, g);
                 for (c, batch) in activations.chunks(TOKENS).enumerate() {
                     let act: [&[[u8; A]]; TOKENS] =
                         core::array::from_fn(|t| batch.get(t).map_or(&[][..], |a| a.as_chunks().0));
@@ -397,19 +391,15 @@ macro_rules! drivers {
             prepare: impl Fn(&[u8; A]) -> P,
             terms: impl Fn(&[&[u8; W]; ROWS], &P) -> __m256,
         ) {
-            let blocks = shape.blocks;
+            let MatmulShape { blocks, rows } = shape;
             let act: &[[u8; A]] = activation.as_chunks().0;
-            for (g, group) in weights.chunks(blocks * ROWS).enumerate() {
-                let r0 = g * ROWS;
-                let n_rows = group.len() / blocks;
-                let next = weights
-                    .get((g + 1) * blocks * ROWS..)
-                    .map_or(&[][..], |n| &n[..n.len().min(blocks * ROWS)])
-                    .as_flattened();
-                let row: [&[[u8; W]]; ROWS] = core::array::from_fn(|k| {
-                    let k = k.min(n_rows - 1);
-                    &group[k * blocks..(k + 1) * blocks]
-                });
+            for g in 0..rows.div_ceil(ROWS) {
+                let RowGroup {
+                    r0,
+                    n_rows,
+                    row,
+                    next,
+                } = RowGroup::new(weights, blocks, g);
                 let mut acc = _mm256_setzero_ps();
                 for (b, a) in act.iter().enumerate().take(blocks) {
                     prefetch_step(next, b, blocks);
@@ -451,18 +441,13 @@ pub(super) fn matmul_rows_into_vnni<const W: usize, const A: usize, U, P>(
 ) {
     let MatmulShape { blocks, rows } = shape;
     let mut unpacked = init;
-    for (g, group) in weights.chunks(blocks * ROWS).enumerate() {
-        let r0 = g * ROWS;
-        let n_rows = group.len() / blocks;
-        // The next group's bytes, prefetched a slice per block step (see `matmul_rows`).
-        let next = weights
-            .get((g + 1) * blocks * ROWS..)
-            .map_or(&[][..], |n| &n[..n.len().min(blocks * ROWS)])
-            .as_flattened();
-        let row: [&[[u8; W]]; ROWS] = core::array::from_fn(|k| {
-            let k = k.min(n_rows - 1);
-            &group[k * blocks..(k + 1) * blocks]
-        });
+    for g in 0..rows.div_ceil(ROWS) {
+        let RowGroup {
+            r0,
+            n_rows,
+            row,
+            next,
+        } = RowGroup::new(weights, blocks, g);
         for (c, batch) in activations.chunks(TOKENS).enumerate() {
             let act: [&[[u8; A]]; TOKENS] =
                 core::array::from_fn(|t| batch.get(t).map_or(&[][..], |a| a.as_chunks().0));
@@ -483,6 +468,43 @@ pub(super) fn matmul_rows_into_vnni<const W: usize, const A: usize, U, P>(
                 let at = (c * TOKENS + t) * rows + r0;
                 out[at..at + n_rows].copy_from_slice(&lanes[..n_rows]);
             }
+        }
+    }
+}
+
+/// Group `g` of eight weight rows, as every driver walks them.
+struct RowGroup<'w, const W: usize> {
+    /// Its first row.
+    r0: usize,
+    /// Its rows (eight except in a last, partial group).
+    n_rows: usize,
+    /// Each lane's row of blocks; a partial group repeats its last row in the spare lanes,
+    /// whose sums are dropped.
+    row: [&'w [[u8; W]]; ROWS],
+    /// The next group's bytes (contiguous), prefetched a slice per block step: eight
+    /// interleaved short row streams defeat the hardware prefetcher on narrow matrices.
+    next: &'w [u8],
+}
+
+impl<'w, const W: usize> RowGroup<'w, W> {
+    /// Group `g` of `weights`, rows of `blocks` blocks (`g` below the group count).
+    #[inline]
+    fn new(weights: &'w [[u8; W]], blocks: usize, g: usize) -> Self {
+        let group = &weights[g * ROWS * blocks..weights.len().min((g + 1) * ROWS * blocks)];
+        let n_rows = group.len() / blocks;
+        let next = weights
+            .get((g + 1) * blocks * ROWS..)
+            .map_or(&[][..], |n| &n[..n.len().min(blocks * ROWS)])
+            .as_flattened();
+        let row = core::array::from_fn(|k| {
+            let k = k.min(n_rows - 1);
+            &group[k * blocks..(k + 1) * blocks]
+        });
+        RowGroup {
+            r0: g * ROWS,
+            n_rows,
+            row,
+            next,
         }
     }
 }
