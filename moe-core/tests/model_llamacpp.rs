@@ -13,9 +13,13 @@
 //! - Greedy generation: the same tokens as llama.cpp up to the first step whose top-1/top-2
 //!   margin is below 1e-3.
 //! - A batch gives the same bits as the same tokens one call at a time.
+//! - The FFN offload hook (`Model::forward_offloaded`): an offload that runs the CPU path
+//!   gives the same bits and routing; its output is what the model uses; its error names
+//!   the block.
 
 use moe_core::gguf::File;
-use moe_core::model::{KvCache, Model, ModelWorkspace, WorkspaceSize};
+use moe_core::model::{FfnOffload, KvCache, Model, ModelWorkspace, OffloadError, WorkspaceSize};
+use moe_core::moe::{MoeLayer, Workspace};
 use moe_core::router::Selection;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
@@ -465,4 +469,194 @@ fn a_bad_combined_kv_b_is_refused_by_name() {
         matches!(&e, Err(moe_core::Error::MissingTensor { tensor }) if tensor.as_str() == "blk.0.attn_k_b.weight"),
         "{e:?}"
     );
+}
+
+/// An offload that takes every other block (or all) and runs each on the CPU path as the
+/// model would, counting its calls; `zero` writes zeros instead, `fail` refuses.
+struct CpuMirror {
+    every_other: bool,
+    zero: bool,
+    fail: bool,
+    calls: usize,
+    router_scratch: Vec<f32>,
+}
+
+impl CpuMirror {
+    fn new(every_other: bool) -> Self {
+        CpuMirror {
+            every_other,
+            zero: false,
+            fail: false,
+            calls: 0,
+            router_scratch: Vec::new(),
+        }
+    }
+}
+
+impl FfnOffload for CpuMirror {
+    type Error = &'static str;
+
+    fn takes(&self, layer: usize) -> bool {
+        !self.every_other || layer.is_multiple_of(2)
+    }
+
+    fn forward(
+        &mut self,
+        _layer: usize,
+        cpu: &MoeLayer<'_>,
+        input: &[f32],
+        selections: &mut [Selection],
+        out: &mut [f32],
+        workspace: &mut [u8],
+    ) -> Result<(), Self::Error> {
+        self.calls += 1;
+        if self.fail {
+            return Err("refused");
+        }
+        if self.zero {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let n_tokens = selections.len();
+        let ran = match cpu.router() {
+            None => cpu.forward_selected(input, selections, out, workspace),
+            Some(_) => {
+                self.router_scratch
+                    .resize(cpu.workspace_size(n_tokens).router, 0.0);
+                let mut ws = Workspace {
+                    selections,
+                    router: &mut self.router_scratch,
+                    bytes: workspace,
+                };
+                cpu.forward(input, &[], out, &mut ws)
+            }
+        };
+        ran.map(|_| ()).map_err(|_| "the CPU path failed")
+    }
+}
+
+/// Each routed block's selections, in the order the model reported them.
+type Routes = Vec<(usize, Vec<Selection>)>;
+
+/// Logits of `tokens` as one batch and every MoE block's routing, with `offload`.
+fn offloaded_logits(
+    model: &Model<'_>,
+    tokens: &[u32],
+    offload: &mut CpuMirror,
+) -> Result<(Vec<f32>, Routes), OffloadError<&'static str>> {
+    let mut buffers = Buffers::new(model.workspace_size(tokens.len(), 32));
+    let mut logits = vec![0.0; tokens.len() * model.config().n_vocab];
+    let mut routes = Vec::new();
+    model.forward_offloaded(
+        tokens,
+        0,
+        &mut logits,
+        &mut buffers.workspace(),
+        &mut [],
+        |layer, sel| routes.push((layer, sel.to_vec())),
+        offload,
+    )?;
+    Ok((logits, routes))
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn an_offload_running_the_cpu_path_gives_the_same_bits_and_routing() {
+    // Dense, Mixtral (quantized), a gated shared expert, DeepSeek (leading dense block,
+    // groups, selection bias, shared experts).
+    for name in [
+        "mistral-tiny",
+        "mixtral-tiny-q4_0",
+        "qwen2moe-tiny",
+        "deepseek2-tiny",
+    ] {
+        let bytes = read(&format!("{name}.gguf"));
+        let file = File::parse(&bytes).unwrap();
+        let model: Model<'_> = Model::from_gguf(&file).unwrap();
+        let (tokens, _, _) = reference(name);
+        let mut buffers = Buffers::new(model.workspace_size(tokens.len(), 32));
+        let mut plain = vec![0.0; tokens.len() * model.config().n_vocab];
+        let mut plain_routes = Vec::new();
+        model
+            .forward_routed(
+                &tokens,
+                0,
+                &mut plain,
+                &mut buffers.workspace(),
+                &mut [],
+                |layer, sel| plain_routes.push((layer, sel.to_vec())),
+            )
+            .unwrap();
+        for every_other in [true, false] {
+            let mut offload = CpuMirror::new(every_other);
+            let (logits, routes) = offloaded_logits(&model, &tokens, &mut offload).unwrap();
+            let n_layer = model.config().n_layer;
+            let taken = if every_other {
+                n_layer.div_ceil(2)
+            } else {
+                n_layer
+            };
+            assert_eq!(offload.calls, taken, "{name}: one call per block taken");
+            assert!(same_bits(&logits, &plain), "{name}: logits");
+            assert_eq!(routes.len(), plain_routes.len(), "{name}: routed blocks");
+            for ((l, got), (l2, want)) in routes.iter().zip(&plain_routes) {
+                assert_eq!(l, l2);
+                for (g, w) in got.iter().zip(want) {
+                    let pairs = |s: &Selection| {
+                        s.iter()
+                            .map(|c| (c.expert, c.weight.to_bits()))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(pairs(g), pairs(w), "{name}: block {l}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_model_uses_the_offloads_output_and_names_its_failing_block() {
+    let bytes = read("mixtral-tiny-q4_0.gguf");
+    let file = File::parse(&bytes).unwrap();
+    let model: Model<'_> = Model::from_gguf(&file).unwrap();
+    let (tokens, _, _) = reference("mixtral-tiny-q4_0");
+    let plain = logits_of(&model, &tokens, 32);
+
+    let mut zero = CpuMirror::new(true);
+    zero.zero = true;
+    let (logits, _) = offloaded_logits(&model, &tokens, &mut zero).unwrap();
+    assert!(
+        !same_bits(&logits, &plain),
+        "zeroed FFNs must change the logits"
+    );
+
+    let mut fail = CpuMirror::new(true);
+    fail.fail = true;
+    let err = offloaded_logits(&model, &tokens, &mut fail).unwrap_err();
+    assert_eq!(
+        err,
+        OffloadError::Offload {
+            layer: 0,
+            error: "refused"
+        }
+    );
+    assert_eq!(err.to_string(), "block 0's offloaded FFN: refused");
+    // A bad batch is still the model's own error.
+    let mut buffers = Buffers::new(model.workspace_size(1, 4));
+    let mut logits = vec![0.0; model.config().n_vocab];
+    let err = model
+        .forward_offloaded(
+            &[0, 1, 2, 3, 4],
+            0,
+            &mut logits,
+            &mut buffers.workspace(),
+            &mut [],
+            |_, _| {},
+            &mut CpuMirror::new(false),
+        )
+        .unwrap_err();
+    assert!(matches!(err, OffloadError::Model(_)), "{err:?}");
 }

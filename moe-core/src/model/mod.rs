@@ -25,10 +25,12 @@ mod config;
 mod kv;
 mod math;
 mod mla;
+mod offload;
 
 pub use config::{MlaConfig, ModelConfig, RopeLayout, SUPPORTED_ARCHITECTURES};
 pub use kv::KvCache;
 pub use math::Rope;
+pub use offload::{FfnOffload, NoOffload, OffloadError};
 
 use crate::error::name_of;
 use crate::gguf::File;
@@ -555,43 +557,68 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
         logits: &mut [f32],
         ws: &mut ModelWorkspace<'_>,
         stats: &mut [RouterStats<'_>],
-        mut on_route: impl FnMut(usize, &[Selection]),
+        on_route: impl FnMut(usize, &[Selection]),
     ) -> Result<()> {
+        self.forward_offloaded(tokens, start, logits, ws, stats, on_route, &mut NoOffload)
+            .map_err(|e| match e {
+                OffloadError::Model(e) => e,
+                OffloadError::Offload { error, .. } => match error {},
+            })
+    }
+
+    /// [`forward_routed`](Self::forward_routed) with the FFN of the blocks `offload`
+    /// takes run there (a GPU) instead of on the CPU path; their routing is reported as
+    /// the offload wrote it, and their router statistics count choices only (no
+    /// probabilities).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_offloaded<O: FfnOffload>(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        logits: &mut [f32],
+        ws: &mut ModelWorkspace<'_>,
+        stats: &mut [RouterStats<'_>],
+        mut on_route: impl FnMut(usize, &[Selection]),
+        offload: &mut O,
+    ) -> core::result::Result<(), OffloadError<O::Error>> {
         let c = self.config;
         let t = tokens.len();
         let per_position = self.kv_per_position();
         let context = ws.kv_cache.len() / per_position.max(1);
         let end = start.saturating_add(t);
         if end > context {
-            return Err(Error::PositionOutOfRange {
+            return Err(OffloadError::Model(Error::PositionOutOfRange {
                 position: end.saturating_sub(1),
                 filled: start,
                 context,
-            });
+            }));
         }
         if t == 0 {
             return Ok(());
         }
         let all_logits = logits.len() == t * c.n_vocab;
         if !all_logits && logits.len() != c.n_vocab {
-            return Err(Error::LengthMismatch {
+            return Err(OffloadError::Model(Error::LengthMismatch {
                 expected: t * c.n_vocab,
                 actual: logits.len(),
-            });
+            }));
         }
         let size = self.workspace_size(t, context);
         if ws.bytes.len() < size.bytes {
-            return Err(Error::WorkspaceTooSmall {
+            return Err(OffloadError::Model(Error::WorkspaceTooSmall {
                 needed: size.bytes,
                 actual: ws.bytes.len(),
-            });
+            }));
         }
         for (needed, actual) in [
             (size.floats, ws.floats.len()),
             (size.selections, ws.selections.len()),
         ] {
             if actual < needed {
-                return Err(Error::BufferTooSmall { needed, actual });
+                return Err(OffloadError::Model(Error::BufferTooSmall {
+                    needed,
+                    actual,
+                }));
             }
         }
         let r = self.float_regions(t).ok_or(Error::InvalidModelConfig {
@@ -672,15 +699,33 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
 
             // FFN.
             self.norm_rows(x, &b.ffn_norm, xn);
+            let selections = &mut ws.selections[..t];
             if b.dense {
                 let mut one = Selection::new();
                 let _ = one.push(Choice {
                     expert: 0,
                     weight: 1.0,
                 });
-                ws.selections[..t].fill(one);
-                b.ffn
-                    .forward_selected(xn, &ws.selections[..t], proj, moe_bytes)?;
+                selections.fill(one);
+            }
+            if offload.takes(l) {
+                offload
+                    .forward(l, &b.ffn, xn, selections, proj, moe_bytes)
+                    .map_err(|error| OffloadError::Offload { layer: l, error })?;
+                if !b.dense {
+                    if let Some(s) = stats.get_mut(l) {
+                        for sel in selections.iter() {
+                            s.record_token(
+                                None,
+                                core::iter::empty(),
+                                sel.iter().map(|c| (c.expert, c.weight)),
+                            );
+                        }
+                    }
+                    on_route(l, selections);
+                }
+            } else if b.dense {
+                b.ffn.forward_selected(xn, selections, proj, moe_bytes)?;
             } else {
                 let mut moe_ws = Workspace {
                     selections: &mut ws.selections[..t],

@@ -340,6 +340,17 @@ impl<'a> Router<'a> {
         self.mask
     }
 
+    /// The gate weight `[n_embd, n_expert]`, when the router has one (hash routers do
+    /// not): for running the same router elsewhere (a GPU).
+    pub fn weight(&self) -> Option<&TensorView<'a>> {
+        self.weight.as_ref()
+    }
+
+    /// The selection bias `[n_expert]`, when the router has one.
+    pub fn bias(&self) -> Option<&TensorView<'a>> {
+        self.bias.as_ref()
+    }
+
     /// Exact f32 scratch length [`route`](Self::route) needs for `n_tokens` tokens.
     pub fn scratch_len(&self, n_tokens: usize) -> usize {
         self.config.scratch_len(n_tokens)
