@@ -22,6 +22,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod dequant;
+pub mod gpu;
 pub mod hf;
 pub mod inspect;
 pub mod kernels;
@@ -83,6 +84,16 @@ pub enum Error {
         /// The name asked for.
         tensor: String,
     },
+    /// The GPU path failed (no device, too little device memory, a driver error), on
+    /// FFN block `layer` when it is known.
+    Gpu {
+        /// The model file.
+        path: PathBuf,
+        /// The block whose FFN failed.
+        layer: Option<usize>,
+        /// What the device path said (boxed: it carries a core error inline).
+        source: Box<moe_cuda::GpuError>,
+    },
 }
 
 impl Error {
@@ -93,7 +104,8 @@ impl Error {
             | Error::Gguf { path, .. }
             | Error::Checkpoint { path, .. }
             | Error::Safetensors { path, .. }
-            | Error::NoSuchTensor { path, .. } => path,
+            | Error::NoSuchTensor { path, .. }
+            | Error::Gpu { path, .. } => path,
         }
     }
 
@@ -122,6 +134,20 @@ impl fmt::Display for Error {
             Error::NoSuchTensor { path, tensor } => {
                 write!(f, "{}: no tensor named '{tensor}'", path.display())
             }
+            Error::Gpu {
+                path,
+                layer: Some(l),
+                source,
+            } => write!(
+                f,
+                "{}: block {l}'s FFN on the GPU: {source}",
+                path.display()
+            ),
+            Error::Gpu {
+                path,
+                layer: None,
+                source,
+            } => write!(f, "{}: GPU: {source}", path.display()),
         }
     }
 }
@@ -132,6 +158,7 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             Error::Gguf { source, .. } => Some(&**source),
             Error::Safetensors { source, .. } => Some(source),
+            Error::Gpu { source, .. } => Some(&**source),
             Error::Checkpoint { .. } | Error::NoSuchTensor { .. } => None,
         }
     }

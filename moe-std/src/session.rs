@@ -1,14 +1,15 @@
 //! Running a whole model from a mapped GGUF file: a [`Session`] owns the workspace (KV
 //! cache and scratch) of one sequence and evaluates tokens through
 //! [`moe_core::model::Model`], on the [`ThreadPool`](crate::pool::ThreadPool) the caller
-//! passes.
+//! passes, with the FFN blocks on a GPU after [`Session::offload_to_gpu`].
 
-use moe_core::model::{KvCache, Model, ModelWorkspace, WorkspaceSize};
+use moe_core::model::{KvCache, Model, ModelWorkspace, OffloadError, WorkspaceSize};
 use moe_core::router::{RouterStats, Selection};
 
 use std::path::Path;
 
 use crate::checkpoint::Checkpoint;
+use crate::gpu::{GpuOffload, GpuOptions};
 use crate::{Error, GgufFile, Result};
 
 /// The KV cache's element type.
@@ -39,6 +40,7 @@ pub struct Session<'a> {
     selections: Vec<Selection>,
     bytes: Vec<u8>,
     filled: usize,
+    gpu: Option<GpuOffload>,
 }
 
 impl<'a> Session<'a> {
@@ -105,12 +107,30 @@ impl<'a> Session<'a> {
             selections: vec![Selection::new(); size.selections],
             bytes: vec![0; size.bytes],
             filled: 0,
+            gpu: None,
         })
     }
 
     /// The model.
     pub fn model(&self) -> &Model<'a> {
         &self.model
+    }
+
+    /// Runs the model's FFN blocks on a CUDA device from now on, as `options` place
+    /// them (see [`crate::gpu`]); attention stays on the CPU. The positions evaluated so
+    /// far are kept.
+    pub fn offload_to_gpu(&mut self, options: &GpuOptions) -> Result<&GpuOffload> {
+        let gpu = GpuOffload::new(&self.model, options).map_err(|source| Error::Gpu {
+            path: self.path.to_path_buf(),
+            layer: None,
+            source: Box::new(source),
+        })?;
+        Ok(self.gpu.insert(gpu))
+    }
+
+    /// The GPU offload, when [`offload_to_gpu`](Self::offload_to_gpu) set one up.
+    pub fn gpu(&self) -> Option<&GpuOffload> {
+        self.gpu.as_ref()
     }
 
     /// Positions evaluated so far.
@@ -174,11 +194,25 @@ impl<'a> Session<'a> {
                 bytes: &mut self.bytes,
             };
             let first = self.filled;
-            self.model
-                .forward_routed(batch, first, out, &mut ws, stats, |layer, selections| {
-                    on_route(layer, first, selections)
-                })
-                .map_err(|e| Error::gguf(self.path, e))?;
+            let on_route =
+                |layer: usize, selections: &[Selection]| on_route(layer, first, selections);
+            match &mut self.gpu {
+                None => self
+                    .model
+                    .forward_routed(batch, first, out, &mut ws, stats, on_route)
+                    .map_err(|e| Error::gguf(self.path, e))?,
+                Some(gpu) => self
+                    .model
+                    .forward_offloaded(batch, first, out, &mut ws, stats, on_route, gpu)
+                    .map_err(|e| match e {
+                        OffloadError::Model(e) => Error::gguf(self.path, e),
+                        OffloadError::Offload { layer, error } => Error::Gpu {
+                            path: self.path.to_path_buf(),
+                            layer: Some(layer),
+                            source: Box::new(error),
+                        },
+                    })?,
+            }
             self.filled += batch.len();
         }
         Ok(())

@@ -13,6 +13,7 @@ use std::time::Instant;
 use moe_core::sample::{Candidate, Sampler, SamplerConfig};
 use moe_std::chat::{ChatTemplate, Message};
 use moe_std::checkpoint::Checkpoint;
+use moe_std::gpu::GpuOptions;
 use moe_std::pool::ThreadPool;
 use moe_std::session::{KvType, Session, argmax};
 use moe_std::tokenizer::Tokenizer;
@@ -41,7 +42,7 @@ usage:
                                        top-p 0.95, min-p 0.05); --temp 0 is greedy.
                                        --chat applies the file's chat template
   moe bench FILE [--threads N] [--prompt 128] [--gen 64] [--reps 3] [--kv f32|f16]
-          [--json]
+          [--json] [--gpu [--gpu-budget BYTES] [--gpu-stats FILE]]
                                        median prefill and decode tokens/s, weight bytes
                                        per decoded token and the GB/s they make
   moe route FILE --tokens 1,2,3 [--json] [--threads N]
@@ -59,6 +60,12 @@ In --json, arrays longer than 64 elements are cut to their first 8 unless --full
 run, bench, route and logits read the weights into memory (huge pages: faster decoding)
 when they take at most half of the available memory, and map the file otherwise;
 --no-mmap always reads, --mmap always maps.
+run, bench, route and logits take --gpu: the FFN blocks run on CUDA device 0 (choose
+with CUDA_VISIBLE_DEVICES), attention on the CPU; needs libcuda and libnvrtc. With
+--gpu-budget BYTES (suffix K, M, G: KiB, MiB, GiB) only that much FFN weight goes to the
+device: dense FFNs and shared experts first, then routed experts most-used first by
+--gpu-stats FILE (the JSON of `moe route --json` on typical text; without it an even
+spread over the blocks); the other experts run on the CPU.
 ";
 
 fn main() -> ExitCode {
@@ -326,7 +333,127 @@ struct ModelArgs {
     output: Option<PathBuf>,
     kv: KvType,
     residency: Residency,
+    gpu: GpuFlags,
     extra: Vec<(String, Option<OsString>)>,
+}
+
+/// `--gpu`, `--gpu-budget BYTES`, `--gpu-stats FILE` as given.
+#[derive(Default)]
+struct GpuFlags {
+    on: bool,
+    budget: Option<u64>,
+    stats: Option<PathBuf>,
+}
+
+/// The GPU flags that take a value.
+const GPU_VALUE_FLAGS: [&str; 2] = ["--gpu-budget", "--gpu-stats"];
+
+impl GpuFlags {
+    /// Takes `flag` when it is one of the GPU flags (a budget or statistics imply
+    /// `--gpu`).
+    fn take(
+        &mut self,
+        command: &str,
+        flag: &str,
+        value: &Option<OsString>,
+    ) -> Result<bool, Failure> {
+        match flag {
+            "--gpu" => self.on = true,
+            "--gpu-budget" => {
+                let bytes = value.as_ref().and_then(|v| v.to_str()).and_then(byte_size);
+                self.budget = Some(bytes.ok_or_else(|| {
+                    usage(format!("{command}: --gpu-budget needs a size in bytes such as 8000000000, 512M or 20G"))
+                })?);
+                self.on = true;
+            }
+            "--gpu-stats" => {
+                self.stats = value.as_ref().map(PathBuf::from);
+                self.on = true;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The options for [`Session::offload_to_gpu`], reading the statistics file; `None`
+    /// without `--gpu`.
+    fn options(&self) -> Result<Option<GpuOptions>, Failure> {
+        if !self.on {
+            return Ok(None);
+        }
+        let counts = match &self.stats {
+            Some(path) => route_counts(path)?,
+            None => Vec::new(),
+        };
+        Ok(Some(GpuOptions {
+            ordinal: 0,
+            budget: self.budget,
+            counts,
+        }))
+    }
+}
+
+/// `"123"`, `"512K"`, `"1.5G"` (binary units) as bytes.
+fn byte_size(text: &str) -> Option<u64> {
+    let (number, unit) = match text.trim().char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let scale = match unit {
+        'B' => 1u64,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        'T' => 1 << 40,
+        _ => return None,
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    let bytes = value * scale as f64;
+    (value.is_finite() && value >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// `tokens_per_expert` of each MoE layer in `moe route --json` output, by layer.
+fn route_counts(path: &Path) -> Result<Vec<Vec<u64>>, Failure> {
+    let fail = |why: String| Failure::Error(format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("not JSON: {e}")))?;
+    let layers = json["layers"]
+        .as_array()
+        .ok_or_else(|| fail("no \"layers\" array (write it with `moe route --json`)".into()))?;
+    let mut counts: Vec<Vec<u64>> = Vec::new();
+    for layer in layers {
+        let index = layer["layer"].as_u64().filter(|&l| l < 4096);
+        let tokens = layer["tokens_per_expert"].as_array();
+        let (Some(index), Some(tokens)) = (index, tokens) else {
+            return Err(fail(
+                "a layer without \"layer\" or \"tokens_per_expert\"".into(),
+            ));
+        };
+        let per_expert: Option<Vec<u64>> = tokens.iter().map(serde_json::Value::as_u64).collect();
+        let index = index as usize;
+        if counts.len() <= index {
+            counts.resize(index + 1, Vec::new());
+        }
+        counts[index] =
+            per_expert.ok_or_else(|| fail(format!("layer {index}: counts must be integers")))?;
+    }
+    Ok(counts)
+}
+
+/// Moves the session's FFN blocks to the GPU when asked, saying where they went on
+/// stderr; returns the one-line summary.
+fn offload(session: &mut Session<'_>, gpu: &GpuFlags) -> Result<Option<String>, Failure> {
+    let Some(options) = gpu.options()? else {
+        return Ok(None);
+    };
+    let offload = session.offload_to_gpu(&options)?;
+    for (layer, why) in offload.skipped() {
+        eprintln!("gpu: block {layer} stays on the CPU: {why}");
+    }
+    let summary = offload.summary();
+    eprintln!("{summary}");
+    Ok(Some(summary))
 }
 
 /// Parses the shared flags; `with_value` and `switches` are the command's own flags
@@ -347,6 +474,7 @@ fn model_args(
         "-b",
         "--kv",
     ];
+    takes_value.extend_from_slice(&GPU_VALUE_FLAGS);
     takes_value.extend_from_slice(with_value);
     let args = parse(args, &takes_value)?;
     let mut parsed = ModelArgs {
@@ -358,9 +486,13 @@ fn model_args(
         output: None,
         kv: KvType::F32,
         residency: Residency::Auto,
+        gpu: GpuFlags::default(),
         extra: Vec::new(),
     };
     for (flag, value) in args.flags {
+        if parsed.gpu.take(command, &flag, &value)? {
+            continue;
+        }
         match flag.as_str() {
             "--tokens" => parsed.tokens = token_list(command, &value)?,
             "--threads" | "-t" => parsed.threads = number(command, &flag, &value)?.max(1),
@@ -702,6 +834,7 @@ fn run_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     }
     let pool = ThreadPool::new(a.threads);
     let mut session = Session::from_checkpoint(&checkpoint, &pool, a.context, a.batch, a.kv)?;
+    offload(&mut session, &a.gpu)?;
     let context = session.context();
     if prompt.len() >= context {
         return Err(Failure::Error(format!(
@@ -815,6 +948,7 @@ fn logits_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let pool = ThreadPool::new(a.threads);
     let context = a.context.max(a.tokens.len());
     let mut session = Session::from_checkpoint(&checkpoint, &pool, context, a.batch, a.kv)?;
+    offload(&mut session, &a.gpu)?;
     let n_vocab = session.model().config().n_vocab;
     let mut logits = vec![0.0f32; a.tokens.len() * n_vocab];
     session.eval(&a.tokens, &mut logits)?;
@@ -842,13 +976,19 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
             "--reps",
             "-r",
             "--kv",
+            "--gpu-budget",
+            "--gpu-stats",
         ],
     )?;
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (mut prompt, mut gen_tokens, mut reps, mut json) = (128usize, 64usize, 3usize, false);
     let mut kv = KvType::F32;
     let mut residency = Residency::Auto;
+    let mut gpu = GpuFlags::default();
     for (flag, value) in &args.flags {
+        if gpu.take("bench", flag, value)? {
+            continue;
+        }
         let number = || -> Result<usize, Failure> {
             value
                 .as_ref()
@@ -873,6 +1013,7 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let pool = ThreadPool::new(threads);
     let mut session =
         Session::from_checkpoint(&checkpoint, &pool, prompt + gen_tokens, prompt, kv)?;
+    let gpu_summary = offload(&mut session, &gpu)?;
     let n_vocab = session.model().config().n_vocab;
     // A fixed pseudo-random prompt: the same tokens on every run and machine.
     let tokens: Vec<u32> = (0..prompt as u64)
@@ -915,6 +1056,7 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
             "weight_bytes_per_token": bytes_per_token,
             "decode_weight_gb_per_s": decode_gbs,
             "weights": if checkpoint.is_loaded() { "loaded" } else { "mapped" },
+            "gpu": gpu_summary,
         });
         writeln!(out, "{report}")
     } else {
@@ -929,6 +1071,10 @@ fn bench_cmd(args: Vec<OsString>) -> Result<(), Failure> {
                 "mapped"
             },
         )
+        .and_then(|()| match &gpu_summary {
+            Some(summary) => writeln!(out, "  {summary}"),
+            None => Ok(()),
+        })
     };
     finish_stdout(written.and_then(|()| out.flush()))
 }
@@ -941,6 +1087,7 @@ fn route_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let checkpoint = Checkpoint::open_with(&a.path, a.residency)?;
     let pool = ThreadPool::new(a.threads);
     let mut session = Session::from_checkpoint(&checkpoint, &pool, a.tokens.len(), a.batch, a.kv)?;
+    offload(&mut session, &a.gpu)?;
     let n_layer = session.model().config().n_layer;
     let n_expert: Vec<usize> = (0..n_layer)
         .map(|l| {
