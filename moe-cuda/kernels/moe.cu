@@ -10,6 +10,10 @@
 //
 // Pair p is slot p % k of token p / k. Expert e's matrices sit at slot_of[e] in the
 // uploaded stacks (-1: not resident on this device, skipped).
+//
+// A shared expert runs through the same kernels as a stack of one expert with k = 1
+// (pair = token): tile_pairs = 0, 1, 2, … (entries >= n_pairs are padding), tile_expert
+// and slot_of all 0.
 
 #define ROWS_PER_BLOCK 4 // warps per block, one weight row each
 
@@ -48,7 +52,10 @@ __device__ void gate_up(const u8 *__restrict__ gate, const u8 *__restrict__ up,
     int n_valid = 0;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-        pairs[m] = tile_pairs[y * M + m];
+        // Indices past the batch are padding too (the shared expert's tiles read `0, 1,
+        // 2, …` up to a whole tile).
+        const int q = tile_pairs[y * M + m];
+        pairs[m] = q < p.n_pairs ? q : -1;
     }
     // Compact the tile's valid pairs to the front (padding comes last in moe_align).
 #pragma unroll
@@ -105,7 +112,10 @@ __device__ void down(const u8 *__restrict__ downw, const u8 *__restrict__ hq,
     int n_valid = 0;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-        pairs[m] = tile_pairs[y * M + m];
+        // Indices past the batch are padding too (the shared expert's tiles read `0, 1,
+        // 2, …` up to a whole tile).
+        const int q = tile_pairs[y * M + m];
+        pairs[m] = q < p.n_pairs ? q : -1;
     }
 #pragma unroll
     for (int m = 0; m < M; ++m) {
@@ -161,12 +171,20 @@ DEFINE_FFN_KERNELS(f16, TY_F16, 8)
 DEFINE_FFN_KERNELS(bf16, TY_BF16, 1)
 DEFINE_FFN_KERNELS(bf16, TY_BF16, 8)
 
+// Shared expert modes of moe_combine.
+#define SHARED_NONE 0
+#define SHARED_ALWAYS_ON 1 // added with weight 1 (DeepSeek)
+#define SHARED_GATED 2     // added with weight shared_w[t] (Qwen2-MoE)
+
 // out[t * n_embd + j] = Σ_slots w · y, added in ascending expert id (as the CPU layer
-// adds experts), skipping empty slots and experts that are not resident.
+// adds experts), skipping empty slots and experts that are not resident; then the shared
+// expert's row y_shared[t] (`shared`: SHARED_*), as the CPU layer adds it last.
 extern "C" __global__ void moe_combine(const float *__restrict__ y, const int *__restrict__ ids,
                                        const float *__restrict__ weights,
                                        const int *__restrict__ slot_of, int n_tokens, int n_embd,
-                                       int k, float *__restrict__ out) {
+                                       int k, int shared, const float *__restrict__ y_shared,
+                                       const float *__restrict__ shared_w,
+                                       float *__restrict__ out) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     const int t = blockIdx.y;
     if (j >= n_embd || t >= n_tokens) {
@@ -194,7 +212,55 @@ extern "C" __global__ void moe_combine(const float *__restrict__ y, const int *_
             acc += weights[pair] * y[(size_t)pair * n_embd + j];
         }
     }
+    if (shared != SHARED_NONE) {
+        const float w = shared == SHARED_GATED ? shared_w[t] : 1.0f;
+        acc += w * y_shared[(size_t)t * n_embd + j];
+    }
     out[(size_t)t * n_embd + j] = acc;
+}
+
+// Qwen2-MoE's shared expert gate: shared_w[t] = sigmoid(gate · x_t), one warp per token.
+// `ty` is the gate vector's GGUF type: F32 against the f32 rows, otherwise against the
+// rows in that type's activation format (`x_row_bytes` each), as the CPU layer's dot.
+extern "C" __global__ void moe_shared_gate(const u8 *__restrict__ gate, int ty,
+                                           const u8 *__restrict__ x,
+                                           unsigned long long x_row_bytes, int n_embd,
+                                           int n_tokens, float *__restrict__ shared_w) {
+    const int t = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / WARP;
+    if (t >= n_tokens) {
+        return;
+    }
+    const u8 *row = x + (size_t)t * x_row_bytes;
+    const u8 *const rows[1] = {row};
+    float z = 0.0f;
+    switch (ty) {
+    case TY_F32:
+        z = warp_dot_f32((const float *)gate, (const float *)row, n_embd);
+        break;
+    case TY_F16:
+        warp_row_dot<TY_F16, 1>(gate, rows, 1, n_embd / WeightFormat<TY_F16>::block_len, &z);
+        break;
+    case TY_BF16:
+        warp_row_dot<TY_BF16, 1>(gate, rows, 1, n_embd / WeightFormat<TY_BF16>::block_len, &z);
+        break;
+    case TY_Q4_0:
+        warp_row_dot<TY_Q4_0, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q4_0>::block_len, &z);
+        break;
+    case TY_Q8_0:
+        warp_row_dot<TY_Q8_0, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q8_0>::block_len, &z);
+        break;
+    case TY_Q4_K:
+        warp_row_dot<TY_Q4_K, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q4_K>::block_len, &z);
+        break;
+    case TY_Q6_K:
+        warp_row_dot<TY_Q6_K, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q6_K>::block_len, &z);
+        break;
+    default:
+        break; // the host refuses other types
+    }
+    if ((threadIdx.x & (WARP - 1)) == 0) {
+        shared_w[t] = sigmoid_f(z);
+    }
 }
 
 // Groups the pairs by expert (vLLM's moe_align_block_size): per-expert counts, a prefix

@@ -1,15 +1,19 @@
 //! [`GpuDevice`] (a context, a stream and the compiled kernels) and [`GpuMoeLayer`] (one
-//! MoE layer's routed experts and router on the device).
+//! MoE layer's routed experts, shared expert and router on the device).
 //!
 //! One forward pass is one sequence of launches on one stream with no host round trip
-//! between them: quantize the input rows once (Q8_0 for Q4_0/Q8_0 weights, Q8_K for
-//! K-quants, f32 for F16/BF16, as the CPU pairs them), route on the device (or take the
-//! caller's selections), then either the decode path (at most [`DECODE_MAX_PAIRS`]
-//! (token, slot) pairs: one warp per weight row per pair, expert ids read from device
-//! memory) or the prefill path (align the pairs by expert into tiles of
-//! [`PREFILL_TILE`], then one warp per weight row per tile), gate/up with the
-//! activation fused, quantize the intermediate rows, down, and the weighted combine in
-//! ascending expert id. The host copies the input in and the output out.
+//! between them: quantize the input rows once per activation format some weight reads
+//! (Q8_0 for Q4_0/Q8_0 weights, Q8_K for K-quants, f32 for F16/BF16, as the CPU pairs
+//! them), route on the device (or take the caller's selections), then either the decode
+//! path (at most [`DECODE_MAX_PAIRS`] (token, slot) pairs: one warp per weight row per
+//! pair, expert ids read from device memory) or the prefill path (align the pairs by
+//! expert into tiles of [`PREFILL_TILE`], then one warp per weight row per tile), gate/up
+//! with the activation fused, quantize the intermediate rows, down; then the shared
+//! expert, if the layer has one (Qwen2-MoE's gate `sigmoid(gate · x)` per token, then its
+//! FFN through the same kernels as a stack of one expert with one pair per token, tiles
+//! of [`PREFILL_TILE`] tokens from two tokens on); and the combine: the routed outputs
+//! weighted in ascending expert id, then the shared expert's, the CPU layer's order. The
+//! host copies the input in and the output out.
 //!
 //! Unverified on hardware: nothing here has run on a GPU yet.
 
@@ -21,7 +25,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use moe_core::TensorType;
-use moe_core::moe::{Activation, MoeLayer};
+use moe_core::moe::{Activation, Ffn, FfnKind, MoeLayer, SharedExpert};
 use moe_core::quant::dequantize_row;
 use moe_core::router::{
     ExpertMask, GroupScore, Method, Normalize, RouterConfig, ScoreFunc, Selection,
@@ -57,13 +61,14 @@ pub struct GpuDevice {
 
 impl GpuDevice {
     /// Every kernel the host launches.
-    pub const KERNEL_NAMES: [&'static str; 30] = [
+    pub const KERNEL_NAMES: [&'static str; 31] = [
         "moe_quantize_q8_0",
         "moe_quantize_q8_k",
         "moe_router_logits",
         "moe_router_select",
         "moe_combine",
         "moe_align",
+        "moe_shared_gate",
         "moe_gate_up_q4_0_m1",
         "moe_gate_up_q4_0_m8",
         "moe_gate_up_q8_0_m1",
@@ -260,8 +265,11 @@ struct Scratch {
     tokens: usize,
     /// Input rows as f32 bytes (`T × n_embd × 4`).
     x: CudaSlice<u8>,
-    /// Input rows quantized for gate/up (`T × x_row_bytes`; unused for float weights).
-    xq: CudaSlice<u8>,
+    /// Input rows quantized to Q8_0 (`T × n_embd / 32 × 34`; one byte when no weight of
+    /// the layer reads Q8_0).
+    x_q8_0: CudaSlice<u8>,
+    /// Input rows quantized to Q8_K (`T × n_embd / 256 × 292`; one byte when unused).
+    x_q8_k: CudaSlice<u8>,
     logits: CudaSlice<f32>,
     route: CudaSlice<f32>,
     ids: CudaSlice<i32>,
@@ -277,62 +285,122 @@ struct Scratch {
     cursor: CudaSlice<i32>,
     tile_pairs: CudaSlice<i32>,
     tile_expert: CudaSlice<i32>,
-    /// `0, 1, 2, …` (decode's tile_pairs).
+    /// `0, 1, 2, …` (decode's tile_pairs, and the shared expert's).
     identity: CudaSlice<i32>,
+    /// The shared expert's buffers.
+    shared: Option<SharedScratch>,
 }
 
-/// The kernels one layer launches, looked up once.
+/// The shared expert's buffers: one "pair" per token.
+#[derive(Debug)]
+struct SharedScratch {
+    /// Intermediate rows as f32 bytes (`T × n_ff_shared × 4`).
+    hidden: CudaSlice<u8>,
+    /// Intermediate rows quantized for its down.
+    hq: CudaSlice<u8>,
+    /// Down outputs (`T × n_embd`).
+    y: CudaSlice<f32>,
+    /// Per-token gate weights (Qwen2-MoE's `sigmoid(gate · x)`).
+    w: CudaSlice<f32>,
+    /// Zeros: the one-expert stack's tile_expert and slot_of.
+    zeros: CudaSlice<i32>,
+}
+
+/// The kernels one layer launches besides its FFNs', looked up once.
 #[derive(Debug)]
 struct Functions {
-    quantize_x: Option<CudaFunction>,
-    quantize_h: Option<CudaFunction>,
+    quantize_q8_0: CudaFunction,
+    quantize_q8_k: CudaFunction,
     logits: CudaFunction,
     select: CudaFunction,
-    gate_up: [CudaFunction; 2],
-    down: [CudaFunction; 2],
     combine: CudaFunction,
     align: CudaFunction,
+    shared_gate: CudaFunction,
+}
+
+impl Functions {
+    /// The quantizer of activation format `act` (`None` for f32).
+    fn quantizer(&self, act: TensorType) -> Option<&CudaFunction> {
+        match act {
+            TensorType::Q8_0 => Some(&self.quantize_q8_0),
+            TensorType::Q8_K => Some(&self.quantize_q8_k),
+            _ => None,
+        }
+    }
+}
+
+/// What the kernels need to know about one FFN (an expert of the stack, or the shared
+/// expert).
+#[derive(Clone, Copy, Debug)]
+struct FfnPlan {
+    n_ff: usize,
+    gate_up: Format,
+    down: Format,
+    activation: i32,
+    has_gate: bool,
+    gate_up_matrix_bytes: usize,
+    down_matrix_bytes: usize,
+}
+
+/// The shared expert's plan: its FFN and, for Qwen2-MoE's gate, the gate vector's type
+/// and the activation format its dot reads.
+#[derive(Clone, Copy, Debug)]
+struct SharedPlan {
+    ffn: FfnPlan,
+    gate: Option<(TensorType, TensorType)>,
 }
 
 /// What [`GpuMoeLayer::plan`] found out about a layer.
 struct Plan {
     n_embd: usize,
-    n_ff: usize,
     n_expert: usize,
-    gate_up: Format,
-    down: Format,
-    activation: i32,
-    has_gate: bool,
-    gate_up_matrix_bytes: usize,
-    down_matrix_bytes: usize,
+    experts: FfnPlan,
+    shared: Option<SharedPlan>,
     route_params: Option<RouteParams>,
 }
 
-/// One MoE layer's routed experts on the device.
+/// One FFN shape on the device: its weights (a stack of experts, expert-major, or the
+/// shared expert's three matrices) and its kernels.
+#[derive(Debug)]
+struct GpuFfn {
+    plan: FfnPlan,
+    gate: Option<CudaSlice<u8>>,
+    up: CudaSlice<u8>,
+    down: CudaSlice<u8>,
+    /// `_m1` and `_m8` gate/up kernels.
+    gate_up_fns: [CudaFunction; 2],
+    /// `_m1` and `_m8` down kernels.
+    down_fns: [CudaFunction; 2],
+}
+
+/// The shared expert on the device.
+#[derive(Debug)]
+struct GpuShared {
+    ffn: GpuFfn,
+    /// Qwen2-MoE's gate vector (its bytes unchanged), its GGUF type id and the activation
+    /// format its dot reads.
+    gate: Option<(CudaSlice<u8>, i32, TensorType)>,
+    /// Bytes uploaded for it.
+    bytes: u64,
+}
+
+/// One MoE layer's routed experts (and shared expert) on the device.
 #[derive(Debug)]
 pub struct GpuMoeLayer {
     device: GpuDevice,
     n_embd: usize,
-    n_ff: usize,
     n_expert: usize,
     /// Slots per token (the layer's k).
     k: usize,
-    has_gate: bool,
-    activation: i32,
-    gate_up: Format,
-    down: Format,
-    gate: Option<CudaSlice<u8>>,
-    up: CudaSlice<u8>,
-    down_w: CudaSlice<u8>,
-    gate_up_matrix_bytes: usize,
-    down_matrix_bytes: usize,
+    experts: GpuFfn,
     slot_of: CudaSlice<i32>,
+    shared: Option<GpuShared>,
     router: Option<GpuRouter>,
     functions: Functions,
     scratch: Option<Scratch>,
     /// Host staging of the input bytes.
     staging: Vec<u8>,
-    /// Bytes of the uploaded weights.
+    /// Bytes of the uploaded routed expert weights.
     weight_bytes: u64,
     /// Which experts are on the device.
     resident: Vec<bool>,
@@ -481,15 +549,256 @@ fn grid_y(n: usize) -> Result<u32> {
     Ok(n as u32)
 }
 
+/// The plan of one FFN (`roles`: its up and down tensors' names for errors).
+fn plan_ffn(ffn: &Ffn<'_>, roles: [&'static str; 2]) -> Result<FfnPlan> {
+    let up_ty = ffn.up().ty();
+    if let Some(g) = ffn.gate()
+        && g.ty() != up_ty
+    {
+        return Err(GpuError::Unsupported {
+            reason: "gate and up matrices of different types",
+        });
+    }
+    let gate_up = format_of(up_ty, roles[0])?;
+    let down = format_of(ffn.down().ty(), roles[1])?;
+    let n_ff = ffn.n_ff();
+    for (len, block) in [
+        (ffn.n_embd(), gate_up.ty.block_len()),
+        (n_ff, down.ty.block_len()),
+    ] {
+        if len % block != 0 || len % 32 != 0 {
+            return Err(GpuError::Unsupported {
+                reason: "a row length that is not a whole number of 32-element groups",
+            });
+        }
+    }
+    let activation = match ffn.kind() {
+        FfnKind::Gated(a) | FfnKind::Plain(a) => a,
+    };
+    let activation = match activation {
+        Activation::Silu => 0,
+        Activation::Gelu => 1,
+        Activation::GeluErf => 2,
+        Activation::Relu => 3,
+    };
+    Ok(FfnPlan {
+        n_ff,
+        gate_up,
+        down,
+        activation,
+        has_gate: ffn.gate().is_some(),
+        gate_up_matrix_bytes: ffn.up().data().len(),
+        down_matrix_bytes: ffn.down().data().len(),
+    })
+}
+
+/// The plan of a layer's shared expert (`None` without one).
+fn plan_shared(shared: &SharedExpert<'_>, n_embd: usize) -> Result<Option<SharedPlan>> {
+    let Some(ffn) = shared.ffn() else {
+        return Ok(None);
+    };
+    let plan = plan_ffn(ffn, ["ffn_up_shexp", "ffn_down_shexp"])?;
+    let gate = match shared.gate() {
+        Some(g) => {
+            let ty = g.ty();
+            // F32 against the f32 rows; the others as the FFN kernels read them.
+            let act = if ty == TensorType::F32 {
+                TensorType::F32
+            } else {
+                format_of(ty, "ffn_gate_inp_shexp")?.act
+            };
+            if !n_embd.is_multiple_of(act.block_len())
+                || g.data().len() != n_embd / ty.block_len() * ty.block_bytes()
+            {
+                return Err(GpuError::Unsupported {
+                    reason: "a shared expert gate that is not one row of n_embd",
+                });
+            }
+            Some((ty, act))
+        }
+        None => None,
+    };
+    Ok(Some(SharedPlan { ffn: plan, gate }))
+}
+
+/// The input rows in activation format `act`.
+fn input_rows<'s>(
+    act: TensorType,
+    x: &'s CudaSlice<u8>,
+    x_q8_0: &'s CudaSlice<u8>,
+    x_q8_k: &'s CudaSlice<u8>,
+) -> &'s CudaSlice<u8> {
+    match act {
+        TensorType::Q8_0 => x_q8_0,
+        TensorType::Q8_K => x_q8_k,
+        _ => x,
+    }
+}
+
+/// A launch configuration of `gx × gy` blocks of `threads`.
+fn cfg(gx: u32, gy: u32, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (gx, gy, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Blocks of `per` covering `n`.
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per) as u32
+}
+
+/// The buffers one FFN launch reads and writes.
+struct FfnBuffers<'a> {
+    /// Input rows in the FFN's gate/up activation format.
+    x: &'a CudaSlice<u8>,
+    tile_pairs: &'a CudaSlice<i32>,
+    tile_expert: &'a CudaSlice<i32>,
+    slot_of: &'a CudaSlice<i32>,
+    hidden: &'a mut CudaSlice<u8>,
+    hq: &'a mut CudaSlice<u8>,
+    y: &'a mut CudaSlice<f32>,
+}
+
+/// Launches gate/up (with the activation), the intermediate rows' quantization and down
+/// of `ffn` over `tiles_y` tiles (`m8`: tiles of [`PREFILL_TILE`] pairs, else of one).
+fn launch_ffn(
+    stream: &Arc<CudaStream>,
+    ffn: &GpuFfn,
+    functions: &Functions,
+    params: &FfnParams,
+    m8: bool,
+    tiles_y: u32,
+    b: FfnBuffers<'_>,
+) -> Result<()> {
+    let plan = &ffn.plan;
+    let m = usize::from(m8);
+    let (n_embd, n_ff, n_pairs) = (
+        params.n_embd as usize,
+        params.n_ff as usize,
+        params.n_pairs as usize,
+    );
+    // gate/up with the activation.
+    {
+        let mut l = stream.launch_builder(&ffn.gate_up_fns[m]);
+        match &ffn.gate {
+            Some(g) => l.arg(g),
+            None => l.arg(&ffn.up),
+        };
+        l.arg(&ffn.up)
+            .arg(b.x)
+            .arg(b.tile_pairs)
+            .arg(b.tile_expert)
+            .arg(b.slot_of)
+            .arg(params)
+            .arg(&mut *b.hidden);
+        // SAFETY: the weights hold one gate_up_matrix_bytes matrix per slot that slot_of
+        // gives (ids < n_expert map to slots < the resident count, or -1: skipped); tile
+        // y reads tile_pairs[y·M..y·M+M) and tile_expert[y] for y < tiles_y, within the
+        // sizes ensure_scratch gave them for this batch; pair indices >= n_pairs are
+        // treated as padding, so hidden (n_pairs × n_ff f32) and the input rows
+        // (n_pairs / k tokens × x_row_bytes) are in bounds.
+        unsafe {
+            l.launch(cfg(
+                blocks(n_ff, ROWS_PER_BLOCK as usize),
+                tiles_y,
+                32 * ROWS_PER_BLOCK,
+            ))
+        }?;
+    }
+    // Quantize the intermediate rows for down.
+    if let Some(q) = functions.quantizer(plan.down.act) {
+        let n_blocks = (n_pairs * n_ff / plan.down.act.block_len()) as i32;
+        let mut l = stream.launch_builder(q);
+        l.arg(&*b.hidden).arg(&mut *b.hq).arg(&n_blocks);
+        // SAFETY: hidden holds n_pairs rows of n_ff f32 and hq n_pairs rows of
+        // h_row_bytes: n_blocks blocks are in bounds of both.
+        unsafe { l.launch(cfg(blocks(n_blocks as usize, 128), 1, 128)) }?;
+    }
+    // down.
+    {
+        let h = if functions.quantizer(plan.down.act).is_some() {
+            &*b.hq
+        } else {
+            &*b.hidden
+        };
+        let mut l = stream.launch_builder(&ffn.down_fns[m]);
+        l.arg(&ffn.down)
+            .arg(h)
+            .arg(b.tile_pairs)
+            .arg(b.tile_expert)
+            .arg(b.slot_of)
+            .arg(params)
+            .arg(&mut *b.y);
+        // SAFETY: as for gate/up, with down_matrix_bytes per slot, the intermediate rows
+        // (n_pairs × h_row_bytes) and y (n_pairs × n_embd f32).
+        unsafe {
+            l.launch(cfg(
+                blocks(n_embd, ROWS_PER_BLOCK as usize),
+                tiles_y,
+                32 * ROWS_PER_BLOCK,
+            ))
+        }?;
+    }
+    Ok(())
+}
+
+/// Uploads one FFN's matrices (`gate` empty: none) and looks up its kernels.
+fn upload_ffn(
+    device: &GpuDevice,
+    plan: FfnPlan,
+    gate: Vec<u8>,
+    up: Vec<u8>,
+    down: Vec<u8>,
+) -> Result<GpuFfn> {
+    let stream = device.stream.clone();
+    let upload = |mut host: Vec<u8>| -> Result<CudaSlice<u8>> {
+        if host.is_empty() {
+            host.push(0); // no resident expert: a placeholder (never read)
+        }
+        catch(|| Ok(stream.clone_htod(&host)?))
+    };
+    let gate = if plan.has_gate {
+        Some(upload(gate)?)
+    } else {
+        None
+    };
+    let up = upload(up)?;
+    let down = upload(down)?;
+    let f = |name: String| device.function(&name);
+    let (gu, dn) = (plan.gate_up.suffix, plan.down.suffix);
+    let (gate_up_fns, down_fns) = catch(|| {
+        Ok((
+            [
+                f(format!("moe_gate_up_{gu}_m1"))?,
+                f(format!("moe_gate_up_{gu}_m8"))?,
+            ],
+            [
+                f(format!("moe_down_{dn}_m1"))?,
+                f(format!("moe_down_{dn}_m8"))?,
+            ],
+        ))
+    })?;
+    Ok(GpuFfn {
+        plan,
+        gate,
+        up,
+        down,
+        gate_up_fns,
+        down_fns,
+    })
+}
+
 impl GpuMoeLayer {
-    /// Uploads `layer`'s routed experts (their blocks unchanged) and, when given, its
-    /// router, checking device memory first. `router` must be the tensors the layer's
-    /// router was built with.
+    /// Uploads `layer`'s routed experts (their blocks unchanged), its shared expert if it
+    /// has one (its own blocks and types) and, when given, its router, checking device
+    /// memory first. `router` must be the tensors the layer's router was built with.
     ///
     /// Errors (never panics): a weight type the kernels do not read
-    /// ([`GpuError::UnsupportedType`]), a shared expert, a capacity limit or a router
-    /// option the device path lacks ([`GpuError::Unsupported`]), too little free device
-    /// memory ([`GpuError::OutOfMemory`]).
+    /// ([`GpuError::UnsupportedType`]), a capacity limit or a router option the device
+    /// path lacks ([`GpuError::Unsupported`]), too little free device memory
+    /// ([`GpuError::OutOfMemory`]).
     pub fn new(
         device: &GpuDevice,
         layer: &MoeLayer<'_>,
@@ -511,7 +820,9 @@ impl GpuMoeLayer {
     /// Uploads only the experts `resident` marks (for example
     /// [`placement::place`](crate::placement::place)'s choice; `None`: all). Routing
     /// still covers every expert; the FFN kernels skip the others, whose share the
-    /// caller computes on the CPU ([`hybrid_forward`](Self::hybrid_forward)).
+    /// caller computes on the CPU ([`hybrid_forward`](Self::hybrid_forward)). A shared
+    /// expert is always uploaded (every token runs it); its bytes count against
+    /// `budget` too ([`placement::shared_bytes`](crate::placement::shared_bytes)).
     pub fn with_placement(
         device: &GpuDevice,
         layer: &MoeLayer<'_>,
@@ -521,19 +832,14 @@ impl GpuMoeLayer {
     ) -> Result<Self> {
         let Plan {
             n_embd,
-            n_ff,
             n_expert,
-            gate_up,
-            down,
-            activation,
-            has_gate,
-            gate_up_matrix_bytes,
-            down_matrix_bytes,
+            experts: plan,
+            shared: shared_plan,
             route_params,
         } = Self::plan(layer, router.is_some())?;
         let experts = layer.experts();
-        let per_expert =
-            (gate_up_matrix_bytes * if has_gate { 2 } else { 1 }) as u64 + down_matrix_bytes as u64;
+        let per_expert = (plan.gate_up_matrix_bytes * if plan.has_gate { 2 } else { 1 }) as u64
+            + plan.down_matrix_bytes as u64;
         let all = vec![true; n_expert];
         let resident = resident.unwrap_or(&all);
         if resident.len() != n_expert {
@@ -544,32 +850,30 @@ impl GpuMoeLayer {
         }
         let n_resident = resident.iter().filter(|&&r| r).count();
         let weight_bytes = per_expert * n_resident as u64;
+        let shared_bytes = crate::placement::shared_bytes(layer);
         let router_bytes = (n_embd * n_expert * 4 + n_expert * 4) as u64;
         // Scratch for a decode batch; larger batches grow it later (and may then fail
         // with an allocation error from the driver).
-        let needed = weight_bytes + router_bytes + (64 << 20);
+        let needed = weight_bytes + shared_bytes + router_bytes + (64 << 20);
         let (free, _) = device.memory()?;
         let available = budget.map_or(free, |b| b.min(free));
         if needed > available {
             return Err(GpuError::OutOfMemory { needed, available });
         }
 
-        // Upload every expert's matrices, expert-major, exactly their GGUF bytes.
+        // Upload every resident expert's matrices, expert-major, exactly their GGUF bytes.
+        let routed = upload_ffn(
+            device,
+            plan,
+            if plan.has_gate {
+                stack_bytes(experts, Role::Gate, resident)?
+            } else {
+                Vec::new()
+            },
+            stack_bytes(experts, Role::Up, resident)?,
+            stack_bytes(experts, Role::Down, resident)?,
+        )?;
         let stream = device.stream.clone();
-        let upload = |role: Role| -> Result<CudaSlice<u8>> {
-            let mut host = stack_bytes(experts, role, resident)?;
-            if host.is_empty() {
-                host.push(0); // no resident expert: a placeholder (never read)
-            }
-            catch(|| Ok(stream.clone_htod(&host)?))
-        };
-        let gate = if has_gate {
-            Some(upload(Role::Gate)?)
-        } else {
-            None
-        };
-        let up = upload(Role::Up)?;
-        let down_w = upload(Role::Down)?;
         // Resident experts take consecutive slots in expert order; the others -1.
         let mut next = 0;
         let slots: Vec<i32> = resident
@@ -584,6 +888,32 @@ impl GpuMoeLayer {
             })
             .collect();
         let slot_of = catch(|| Ok(stream.clone_htod(&slots)?))?;
+
+        // The shared expert: its three matrices and Qwen's gate vector, bytes unchanged.
+        let shared = match (shared_plan, layer.shared().ffn()) {
+            (Some(sp), Some(ffn)) => {
+                let ffn_dev = upload_ffn(
+                    device,
+                    sp.ffn,
+                    ffn.gate().map_or_else(Vec::new, |g| g.data().to_vec()),
+                    ffn.up().data().to_vec(),
+                    ffn.down().data().to_vec(),
+                )?;
+                let gate = match (sp.gate, layer.shared().gate()) {
+                    (Some((ty, act)), Some(view)) => {
+                        let bytes = catch(|| Ok(stream.clone_htod(view.data())?))?;
+                        Some((bytes, ty.id() as i32, act))
+                    }
+                    _ => None,
+                };
+                Some(GpuShared {
+                    ffn: ffn_dev,
+                    gate,
+                    bytes: shared_bytes,
+                })
+            }
+            _ => None,
+        };
 
         let router = match (route_params, router) {
             (Some(mut params), Some(t)) => {
@@ -625,49 +955,27 @@ impl GpuMoeLayer {
             _ => None,
         };
 
-        let f = |name: String| device.function(&name);
-        let quantize = |act: TensorType| -> Result<Option<CudaFunction>> {
-            match act {
-                TensorType::Q8_0 => Ok(Some(f("moe_quantize_q8_0".into())?)),
-                TensorType::Q8_K => Ok(Some(f("moe_quantize_q8_k".into())?)),
-                _ => Ok(None),
-            }
-        };
+        let f = |name: &str| device.function(name);
         let functions = catch(|| {
             Ok(Functions {
-                quantize_x: quantize(gate_up.act)?,
-                quantize_h: quantize(down.act)?,
-                logits: f("moe_router_logits".into())?,
-                select: f("moe_router_select".into())?,
-                gate_up: [
-                    f(format!("moe_gate_up_{}_m1", gate_up.suffix))?,
-                    f(format!("moe_gate_up_{}_m8", gate_up.suffix))?,
-                ],
-                down: [
-                    f(format!("moe_down_{}_m1", down.suffix))?,
-                    f(format!("moe_down_{}_m8", down.suffix))?,
-                ],
-                combine: f("moe_combine".into())?,
-                align: f("moe_align".into())?,
+                quantize_q8_0: f("moe_quantize_q8_0")?,
+                quantize_q8_k: f("moe_quantize_q8_k")?,
+                logits: f("moe_router_logits")?,
+                select: f("moe_router_select")?,
+                combine: f("moe_combine")?,
+                align: f("moe_align")?,
+                shared_gate: f("moe_shared_gate")?,
             })
         })?;
 
         Ok(GpuMoeLayer {
             device: device.clone(),
             n_embd,
-            n_ff,
             n_expert,
             k: layer.k(),
-            has_gate,
-            activation,
-            gate_up,
-            down,
-            gate,
-            up,
-            down_w,
-            gate_up_matrix_bytes,
-            down_matrix_bytes,
+            experts: routed,
             slot_of,
+            shared,
             router,
             functions,
             scratch: None,
@@ -686,50 +994,14 @@ impl GpuMoeLayer {
 
     fn plan(layer: &MoeLayer<'_>, has_router_tensors: bool) -> Result<Plan> {
         let experts = layer.experts();
-        if layer.shared().ffn().is_some() {
-            return Err(GpuError::Unsupported {
-                reason: "a shared expert (run it on the CPU path)",
-            });
-        }
         if *layer.capacity() != moe_core::moe::CapacityPolicy::DROPLESS {
             return Err(GpuError::Unsupported {
                 reason: "a capacity limit (the GPU path is dropless)",
             });
         }
-        let (n_embd, n_ff, n_expert) = (experts.n_embd(), experts.n_ff(), experts.n_expert());
-        let e0 = experts.expert(0)?;
-        let up_ty = e0.up().ty();
-        if let Some(g) = e0.gate()
-            && g.ty() != up_ty
-        {
-            return Err(GpuError::Unsupported {
-                reason: "gate and up matrices of different types",
-            });
-        }
-        let gate_up = format_of(up_ty, "ffn_up_exps")?;
-        let down = format_of(e0.down().ty(), "ffn_down_exps")?;
-        for (len, block) in [
-            (n_embd, gate_up.ty.block_len()),
-            (n_ff, down.ty.block_len()),
-        ] {
-            if len % block != 0 || len % 32 != 0 {
-                return Err(GpuError::Unsupported {
-                    reason: "a row length that is not a whole number of 32-element groups",
-                });
-            }
-        }
-        let activation = match e0.kind() {
-            moe_core::moe::FfnKind::Gated(a) | moe_core::moe::FfnKind::Plain(a) => a,
-        };
-        let activation = match activation {
-            Activation::Silu => 0,
-            Activation::Gelu => 1,
-            Activation::GeluErf => 2,
-            Activation::Relu => 3,
-        };
-        let has_gate = e0.gate().is_some();
-        let gate_up_matrix_bytes = e0.up().data().len();
-        let down_matrix_bytes = e0.down().data().len();
+        let (n_embd, n_expert) = (experts.n_embd(), experts.n_expert());
+        let plan = plan_ffn(&experts.expert(0)?, ["ffn_up_exps", "ffn_down_exps"])?;
+        let shared = plan_shared(layer.shared(), n_embd)?;
 
         let route_params = match (layer.router(), has_router_tensors) {
             (Some(r), true) => Some(check_router(r.config(), r.mask())?),
@@ -750,14 +1022,9 @@ impl GpuMoeLayer {
 
         Ok(Plan {
             n_embd,
-            n_ff,
             n_expert,
-            gate_up,
-            down,
-            activation,
-            has_gate,
-            gate_up_matrix_bytes,
-            down_matrix_bytes,
+            experts: plan,
+            shared,
             route_params,
         })
     }
@@ -767,11 +1034,14 @@ impl GpuMoeLayer {
         &self.resident
     }
 
-    /// Hybrid forward: the device routes every token and runs its resident experts, then
-    /// `cpu` (the same layer on the CPU path) runs the other selected experts with the
-    /// device's routing, and its share is added into `out`. Sequential (the CPU part
-    /// waits for the device), so it saves device memory, not time, until the two are
-    /// overlapped. `workspace` is the CPU layer's `workspace_bytes(T)`.
+    /// Hybrid forward: the device routes every token and runs its resident experts and
+    /// the shared expert (if the layer has one: every token uses it, so it always runs
+    /// on the device), then `cpu` (the same layer on the CPU path) runs the other
+    /// selected experts with the device's routing, and its share is added into `out`.
+    /// The CPU share runs on a copy of `cpu` without its shared expert, so the shared
+    /// expert is added once. Sequential (the CPU part waits for the device), so it saves
+    /// device memory, not time, until the two are overlapped. `workspace` is the CPU
+    /// layer's `workspace_bytes(T)` (which also covers the copy's).
     pub fn hybrid_forward(
         &mut self,
         cpu: &MoeLayer<'_>,
@@ -779,6 +1049,11 @@ impl GpuMoeLayer {
         out: &mut [f32],
         workspace: &mut [u8],
     ) -> Result<()> {
+        if cpu.n_embd() != self.n_embd || cpu.experts().n_expert() != self.n_expert {
+            return Err(GpuError::Unsupported {
+                reason: "the CPU layer is not the layer uploaded",
+            });
+        }
         self.forward(hidden, out)?;
         let n_tokens = hidden.len() / self.n_embd;
         if self.resident.iter().all(|&r| r) {
@@ -789,17 +1064,31 @@ impl GpuMoeLayer {
         if selections.iter().all(|s| s.is_empty()) {
             return Ok(());
         }
+        // The device added the shared expert: the CPU adds only its routed share.
+        let routed_only = (*cpu).with_shared(SharedExpert::None)?;
         let mut cpu_out = vec![0f32; out.len()];
-        cpu.forward_selected(hidden, &selections, &mut cpu_out, workspace)?;
+        routed_only.forward_selected(hidden, &selections, &mut cpu_out, workspace)?;
         for (o, c) in out.iter_mut().zip(&cpu_out) {
             *o += c;
         }
         Ok(())
     }
 
-    /// Bytes of the uploaded expert weights.
+    /// Bytes of the uploaded expert weights: the resident routed experts' and the shared
+    /// expert's ([`shared_weight_bytes`](Self::shared_weight_bytes)).
     pub fn weight_bytes(&self) -> u64 {
-        self.weight_bytes
+        self.weight_bytes + self.shared_weight_bytes()
+    }
+
+    /// Bytes of the uploaded shared expert (its matrices and gate vector; 0 without one).
+    pub fn shared_weight_bytes(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |s| s.bytes)
+    }
+
+    /// Whether the layer's shared expert runs on the device (it does whenever the layer
+    /// has one).
+    pub fn has_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Model width.
@@ -813,6 +1102,21 @@ impl GpuMoeLayer {
         self.router.as_ref().map_or(self.k, |r| r.params.k as usize)
     }
 
+    /// Which quantized input formats (Q8_0, Q8_K) some weight of the layer reads.
+    fn input_formats(&self) -> [bool; 2] {
+        let mut acts = vec![self.experts.plan.gate_up.act];
+        if let Some(sh) = &self.shared {
+            acts.push(sh.ffn.plan.gate_up.act);
+            if let Some((_, _, act)) = &sh.gate {
+                acts.push(*act);
+            }
+        }
+        [
+            acts.contains(&TensorType::Q8_0),
+            acts.contains(&TensorType::Q8_K),
+        ]
+    }
+
     fn ensure_scratch(&mut self, tokens: usize) -> Result<()> {
         if self.scratch.as_ref().is_some_and(|s| s.tokens >= tokens) {
             return Ok(());
@@ -820,16 +1124,45 @@ impl GpuMoeLayer {
         let k = self.k.max(1);
         let pairs = tokens * k;
         let max_tiles = pairs.div_ceil(PREFILL_TILE) + self.n_expert;
-        let x_rb = act_row_bytes(self.gate_up.act, self.n_embd);
-        let h_rb = act_row_bytes(self.down.act, self.n_ff);
+        let [q8_0, q8_k] = self.input_formats();
+        let x_rb = |act: TensorType, needed: bool| {
+            if needed {
+                (tokens * act_row_bytes(act, self.n_embd)).max(1)
+            } else {
+                1
+            }
+        };
+        let (x_q8_0_bytes, x_q8_k_bytes) =
+            (x_rb(TensorType::Q8_0, q8_0), x_rb(TensorType::Q8_K, q8_k));
+        let plan = self.experts.plan;
+        let h_rb = act_row_bytes(plan.down.act, plan.n_ff);
         let stream = self.device.stream.clone();
-        let identity: Vec<i32> = (0..DECODE_MAX_PAIRS.max(pairs) as i32).collect();
-        let (n_embd, n_ff, n_expert) = (self.n_embd, self.n_ff, self.n_expert);
+        // Decode's pairs, and the shared expert's tokens up to a whole prefill tile.
+        let n_identity = DECODE_MAX_PAIRS
+            .max(pairs)
+            .max(tokens.next_multiple_of(PREFILL_TILE));
+        let identity: Vec<i32> = (0..n_identity as i32).collect();
+        let (n_embd, n_ff, n_expert) = (self.n_embd, plan.n_ff, self.n_expert);
+        let shared_plan = self.shared.as_ref().map(|s| s.ffn.plan);
         let scratch = catch(|| {
+            let shared = match shared_plan {
+                Some(sp) => {
+                    let sh_rb = act_row_bytes(sp.down.act, sp.n_ff);
+                    Some(SharedScratch {
+                        hidden: stream.alloc_zeros(tokens * sp.n_ff * 4)?,
+                        hq: stream.alloc_zeros((tokens * sh_rb).max(1))?,
+                        y: stream.alloc_zeros(tokens * n_embd)?,
+                        w: stream.alloc_zeros(tokens)?,
+                        zeros: stream.alloc_zeros(tokens.max(1))?,
+                    })
+                }
+                None => None,
+            };
             Ok(Scratch {
                 tokens,
                 x: stream.alloc_zeros(tokens * n_embd * 4)?,
-                xq: stream.alloc_zeros((tokens * x_rb).max(1))?,
+                x_q8_0: stream.alloc_zeros(x_q8_0_bytes)?,
+                x_q8_k: stream.alloc_zeros(x_q8_k_bytes)?,
                 logits: stream.alloc_zeros(tokens * n_expert)?,
                 route: stream.alloc_zeros(tokens * 2 * n_expert)?,
                 ids: stream.alloc_zeros(pairs)?,
@@ -843,12 +1176,12 @@ impl GpuMoeLayer {
                 tile_pairs: stream.alloc_zeros(max_tiles * PREFILL_TILE)?,
                 tile_expert: stream.alloc_zeros(max_tiles)?,
                 identity: stream.clone_htod(&identity)?,
+                shared,
             })
         })?;
         self.scratch = Some(scratch);
         Ok(())
     }
-
     fn check_lengths(&self, hidden: &[f32], out: &[f32]) -> Result<usize> {
         let n_tokens = hidden.len() / self.n_embd;
         if n_tokens * self.n_embd != hidden.len() || n_tokens == 0 {
@@ -954,6 +1287,12 @@ impl GpuMoeLayer {
     /// The experts and weights the last forward routed `n_tokens` tokens to, per token
     /// in rank order (read back from the device; for tests and statistics).
     pub fn routed(&self, n_tokens: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+        self.read_routing(n_tokens)
+    }
+
+    /// Copies the first `n_tokens` tokens' ids and weights back (only those: `T × k`
+    /// of each) once the device has written them, then synchronizes the stream.
+    fn read_routing(&self, n_tokens: usize) -> Result<Vec<Vec<(u32, f32)>>> {
         let k = self.slots();
         let scratch = self.scratch.as_ref().ok_or(GpuError::Unsupported {
             reason: "nothing was routed yet",
@@ -968,6 +1307,8 @@ impl GpuMoeLayer {
         let (ids, weights) = catch(|| {
             let ids = stream.clone_dtoh(&scratch.ids.slice(..n_tokens * k))?;
             let weights = stream.clone_dtoh(&scratch.weights.slice(..n_tokens * k))?;
+            // Pageable copies return when done; synchronizing makes it explicit.
+            stream.synchronize()?;
             Ok((ids, weights))
         })?;
         Ok((0..n_tokens)
@@ -1013,20 +1354,105 @@ impl GpuMoeLayer {
     }
 
     fn launch_all_with_slots(&mut self, n_tokens: usize, route: bool, k: usize) -> Result<()> {
+        self.launch_inputs(n_tokens, route)?;
+        self.launch_ffns(n_tokens, k)
+    }
+
+    /// Steps 1–2 of a forward pass: quantize the uploaded input rows into every
+    /// activation format a weight of the layer reads, then (`route`) route them on the
+    /// device, writing the ids and weights.
+    fn launch_inputs(&mut self, n_tokens: usize, route: bool) -> Result<()> {
+        let tokens_y = grid_y(n_tokens)?;
+        let [q8_0, q8_k] = self.input_formats();
+        let stream = self.device.stream.clone();
+        let s = self.scratch.as_mut().ok_or(GpuError::Unsupported {
+            reason: "scratch missing",
+        })?;
+        let f = &self.functions;
+        let n_embd = self.n_embd;
+        let n_expert = self.n_expert;
+        let (n_embd_i, n_expert_i, n_tokens_i) = (n_embd as i32, n_expert as i32, n_tokens as i32);
+        catch(|| {
+            // 1. Quantize the input rows (float weights read x itself).
+            for (act, needed) in [(TensorType::Q8_0, q8_0), (TensorType::Q8_K, q8_k)] {
+                let Some(q) = f.quantizer(act).filter(|_| needed) else {
+                    continue;
+                };
+                let n_blocks = (n_tokens * n_embd / act.block_len()) as i32;
+                let dst = if act == TensorType::Q8_0 {
+                    &mut s.x_q8_0
+                } else {
+                    &mut s.x_q8_k
+                };
+                let mut b = stream.launch_builder(q);
+                b.arg(&s.x).arg(dst).arg(&n_blocks);
+                // SAFETY: `quantize_*(const float *x, u8 *out, int n_blocks)`: x holds
+                // n_tokens rows of n_embd f32 and the destination n_tokens rows of this
+                // format (ensure_scratch sized it because the format is needed), so
+                // n_blocks blocks are in bounds of both.
+                unsafe { b.launch(cfg(blocks(n_blocks as usize, 128), 1, 128)) }?;
+            }
+            if !route {
+                return Ok(());
+            }
+            // 2. Route on the device.
+            let r = self.router.as_ref().ok_or(GpuError::Unsupported {
+                reason: "the layer has no router",
+            })?;
+            let mut b = stream.launch_builder(&f.logits);
+            b.arg(&r.weight)
+                .arg(&s.x)
+                .arg(&mut s.logits)
+                .arg(&n_tokens_i)
+                .arg(&n_expert_i)
+                .arg(&n_embd_i);
+            // SAFETY: weight is n_expert × n_embd f32, x n_tokens × n_embd f32 and
+            // logits n_tokens × n_expert f32 (scratch sized for at least n_tokens); the
+            // kernel bounds-checks e and t against the grid.
+            unsafe {
+                b.launch(cfg(
+                    blocks(n_expert, ROWS_PER_BLOCK as usize),
+                    tokens_y,
+                    32 * ROWS_PER_BLOCK,
+                ))
+            }?;
+            let mut params = r.params;
+            params.n_tokens = n_tokens_i;
+            let mut b = stream.launch_builder(&f.select);
+            // A null-free bias pointer: the logits when there is no bias (unread).
+            match &r.bias {
+                Some(bias) => b.arg(&s.logits).arg(bias),
+                None => b.arg(&s.logits).arg(&s.logits),
+            };
+            b.arg(&params)
+                .arg(&mut s.route)
+                .arg(&mut s.ids)
+                .arg(&mut s.weights);
+            // SAFETY: logits n_tokens × n_expert, bias n_expert (read only when
+            // has_bias), route scratch 2 · n_expert per token, ids and weights
+            // n_tokens · k with k = params.k ≤ the layer's k the scratch is sized for.
+            unsafe { b.launch(cfg(blocks(n_tokens, 64), 1, 64)) }?;
+            Ok(())
+        })
+    }
+
+    /// Steps 3–8 of a forward pass, on the ids and weights in device memory: align
+    /// (prefill), the routed experts' gate/up, quantize, down; the shared expert's gate,
+    /// gate/up, quantize, down; the combine. Launches only: nothing waits.
+    fn launch_ffns(&mut self, n_tokens: usize, k: usize) -> Result<()> {
         let n_pairs = n_tokens * k;
-        let x_rb = act_row_bytes(self.gate_up.act, self.n_embd);
-        let h_rb = act_row_bytes(self.down.act, self.n_ff);
+        let plan = self.experts.plan;
         let params = FfnParams {
             n_embd: self.n_embd as i32,
-            n_ff: self.n_ff as i32,
+            n_ff: plan.n_ff as i32,
             k: k as i32,
-            has_gate: i32::from(self.has_gate),
-            activation: self.activation,
+            has_gate: i32::from(plan.has_gate),
+            activation: plan.activation,
             n_pairs: n_pairs as i32,
-            gate_up_matrix_bytes: self.gate_up_matrix_bytes as u64,
-            down_matrix_bytes: self.down_matrix_bytes as u64,
-            x_row_bytes: x_rb as u64,
-            h_row_bytes: h_rb as u64,
+            gate_up_matrix_bytes: plan.gate_up_matrix_bytes as u64,
+            down_matrix_bytes: plan.down_matrix_bytes as u64,
+            x_row_bytes: act_row_bytes(plan.gate_up.act, self.n_embd) as u64,
+            h_row_bytes: act_row_bytes(plan.down.act, plan.n_ff) as u64,
         };
         let decode = n_pairs <= DECODE_MAX_PAIRS;
         let n_tiles = if decode {
@@ -1036,81 +1462,49 @@ impl GpuMoeLayer {
         };
         let tiles_y = grid_y(n_tiles)?;
         let tokens_y = grid_y(n_tokens)?;
+        // The shared expert: one pair per token, tiles of PREFILL_TILE tokens as soon as
+        // there are two (its weights are then streamed once per eight tokens).
+        let shared_m8 = n_tokens > 1;
+        let shared_tiles_y = grid_y(if shared_m8 {
+            n_tokens.div_ceil(PREFILL_TILE)
+        } else {
+            n_tokens
+        })?;
+        let shared_params = self.shared.as_ref().map(|sh| {
+            let p = sh.ffn.plan;
+            FfnParams {
+                n_embd: self.n_embd as i32,
+                n_ff: p.n_ff as i32,
+                k: 1,
+                has_gate: i32::from(p.has_gate),
+                activation: p.activation,
+                n_pairs: n_tokens as i32,
+                gate_up_matrix_bytes: p.gate_up_matrix_bytes as u64,
+                down_matrix_bytes: p.down_matrix_bytes as u64,
+                x_row_bytes: act_row_bytes(p.gate_up.act, self.n_embd) as u64,
+                h_row_bytes: act_row_bytes(p.down.act, p.n_ff) as u64,
+            }
+        });
         let stream = self.device.stream.clone();
         let s = self.scratch.as_mut().ok_or(GpuError::Unsupported {
             reason: "scratch missing",
         })?;
         let f = &self.functions;
-        let blocks = |n: usize, per: usize| n.div_ceil(per) as u32;
-        let cfg = |gx: u32, gy: u32, threads: u32| LaunchConfig {
-            grid_dim: (gx, gy, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (n_embd, n_ff, n_expert) = (self.n_embd as i32, self.n_ff as i32, self.n_expert as i32);
-        let n_tokens_i = n_tokens as i32;
+        let n_embd = self.n_embd;
+        let (n_embd_i, n_expert_i, n_tokens_i) =
+            (n_embd as i32, self.n_expert as i32, n_tokens as i32);
         let k_i = k as i32;
         let n_pairs_i = n_pairs as i32;
         let max_tiles_i = n_tiles as i32;
         let tile_m = PREFILL_TILE as i32;
 
         catch(|| {
-            // 1. Quantize the input rows for gate/up (float weights read x itself).
-            if let Some(q) = &f.quantize_x {
-                let n_blocks = (n_tokens * self.n_embd / self.gate_up.act.block_len()) as i32;
-                let mut b = stream.launch_builder(q);
-                b.arg(&s.x).arg(&mut s.xq).arg(&n_blocks);
-                // SAFETY: `quantize_*(const float *x, u8 *out, int n_blocks)`: x holds
-                // n_tokens rows of n_embd f32, xq n_tokens rows of x_row_bytes, so
-                // n_blocks blocks are in bounds of both.
-                unsafe { b.launch(cfg(blocks(n_blocks as usize, 128), 1, 128)) }?;
-            }
-            // 2. Route on the device.
-            if route {
-                let r = self.router.as_ref().ok_or(GpuError::Unsupported {
-                    reason: "the layer has no router",
-                })?;
-                let mut b = stream.launch_builder(&f.logits);
-                b.arg(&r.weight)
-                    .arg(&s.x)
-                    .arg(&mut s.logits)
-                    .arg(&n_tokens_i)
-                    .arg(&n_expert)
-                    .arg(&n_embd);
-                // SAFETY: weight is n_expert × n_embd f32, x n_tokens × n_embd f32 and
-                // logits n_tokens × n_expert f32 (scratch sized for at least n_tokens);
-                // the kernel bounds-checks e and t against the grid.
-                unsafe {
-                    b.launch(cfg(
-                        blocks(self.n_expert, ROWS_PER_BLOCK as usize),
-                        tokens_y,
-                        32 * ROWS_PER_BLOCK,
-                    ))
-                }?;
-                let mut params = r.params;
-                params.n_tokens = n_tokens_i;
-                let mut b = stream.launch_builder(&f.select);
-                // A null-free bias pointer: the logits when there is no bias (unread).
-                match &r.bias {
-                    Some(bias) => b.arg(&s.logits).arg(bias),
-                    None => b.arg(&s.logits).arg(&s.logits),
-                };
-                b.arg(&params)
-                    .arg(&mut s.route)
-                    .arg(&mut s.ids)
-                    .arg(&mut s.weights);
-                // SAFETY: logits n_tokens × n_expert, bias n_expert (read only when
-                // has_bias), route scratch 2 · n_expert per token, ids and weights
-                // n_tokens · k with k = params.k ≤ the layer's k the scratch is sized for.
-                unsafe { b.launch(cfg(blocks(n_tokens, 64), 1, 64)) }?;
-            }
             // 3. Tiles: decode reads the ids directly; prefill aligns pairs by expert.
-            let m = if decode { 0 } else { 1 };
             if !decode {
                 let mut b = stream.launch_builder(&f.align);
                 b.arg(&s.ids)
                     .arg(&n_pairs_i)
-                    .arg(&n_expert)
+                    .arg(&n_expert_i)
                     .arg(&tile_m)
                     .arg(&max_tiles_i)
                     .arg(&mut s.counts)
@@ -1122,80 +1516,76 @@ impl GpuMoeLayer {
                 // them for this batch size (the kernel also bounds every write).
                 unsafe { b.launch(cfg(1, 1, 1024)) }?;
             }
-            let xq = if f.quantize_x.is_some() { &s.xq } else { &s.x };
-            // 4. gate/up with the activation.
-            {
-                let (tp, te) = if decode {
-                    (&s.identity, &s.ids)
-                } else {
-                    (&s.tile_pairs, &s.tile_expert)
-                };
-                let mut b = stream.launch_builder(&f.gate_up[m]);
-                match &self.gate {
-                    Some(g) => b.arg(g),
-                    None => b.arg(&self.up),
-                };
-                b.arg(&self.up)
-                    .arg(xq)
-                    .arg(tp)
-                    .arg(te)
-                    .arg(&self.slot_of)
-                    .arg(&params)
-                    .arg(&mut s.hidden);
-                // SAFETY: weights hold n_expert matrices of gate_up_matrix_bytes; slot_of
-                // maps ids < n_expert to slots < n_expert; tile y reads tile_pairs[y·M..]
-                // and tile_expert[y] for y < n_tiles, within their sizes; pair indices
-                // are < n_pairs so hidden (n_pairs × n_ff f32) and the input rows
-                // (n_tokens × x_row_bytes) are in bounds.
-                unsafe {
-                    b.launch(cfg(
-                        blocks(self.n_ff, ROWS_PER_BLOCK as usize),
-                        tiles_y,
-                        32 * ROWS_PER_BLOCK,
-                    ))
-                }?;
+            // 4–6. The routed experts: gate/up with the activation, quantize, down.
+            let (tp, te) = if decode {
+                (&s.identity, &s.ids)
+            } else {
+                (&s.tile_pairs, &s.tile_expert)
+            };
+            launch_ffn(
+                &stream,
+                &self.experts,
+                f,
+                &params,
+                !decode,
+                tiles_y,
+                FfnBuffers {
+                    x: input_rows(plan.gate_up.act, &s.x, &s.x_q8_0, &s.x_q8_k),
+                    tile_pairs: tp,
+                    tile_expert: te,
+                    slot_of: &self.slot_of,
+                    hidden: &mut s.hidden,
+                    hq: &mut s.hq,
+                    y: &mut s.y,
+                },
+            )?;
+            // 7. The shared expert over every token: Qwen's gate, then its FFN as a
+            // one-expert stack (tile_pairs 0, 1, 2, …; tile_expert and slot_of 0).
+            let mut shared_mode = 0i32;
+            if let (Some(sh), Some(ss), Some(sp)) = (&self.shared, &mut s.shared, &shared_params) {
+                shared_mode = 1;
+                if let Some((gate, ty, act)) = &sh.gate {
+                    shared_mode = 2;
+                    let x_rb = act_row_bytes(*act, n_embd) as u64;
+                    let mut b = stream.launch_builder(&f.shared_gate);
+                    b.arg(gate)
+                        .arg(ty)
+                        .arg(input_rows(*act, &s.x, &s.x_q8_0, &s.x_q8_k))
+                        .arg(&x_rb)
+                        .arg(&n_embd_i)
+                        .arg(&n_tokens_i)
+                        .arg(&mut ss.w);
+                    // SAFETY: the gate is one row of n_embd elements of type `ty` (checked
+                    // in plan_shared); the input rows are n_tokens rows of x_rb bytes in
+                    // the format that type's dot reads, quantized in step 1; w holds
+                    // n_tokens floats; warps past n_tokens return.
+                    unsafe {
+                        b.launch(cfg(
+                            blocks(n_tokens, ROWS_PER_BLOCK as usize),
+                            1,
+                            32 * ROWS_PER_BLOCK,
+                        ))
+                    }?;
+                }
+                launch_ffn(
+                    &stream,
+                    &sh.ffn,
+                    f,
+                    sp,
+                    shared_m8,
+                    shared_tiles_y,
+                    FfnBuffers {
+                        x: input_rows(sh.ffn.plan.gate_up.act, &s.x, &s.x_q8_0, &s.x_q8_k),
+                        tile_pairs: &s.identity,
+                        tile_expert: &ss.zeros,
+                        slot_of: &ss.zeros,
+                        hidden: &mut ss.hidden,
+                        hq: &mut ss.hq,
+                        y: &mut ss.y,
+                    },
+                )?;
             }
-            // 5. Quantize the intermediate rows for down.
-            if let Some(q) = &f.quantize_h {
-                let n_blocks = (n_pairs * self.n_ff / self.down.act.block_len()) as i32;
-                let mut b = stream.launch_builder(q);
-                b.arg(&s.hidden).arg(&mut s.hq).arg(&n_blocks);
-                // SAFETY: hidden holds n_pairs rows of n_ff f32, hq n_pairs rows of
-                // h_row_bytes: n_blocks blocks are in bounds of both.
-                unsafe { b.launch(cfg(blocks(n_blocks as usize, 128), 1, 128)) }?;
-            }
-            // 6. down.
-            {
-                let hq = if f.quantize_h.is_some() {
-                    &s.hq
-                } else {
-                    &s.hidden
-                };
-                let (tp, te) = if decode {
-                    (&s.identity, &s.ids)
-                } else {
-                    (&s.tile_pairs, &s.tile_expert)
-                };
-                let mut b = stream.launch_builder(&f.down[m]);
-                b.arg(&self.down_w)
-                    .arg(hq)
-                    .arg(tp)
-                    .arg(te)
-                    .arg(&self.slot_of)
-                    .arg(&params)
-                    .arg(&mut s.y);
-                // SAFETY: as for gate/up, with down_matrix_bytes per expert, the
-                // quantized intermediate rows (n_pairs × h_row_bytes) and y
-                // (n_pairs × n_embd f32).
-                unsafe {
-                    b.launch(cfg(
-                        blocks(self.n_embd, ROWS_PER_BLOCK as usize),
-                        tiles_y,
-                        32 * ROWS_PER_BLOCK,
-                    ))
-                }?;
-            }
-            // 7. Weighted combine in ascending expert id.
+            // 8. Weighted combine in ascending expert id, then the shared expert.
             {
                 let mut b = stream.launch_builder(&f.combine);
                 b.arg(&s.y)
@@ -1203,14 +1593,22 @@ impl GpuMoeLayer {
                     .arg(&s.weights)
                     .arg(&self.slot_of)
                     .arg(&n_tokens_i)
-                    .arg(&n_embd)
+                    .arg(&n_embd_i)
                     .arg(&k_i)
-                    .arg(&mut s.out);
+                    .arg(&shared_mode);
+                // Null-free pointers: the routed outputs and weights when there is no
+                // shared expert (unread).
+                match &s.shared {
+                    Some(ss) => b.arg(&ss.y).arg(&ss.w),
+                    None => b.arg(&s.y).arg(&s.weights),
+                };
+                b.arg(&mut s.out);
                 // SAFETY: y n_pairs × n_embd, ids and weights n_pairs, out n_tokens ×
-                // n_embd; ids are -1 or < n_expert (slot_of's length).
-                unsafe { b.launch(cfg(blocks(self.n_embd, 256), tokens_y, 256)) }?;
+                // n_embd; ids are -1 or < n_expert (slot_of's length); with a shared
+                // expert its y is n_tokens × n_embd and its w n_tokens (read only when
+                // shared_mode is 2).
+                unsafe { b.launch(cfg(blocks(n_embd, 256), tokens_y, 256)) }?;
             }
-            let _ = n_ff;
             Ok(())
         })
     }

@@ -3,12 +3,14 @@
 //! - [`devices`]: which CUDA devices there are (never panics without a driver).
 //! - [`kernels`]: the CUDA C sources embedded in the crate (`kernels/*.cu`), compiled at
 //!   run time by NVRTC for the device's architecture and cached on disk.
-//! - [`GpuMoeLayer`]: one MoE layer's routed experts uploaded unchanged (their GGUF
-//!   blocks) with its router, run on the device for decode and prefill.
+//! - [`GpuMoeLayer`]: one MoE layer's routed experts and shared expert (DeepSeek's
+//!   always-on or Qwen2-MoE's sigmoid-gated one) uploaded unchanged (their GGUF blocks)
+//!   with its router, run on the device for decode and prefill.
 //! - [`placement`]: which experts to keep on the device under a byte budget (pure host
 //!   code); [`GpuMoeLayer::with_placement`] uploads only those, and
 //!   [`GpuMoeLayer::hybrid_forward`] runs the rest on the CPU layer with the device's
-//!   routing (sequentially for now: the CPU part waits for the device).
+//!   routing (sequentially for now: the CPU part waits for the device). The shared
+//!   expert always runs on the device: every token uses it.
 //!
 //! **Status:** every device path here is unverified on hardware until a session with a
 //! GPU runs `cargo xtask cuda-check`'s command. What is checked without one: the kernels

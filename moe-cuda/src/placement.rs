@@ -6,7 +6,7 @@
 //! skipped and smaller, less-used experts may still be placed after it. The result is
 //! deterministic for the same input.
 
-use moe_core::moe::ExpertStack;
+use moe_core::moe::{ExpertStack, MoeLayer};
 use moe_core::router::RouterStats;
 
 use crate::error::{GpuError, Result};
@@ -93,6 +93,17 @@ pub fn expert_bytes(stack: &ExpertStack<'_>) -> Result<Vec<u64>> {
             Ok((gate + ffn.up().data().len() + ffn.down().data().len()) as u64)
         })
         .collect()
+}
+
+/// Bytes of a layer's shared expert on the device (its matrices and, for Qwen2-MoE, its
+/// gate vector; 0 without one). The shared expert is always uploaded, since every token
+/// runs it: subtract this from a device budget before [`place`]ing the routed experts.
+pub fn shared_bytes(layer: &MoeLayer<'_>) -> u64 {
+    let shared = layer.shared();
+    let ffn = shared.ffn().map_or(0, |f| {
+        f.gate().map_or(0, |g| g.data().len()) + f.up().data().len() + f.down().data().len()
+    });
+    (ffn + shared.gate().map_or(0, |g| g.data().len())) as u64
 }
 
 #[cfg(test)]

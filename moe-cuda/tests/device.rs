@@ -1,7 +1,9 @@
 //! The GPU path against the CPU path (`moe_core::moe::MoeLayer`) on the same weights:
 //! every quant type the kernels read, decode (at most 64 routed pairs) and prefill
-//! (more, through the align step), routing on the device; the same selected experts and
-//! outputs within 1e-3 of the CPU output's largest magnitude.
+//! (more, through the align step), routing on the device, shared experts (always-on and
+//! sigmoid-gated, of other widths and types than the routed experts) and the hybrid
+//! forward; the same selected experts and outputs within 1e-3 of the CPU output's
+//! largest magnitude.
 //!
 //! Without a CUDA device every test prints `skipped: no CUDA device` and passes; with
 //! `MOE_REQUIRE_GPU=1` a missing device is a failure (the GPU machine's command sets it).
@@ -9,7 +11,9 @@
 
 mod common;
 
-use common::{N_EMBD, TYPES, Weights, assert_close, assert_same_routing, cpu_forward};
+use common::{
+    N_EMBD, SharedWeights, TYPES, Weights, assert_close, assert_same_routing, cpu_forward,
+};
 use moe_core::TensorType;
 use moe_core::router::{GroupLimit, GroupScore, Normalize, RouterConfig, ScoreFunc};
 use moe_cuda::synthetic::random_f32;
@@ -208,7 +212,239 @@ fn hybrid_half_the_experts_on_the_cpu_matches_cpu() {
     }
 }
 
+fn deepseek_config(n_expert: usize, k: usize) -> RouterConfig {
+    RouterConfig {
+        score: ScoreFunc::Sigmoid,
+        normalize: Normalize::Sum { epsilon: 1e-20 },
+        scale: 2.5,
+        groups: Some(GroupLimit {
+            n_group: 4,
+            topk_group: 2,
+            score: GroupScore::SumTop(2),
+        }),
+        ..RouterConfig::top_k(N_EMBD, n_expert, k)
+    }
+}
+
+#[test]
+fn always_on_shared_expert_matches_cpu() {
+    use TensorType::*;
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    // DeepSeek: weight 1, wider than the routed experts and of other types.
+    let w = Weights::new(Q4_K, Q6_K, 16, 71)
+        .with_shared(SharedWeights::new(Q8_0, Q8_0, 1280, None, 72));
+    for n_tokens in [1, 4, 37] {
+        let label = format!("always-on shared Q8_0 n_ff=1280, Q4_K/Q6_K experts, T={n_tokens}");
+        run_case(&device, &w, deepseek_config(16, 4), true, n_tokens, &label);
+    }
+    let w =
+        Weights::new(Q4_0, Q4_0, 8, 73).with_shared(SharedWeights::new(Q4_0, Q4_0, 512, None, 74));
+    for n_tokens in [2, 33] {
+        let label = format!("always-on shared Q4_0 n_ff=512, T={n_tokens}");
+        run_case(
+            &device,
+            &w,
+            RouterConfig::mixtral(N_EMBD, 8, 2),
+            false,
+            n_tokens,
+            &label,
+        );
+    }
+}
+
+#[test]
+fn gated_shared_expert_matches_cpu() {
+    use TensorType::*;
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    // Qwen2-MoE: weight sigmoid(gate · x), an F32 gate vector.
+    let w = Weights::new(Q8_0, Q8_0, 16, 75).with_shared(SharedWeights::new(
+        F16,
+        BF16,
+        1024,
+        Some(F32),
+        76,
+    ));
+    for n_tokens in [1, 5, 40] {
+        let label = format!("gated shared (F32 gate) F16/BF16 n_ff=1024, T={n_tokens}");
+        run_case(
+            &device,
+            &w,
+            RouterConfig::top_k(N_EMBD, 16, 4),
+            false,
+            n_tokens,
+            &label,
+        );
+    }
+    for (i, (gu, dn, sgu, sdn, gate)) in [
+        (Q4_K, Q4_K, Q6_K, Q4_K, Q8_0),
+        (Q4_0, Q4_0, Q4_0, Q8_0, Q4_K),
+        (BF16, BF16, Q6_K, Q6_K, BF16),
+        (F16, F16, Q8_0, Q8_0, Q6_K),
+        (Q8_0, Q8_0, Q4_K, Q6_K, F16),
+        (Q6_K, Q6_K, F16, F16, Q4_0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let w = Weights::new(gu, dn, 8, 80 + i as u64).with_shared(SharedWeights::new(
+            sgu,
+            sdn,
+            512,
+            Some(gate),
+            90 + i as u64,
+        ));
+        for n_tokens in [2, 33] {
+            let label =
+                format!("gated shared ({gate} gate) {sgu}/{sdn}, {gu}/{dn} experts, T={n_tokens}");
+            run_case(
+                &device,
+                &w,
+                RouterConfig::mixtral(N_EMBD, 8, 2),
+                false,
+                n_tokens,
+                &label,
+            );
+        }
+    }
+}
+
+#[test]
+fn hybrid_with_a_shared_expert_matches_cpu() {
+    use TensorType::*;
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    let resident = [true, false, true, false, false, true, true, false];
+    for (label, scale) in [("always-on", None), ("gated", Some(F32))] {
+        let w = Weights::new(Q4_K, Q6_K, 8, 101)
+            .with_shared(SharedWeights::new(Q8_0, Q4_K, 1280, scale, 102));
+        let config = RouterConfig::mixtral(N_EMBD, 8, 2);
+        let layer = w.layer(config, false);
+        let expert_bytes = moe_cuda::placement::expert_bytes(layer.experts()).unwrap();
+        for placement in [Some(&resident[..]), None] {
+            let mut gpu = GpuMoeLayer::with_placement(
+                &device,
+                &layer,
+                Some(w.router_tensors(false)),
+                placement,
+                None,
+            )
+            .unwrap();
+            assert!(gpu.has_shared());
+            let on_device: u64 = expert_bytes
+                .iter()
+                .zip(placement.unwrap_or(&[true; 8]))
+                .filter(|(_, r)| **r)
+                .map(|(b, _)| b)
+                .sum();
+            let shared = moe_cuda::placement::shared_bytes(&layer);
+            assert_eq!(gpu.shared_weight_bytes(), shared);
+            assert_eq!(gpu.weight_bytes(), on_device + shared);
+            let which = if placement.is_some() { "half" } else { "all" };
+            for n_tokens in [1, 3, 37] {
+                let hidden = random_f32(n_tokens * N_EMBD, 1.0, n_tokens as u64 + 7);
+                let (cpu, _) = cpu_forward(&layer, &hidden);
+                let mut out = vec![0f32; hidden.len()];
+                let mut ws = vec![0u8; layer.workspace_bytes(n_tokens)];
+                gpu.hybrid_forward(&layer, &hidden, &mut out, &mut ws)
+                    .unwrap();
+                assert_close(
+                    &format!("hybrid, {which} resident, {label} shared, T={n_tokens}"),
+                    &out,
+                    &cpu,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn hybrid_with_every_expert_resident_is_forward() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    let w = Weights::new(TensorType::Q8_0, TensorType::Q8_0, 8, 111);
+    let layer = w.layer(RouterConfig::mixtral(N_EMBD, 8, 2), false);
+    let mut gpu = GpuMoeLayer::new(&device, &layer, Some(w.router_tensors(false))).unwrap();
+    for n_tokens in [1, 40] {
+        let hidden = random_f32(n_tokens * N_EMBD, 1.0, n_tokens as u64 + 3);
+        let mut a = vec![0f32; hidden.len()];
+        let mut b = vec![0f32; hidden.len()];
+        gpu.forward(&hidden, &mut a).unwrap();
+        let mut ws = vec![0u8; layer.workspace_bytes(n_tokens)];
+        gpu.hybrid_forward(&layer, &hidden, &mut b, &mut ws)
+            .unwrap();
+        assert_close(&format!("hybrid, all resident, T={n_tokens}"), &b, &a);
+        let (cpu, _) = cpu_forward(&layer, &hidden);
+        assert_close(
+            &format!("hybrid vs cpu, all resident, T={n_tokens}"),
+            &b,
+            &cpu,
+        );
+    }
+}
+
 // ---- No device needed ----
+
+#[test]
+fn shared_expert_types_are_checked() {
+    use TensorType::*;
+    let config = RouterConfig::mixtral(N_EMBD, 4, 2);
+    // Every type the FFN kernels read, differing from the routed experts', is accepted.
+    let ok = Weights::new(Q4_0, Q4_0, 4, 121).with_shared(SharedWeights::new(
+        Q6_K,
+        BF16,
+        512,
+        Some(Q4_K),
+        122,
+    ));
+    GpuMoeLayer::check(&ok.layer(config, false), true).unwrap();
+    let ok = Weights::new(Q4_0, Q4_0, 4, 121).with_shared(SharedWeights::new(
+        F16,
+        Q8_0,
+        1024,
+        Some(F32),
+        123,
+    ));
+    GpuMoeLayer::check(&ok.layer(config, false), true).unwrap();
+    // Others are typed errors naming the tensor.
+    for (sgu, sdn, gate, role) in [
+        (Q5_0, Q8_0, None, "ffn_up_shexp"),
+        (Q8_0, Q5_0, None, "ffn_down_shexp"),
+        (Q8_0, Q8_0, Some(Q5_0), "ffn_gate_inp_shexp"),
+    ] {
+        let w = Weights::new(Q4_0, Q4_0, 4, 124)
+            .with_shared(SharedWeights::new(sgu, sdn, 512, gate, 125));
+        let err = GpuMoeLayer::check(&w.layer(config, false), true).unwrap_err();
+        assert!(
+            matches!(err, GpuError::UnsupportedType { role: r, ty: Q5_0 } if r == role),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn shared_bytes_count_the_matrices_and_the_gate() {
+    use TensorType::*;
+    let w = Weights::new(Q4_0, Q4_0, 4, 131).with_shared(SharedWeights::new(
+        Q8_0,
+        Q6_K,
+        512,
+        Some(F32),
+        132,
+    ));
+    let s = w.shared.as_ref().unwrap();
+    let layer = w.layer(RouterConfig::mixtral(N_EMBD, 4, 2), false);
+    let expected = s.gate.len() + s.up.len() + s.down.len() + N_EMBD * 4;
+    assert_eq!(moe_cuda::placement::shared_bytes(&layer), expected as u64);
+    let plain = Weights::new(Q4_0, Q4_0, 4, 131);
+    let layer = plain.layer(RouterConfig::mixtral(N_EMBD, 4, 2), false);
+    assert_eq!(moe_cuda::placement::shared_bytes(&layer), 0);
+}
 
 #[test]
 fn placement_from_router_statistics_takes_the_most_used_experts() {

@@ -4,12 +4,16 @@
 //! lanes with the shuffles' addition order); this test feeds it
 //! the same random layers as the device tests and compares with moe-core's CPU layer:
 //! same experts, outputs within 1e-3 — every weight type, decode and prefill (align +
-//! tiles), and the DeepSeek-style router options.
+//! tiles), the DeepSeek-style router options, shared experts (DeepSeek's always-on one
+//! of its own width and types, Qwen2-MoE's sigmoid-gated one with gate vectors of every
+//! type) and the hybrid split (non-resident experts skipped on the "device", run on the
+//! CPU layer without its shared expert, added: the shared expert counted once).
 //!
 //! What it proves: the block dot products, quantizers, router selection, tiling and
 //! align of the `.cu` files compute what the CPU spec computes. What it cannot: anything
 //! about real hardware (memory model, launch limits, timing) or the Rust launch code —
-//! the device tests cover those when a GPU is lent.
+//! the device tests cover those when a GPU is lent. The harness mirrors layer.rs's
+//! launch order and buffer choices by hand: a change to one needs the same in the other.
 //!
 //! Needs `g++` with C++20 and `_Float16` (GCC 12+ on x86-64, checked by a probe); prints
 //! `skipped: no g++ with C++20 and _Float16` otherwise. A harness that then fails to
@@ -22,7 +26,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{N_EMBD, N_FF, TYPES, Weights, assert_close, assert_same_routing, cpu_forward};
+use common::{
+    N_EMBD, N_FF, SharedWeights, TYPES, Weights, assert_close, assert_same_routing, cpu_forward,
+    cpu_routed_only,
+};
+use moe_core::TensorType;
 use moe_core::router::{GroupLimit, GroupScore, Normalize, RouterConfig, ScoreFunc, Selection};
 use moe_cuda::synthetic::random_f32;
 
@@ -88,7 +96,20 @@ fn le_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Runs the harness: output rows, ids and weights.
+/// Stacks `bytes` (`n_expert` equal matrices) keeping only the resident experts, as
+/// `GpuMoeLayer::with_placement` uploads them.
+fn resident_stack(bytes: &[u8], resident: &[bool]) -> Vec<u8> {
+    let per = bytes.len() / resident.len();
+    bytes
+        .chunks_exact(per)
+        .zip(resident)
+        .filter(|(_, r)| **r)
+        .flat_map(|(m, _)| m.iter().copied())
+        .collect()
+}
+
+/// Runs the harness with the experts `resident` marks on the "device": output rows, ids
+/// and weights.
 fn run_harness(
     bin: &PathBuf,
     w: &Weights,
@@ -96,9 +117,11 @@ fn run_harness(
     with_bias: bool,
     hidden: &[f32],
     selections: Option<&[Selection]>,
+    resident: &[bool],
 ) -> (Vec<f32>, Vec<i32>, Vec<f32>) {
     let n_tokens = hidden.len() / N_EMBD;
     let k = config.k;
+    let sh = w.shared.as_ref();
     let mut input = le_i32(&[
         w.gate_up_ty.id() as i32,
         w.down_ty.id() as i32,
@@ -109,14 +132,32 @@ fn run_harness(
         n_tokens as i32,
         i32::from(selections.is_none()),
         i32::from(with_bias),
+        sh.map_or(0, |s| s.mode()),
+        sh.map_or(0, |s| s.gate_up_ty.id() as i32),
+        sh.map_or(0, |s| s.down_ty.id() as i32),
+        sh.map_or(0, |s| s.n_ff as i32),
+        sh.and_then(|s| s.scale.as_ref())
+            .map_or(0, |(ty, _)| ty.id() as i32),
     ]);
     input.extend(moe_cuda::route_params_bytes(&config, with_bias).unwrap());
     for bytes in [&w.gate, &w.up, &w.down] {
-        input.extend((bytes.len() as u64).to_le_bytes());
-        input.extend_from_slice(bytes);
+        let stack = resident_stack(bytes, resident);
+        input.extend((stack.len() as u64).to_le_bytes());
+        input.extend_from_slice(&stack);
+    }
+    if let Some(s) = sh {
+        let empty = Vec::new();
+        let scale = s.scale.as_ref().map_or(&empty, |(_, b)| b);
+        for bytes in [&s.gate, &s.up, &s.down, scale] {
+            input.extend((bytes.len() as u64).to_le_bytes());
+            input.extend_from_slice(bytes);
+        }
     }
     input.extend_from_slice(&w.router);
     input.extend_from_slice(&w.bias);
+    input.extend(le_i32(
+        &resident.iter().map(|&r| i32::from(r)).collect::<Vec<_>>(),
+    ));
     input.extend(le_f32(hidden));
     if let Some(sel) = selections {
         let mut ids = vec![-1i32; n_tokens * k];
@@ -163,6 +204,18 @@ fn run_harness(
     (result, ids, weights)
 }
 
+/// Per token, the harness's (expert, weight) choices in rank order.
+fn routed_of(ids: &[i32], weights: &[f32], n_tokens: usize, slots: usize) -> Vec<Vec<(u32, f32)>> {
+    (0..n_tokens)
+        .map(|t| {
+            (0..slots)
+                .filter(|&j| ids[t * slots + j] >= 0)
+                .map(|j| (ids[t * slots + j] as u32, weights[t * slots + j]))
+                .collect()
+        })
+        .collect()
+}
+
 /// Runs one case; `host_selections` also runs it with the CPU's selections given.
 fn check(
     w: &Weights,
@@ -178,16 +231,9 @@ fn check(
     let layer = w.layer(config, with_bias);
     let hidden = random_f32(n_tokens * N_EMBD, 1.0, n_tokens as u64 + 99);
     let (cpu, selections) = cpu_forward(&layer, &hidden);
-    let (out, ids, weights) = run_harness(&bin, w, config, with_bias, &hidden, None);
-    let slots = config.experts_per_token();
-    let routed: Vec<Vec<(u32, f32)>> = (0..n_tokens)
-        .map(|t| {
-            (0..slots)
-                .filter(|&j| ids[t * slots + j] >= 0)
-                .map(|j| (ids[t * slots + j] as u32, weights[t * slots + j]))
-                .collect()
-        })
-        .collect();
+    let all = vec![true; w.n_expert];
+    let (out, ids, weights) = run_harness(&bin, w, config, with_bias, &hidden, None, &all);
+    let routed = routed_of(&ids, &weights, n_tokens, config.experts_per_token());
     assert_same_routing(label, &routed, &selections[..n_tokens]);
     assert_close(label, &out, &cpu);
     if !host_selections {
@@ -201,6 +247,7 @@ fn check(
         with_bias,
         &hidden,
         Some(&selections[..n_tokens]),
+        &all,
     );
     assert_close(&format!("{label} (host selections)"), &out2, &cpu);
 }
@@ -271,4 +318,141 @@ fn routing_options_match_cpu() {
         ..RouterConfig::top_k(N_EMBD, 16, 2)
     };
     check(&w, selected, false, 6, "softmax over the selected", false);
+}
+
+fn deepseek_config(n_expert: usize, k: usize) -> RouterConfig {
+    RouterConfig {
+        score: ScoreFunc::Sigmoid,
+        normalize: Normalize::Sum { epsilon: 1e-20 },
+        scale: 2.5,
+        groups: Some(GroupLimit {
+            n_group: 4,
+            topk_group: 2,
+            score: GroupScore::SumTop(2),
+        }),
+        ..RouterConfig::top_k(N_EMBD, n_expert, k)
+    }
+}
+
+#[test]
+fn always_on_shared_expert_matches_cpu() {
+    use TensorType::*;
+    // DeepSeek: added with weight 1, wider than the routed experts (1280 vs 768) and of
+    // other types (Q8_0 against Q4_K/Q6_K: the input is quantized to Q8_0 and Q8_K).
+    let w = Weights::new(Q4_K, Q6_K, 16, 71)
+        .with_shared(SharedWeights::new(Q8_0, Q8_0, 1280, None, 72));
+    for n_tokens in [1, 4, 37] {
+        let label = format!("always-on shared Q8_0 n_ff=1280, Q4_K/Q6_K experts, T={n_tokens}");
+        check(
+            &w,
+            deepseek_config(16, 4),
+            true,
+            n_tokens,
+            &label,
+            n_tokens == 4,
+        );
+    }
+    // The same types as the experts, narrower, with k = 2 of 8.
+    let w =
+        Weights::new(Q4_0, Q4_0, 8, 73).with_shared(SharedWeights::new(Q4_0, Q4_0, 512, None, 74));
+    for n_tokens in [2, 33] {
+        let label = format!("always-on shared Q4_0 n_ff=512, T={n_tokens}");
+        check(
+            &w,
+            RouterConfig::mixtral(N_EMBD, 8, 2),
+            false,
+            n_tokens,
+            &label,
+            n_tokens == 33,
+        );
+    }
+}
+
+#[test]
+fn gated_shared_expert_matches_cpu() {
+    use TensorType::*;
+    // Qwen2-MoE: weight sigmoid(gate · x), the gate an F32 vector (as GGUF files store
+    // it), F16/BF16 shared FFN of width 1024 beside Q8_0 experts.
+    let w = Weights::new(Q8_0, Q8_0, 16, 75).with_shared(SharedWeights::new(
+        F16,
+        BF16,
+        1024,
+        Some(F32),
+        76,
+    ));
+    for n_tokens in [1, 5, 40] {
+        let label = format!("gated shared (F32 gate) F16/BF16 n_ff=1024, T={n_tokens}");
+        check(
+            &w,
+            RouterConfig::top_k(N_EMBD, 16, 4),
+            false,
+            n_tokens,
+            &label,
+            n_tokens == 5,
+        );
+    }
+    // Gate vectors of other types read the input in their own activation format, which
+    // no FFN of the layer may need.
+    for (i, (gu, dn, sgu, sdn, gate)) in [
+        (Q4_K, Q4_K, Q6_K, Q4_K, Q8_0),
+        (Q4_0, Q4_0, Q4_0, Q8_0, Q4_K),
+        (BF16, BF16, Q6_K, Q6_K, BF16),
+        (F16, F16, Q8_0, Q8_0, Q6_K),
+        (Q8_0, Q8_0, Q4_K, Q6_K, F16),
+        (Q6_K, Q6_K, F16, F16, Q4_0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let w = Weights::new(gu, dn, 8, 80 + i as u64).with_shared(SharedWeights::new(
+            sgu,
+            sdn,
+            512,
+            Some(gate),
+            90 + i as u64,
+        ));
+        for n_tokens in [2, 33] {
+            let label =
+                format!("gated shared ({gate} gate) {sgu}/{sdn}, {gu}/{dn} experts, T={n_tokens}");
+            check(
+                &w,
+                RouterConfig::mixtral(N_EMBD, 8, 2),
+                false,
+                n_tokens,
+                &label,
+                false,
+            );
+        }
+    }
+}
+
+/// `GpuMoeLayer::hybrid_forward`'s composition: the device part (resident experts and
+/// the shared expert) plus the CPU part (the other experts, on the layer without its
+/// shared expert) is the CPU layer's output: the shared expert is added exactly once.
+#[test]
+fn hybrid_with_a_shared_expert_adds_it_once() {
+    use TensorType::*;
+    let Some(bin) = harness() else {
+        return skip();
+    };
+    let resident = [true, false, true, false, false, true, true, false];
+    for (label, scale) in [("always-on", None), ("gated", Some(F32))] {
+        let w = Weights::new(Q4_K, Q6_K, 8, 101)
+            .with_shared(SharedWeights::new(Q8_0, Q4_K, 1280, scale, 102));
+        let config = RouterConfig::mixtral(N_EMBD, 8, 2);
+        let layer = w.layer(config, false);
+        for n_tokens in [1, 3, 37] {
+            let hidden = random_f32(n_tokens * N_EMBD, 1.0, n_tokens as u64 + 7);
+            let (cpu, _) = cpu_forward(&layer, &hidden);
+            let (mut out, ids, weights) =
+                run_harness(&bin, &w, config, false, &hidden, None, &resident);
+            let routed = routed_of(&ids, &weights, n_tokens, config.experts_per_token());
+            let share = moe_cuda::cpu_share(&routed, &resident);
+            let cpu_part = cpu_routed_only(&layer, &hidden, &share);
+            for (o, c) in out.iter_mut().zip(&cpu_part) {
+                *o += c;
+            }
+            assert_close(&format!("hybrid, {label} shared, T={n_tokens}"), &out, &cpu);
+        }
+    }
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use moe_core::TensorType;
-use moe_core::moe::{Activation, ExpertStack, MoeLayer, Workspace};
+use moe_core::moe::{Activation, ExpertStack, Ffn, MoeLayer, SharedExpert, Workspace};
 use moe_core::router::{Router, RouterConfig, Selection};
 use moe_core::tensor::TensorView;
 use moe_cuda::RouterTensors;
@@ -16,7 +16,77 @@ pub const TOLERANCE: f32 = 1e-3;
 pub const N_EMBD: usize = 512;
 pub const N_FF: usize = 768;
 
-/// The bytes of one layer: gate, up and down stacks, router weight and bias.
+/// The bytes of a shared expert: a SwiGLU FFN of its own width and types and, for
+/// Qwen2-MoE's sigmoid gate, the gate vector.
+pub struct SharedWeights {
+    pub gate: Vec<u8>,
+    pub up: Vec<u8>,
+    pub down: Vec<u8>,
+    pub gate_up_ty: TensorType,
+    pub down_ty: TensorType,
+    pub n_ff: usize,
+    /// The gate vector `[N_EMBD]` and its type (`None`: added with weight 1).
+    pub scale: Option<(TensorType, Vec<u8>)>,
+}
+
+impl SharedWeights {
+    /// A random shared expert; `scale_ty`: Qwen's gate vector of that type (F32: values
+    /// in ±0.1), or `None` for DeepSeek's always-on form.
+    pub fn new(
+        gate_up_ty: TensorType,
+        down_ty: TensorType,
+        n_ff: usize,
+        scale_ty: Option<TensorType>,
+        seed: u64,
+    ) -> Self {
+        let m = |ty, rows, cols, s| random_matrix(ty, rows, cols, seed * 10 + s).unwrap();
+        let scale = scale_ty.map(|ty| {
+            let bytes = if ty == TensorType::F32 {
+                random_f32(N_EMBD, 0.1, seed * 10 + 7)
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect()
+            } else {
+                m(ty, 1, N_EMBD, 7)
+            };
+            (ty, bytes)
+        });
+        SharedWeights {
+            gate: m(gate_up_ty, n_ff, N_EMBD, 4),
+            up: m(gate_up_ty, n_ff, N_EMBD, 5),
+            down: m(down_ty, N_EMBD, n_ff, 6),
+            gate_up_ty,
+            down_ty,
+            n_ff,
+            scale,
+        }
+    }
+
+    /// The shared expert over these bytes.
+    pub fn expert(&self) -> SharedExpert<'_> {
+        let v = |ty, dims: &[u64], bytes| TensorView::new(ty, dims, bytes).unwrap();
+        let (e, f) = (N_EMBD as u64, self.n_ff as u64);
+        let ffn = Ffn::new(
+            Some(v(self.gate_up_ty, &[e, f], &self.gate)),
+            v(self.gate_up_ty, &[e, f], &self.up),
+            v(self.down_ty, &[f, e], &self.down),
+            Activation::Silu,
+        )
+        .unwrap();
+        match &self.scale {
+            Some((ty, bytes)) => SharedExpert::gated(ffn, v(*ty, &[e], bytes)).unwrap(),
+            None => SharedExpert::AlwaysOn(ffn),
+        }
+    }
+
+    /// The harness's `shared` mode: 1 always on, 2 gated.
+    pub fn mode(&self) -> i32 {
+        if self.scale.is_some() { 2 } else { 1 }
+    }
+}
+
+/// The bytes of one layer: gate, up and down stacks, router weight and bias, and
+/// optionally a shared expert.
 pub struct Weights {
     pub gate: Vec<u8>,
     pub up: Vec<u8>,
@@ -26,6 +96,7 @@ pub struct Weights {
     pub gate_up_ty: TensorType,
     pub down_ty: TensorType,
     pub n_expert: usize,
+    pub shared: Option<SharedWeights>,
 }
 
 impl Weights {
@@ -48,7 +119,14 @@ impl Weights {
             gate_up_ty,
             down_ty,
             n_expert,
+            shared: None,
         }
+    }
+
+    /// The same layer with a shared expert.
+    pub fn with_shared(mut self, shared: SharedWeights) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     pub fn stack(&self) -> ExpertStack<'_> {
@@ -90,10 +168,14 @@ impl Weights {
         if let Some(b) = t.bias {
             router = router.with_bias(b).unwrap();
         }
-        MoeLayer::new(self.stack(), config.k)
+        let layer = MoeLayer::new(self.stack(), config.k)
             .unwrap()
             .with_router(router)
-            .unwrap()
+            .unwrap();
+        match &self.shared {
+            Some(s) => layer.with_shared(s.expert()).unwrap(),
+            None => layer,
+        }
     }
 }
 
@@ -112,6 +194,18 @@ pub fn cpu_forward(layer: &MoeLayer<'_>, hidden: &[f32]) -> (Vec<f32>, Vec<Selec
     let mut out = vec![0f32; hidden.len()];
     layer.forward(hidden, &[], &mut out, &mut ws).unwrap();
     (out, selections)
+}
+
+/// CPU forward of `selections` on `layer` without its shared expert (the CPU share of a
+/// hybrid forward).
+pub fn cpu_routed_only(layer: &MoeLayer<'_>, hidden: &[f32], selections: &[Selection]) -> Vec<f32> {
+    let routed_only = layer.with_shared(SharedExpert::None).unwrap();
+    let mut ws = vec![0u8; layer.workspace_bytes(selections.len())];
+    let mut out = vec![0f32; hidden.len()];
+    routed_only
+        .forward_selected(hidden, selections, &mut out, &mut ws)
+        .unwrap();
+    out
 }
 
 pub fn max_abs(v: &[f32]) -> f32 {
