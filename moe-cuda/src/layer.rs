@@ -15,6 +15,10 @@
 //! weighted in ascending expert id, then the shared expert's, the CPU layer's order. The
 //! host copies the input in and the output out.
 //!
+//! [`GpuMoeLayer::hybrid_forward`] splits that sequence after routing: the ids and
+//! weights come back, the FFN launches go out, and the CPU runs the non-resident experts
+//! while the device works.
+//!
 //! Unverified on hardware: nothing here has run on a GPU yet.
 
 use std::sync::Arc;
@@ -1036,12 +1040,18 @@ impl GpuMoeLayer {
 
     /// Hybrid forward: the device routes every token and runs its resident experts and
     /// the shared expert (if the layer has one: every token uses it, so it always runs
-    /// on the device), then `cpu` (the same layer on the CPU path) runs the other
-    /// selected experts with the device's routing, and its share is added into `out`.
-    /// The CPU share runs on a copy of `cpu` without its shared expert, so the shared
-    /// expert is added once. Sequential (the CPU part waits for the device), so it saves
-    /// device memory, not time, until the two are overlapped. `workspace` is the CPU
-    /// layer's `workspace_bytes(T)` (which also covers the copy's).
+    /// on the device), while `cpu` (the same layer on the CPU path) runs the other
+    /// selected experts with the device's routing; its share is added into `out`.
+    ///
+    /// Overlapped: the host launches quantize + route, copies back only the ids and
+    /// weights (`T × k` of each) and synchronizes, launches the FFN kernels and the
+    /// combine without waiting, computes the CPU share while the device works, and only
+    /// then downloads the device output and adds the CPU share. The CPU share runs on a
+    /// copy of `cpu` without its shared expert, so the shared expert is added once.
+    /// `workspace` is the CPU layer's `workspace_bytes(T)` (which also covers the copy's).
+    /// With every expert resident nothing runs on the CPU and nothing is read back early.
+    /// [`routed`](Self::routed) afterwards reads this pass's routing, as after
+    /// [`forward`](Self::forward).
     pub fn hybrid_forward(
         &mut self,
         cpu: &MoeLayer<'_>,
@@ -1049,27 +1059,42 @@ impl GpuMoeLayer {
         out: &mut [f32],
         workspace: &mut [u8],
     ) -> Result<()> {
+        if self.router.is_none() {
+            return Err(GpuError::Unsupported {
+                reason: "the layer has no router: use forward_selected",
+            });
+        }
         if cpu.n_embd() != self.n_embd || cpu.experts().n_expert() != self.n_expert {
             return Err(GpuError::Unsupported {
                 reason: "the CPU layer is not the layer uploaded",
             });
         }
-        self.forward(hidden, out)?;
-        let n_tokens = hidden.len() / self.n_embd;
-        if self.resident.iter().all(|&r| r) {
-            return Ok(());
-        }
-        let routed = self.routed(n_tokens)?;
-        let selections = cpu_share(&routed, &self.resident);
-        if selections.iter().all(|s| s.is_empty()) {
-            return Ok(());
-        }
-        // The device added the shared expert: the CPU adds only its routed share.
-        let routed_only = (*cpu).with_shared(SharedExpert::None)?;
-        let mut cpu_out = vec![0f32; out.len()];
-        routed_only.forward_selected(hidden, &selections, &mut cpu_out, workspace)?;
-        for (o, c) in out.iter_mut().zip(&cpu_out) {
-            *o += c;
+        let n_tokens = self.check_lengths(hidden, out)?;
+        self.ensure_scratch(n_tokens)?;
+        self.upload_input(hidden)?;
+        let slots = self.slots();
+        self.launch_inputs(n_tokens, true)?;
+        let share = if self.resident.iter().all(|&r| r) {
+            Vec::new()
+        } else {
+            cpu_share(&self.read_routing(n_tokens)?, &self.resident)
+        };
+        self.launch_ffns(n_tokens, slots)?;
+        // While the device runs the FFNs: the CPU's share, without the shared expert
+        // (the device adds it).
+        let cpu_out = if share.iter().any(|s| !s.is_empty()) {
+            let routed_only = (*cpu).with_shared(SharedExpert::None)?;
+            let mut cpu_out = vec![0f32; out.len()];
+            routed_only.forward_selected(hidden, &share, &mut cpu_out, workspace)?;
+            Some(cpu_out)
+        } else {
+            None
+        };
+        self.download_output(n_tokens, out)?;
+        if let Some(cpu_out) = cpu_out {
+            for (o, c) in out.iter_mut().zip(&cpu_out) {
+                *o += c;
+            }
         }
         Ok(())
     }

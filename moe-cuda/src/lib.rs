@@ -9,8 +9,8 @@
 //! - [`placement`]: which experts to keep on the device under a byte budget (pure host
 //!   code); [`GpuMoeLayer::with_placement`] uploads only those, and
 //!   [`GpuMoeLayer::hybrid_forward`] runs the rest on the CPU layer with the device's
-//!   routing (sequentially for now: the CPU part waits for the device). The shared
-//!   expert always runs on the device: every token uses it.
+//!   routing, overlapped with the device's FFN kernels (only the routing waits). The
+//!   shared expert always runs on the device: every token uses it.
 //!
 //! **Status:** every device path here is unverified on hardware until a session with a
 //! GPU runs `cargo xtask cuda-check`'s command. What is checked without one: the kernels
