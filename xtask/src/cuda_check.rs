@@ -1,5 +1,6 @@
-//! `cargo xtask cuda-check`: builds moe-cuda's test binaries and its bench in release,
-//! copies them with a run script to `target/cuda-check/`, and prints the one command
+//! `cargo xtask cuda-check`: builds moe-cuda's test binaries and its bench, and the
+//! whole-model GPU test of moe-std with the `moe` binary it runs, in release, copies them
+//! with a run script to `target/cuda-check/`, and prints the one command
 //! that runs them on a GPU machine with no Rust toolchain (the folder travels as an
 //! ignored path; the command runs in the repository root there).
 //!
@@ -19,7 +20,22 @@ use crate::{Result, cargo_cmd, root, show, step};
 const DIR: &str = "target/cuda-check";
 
 /// The binaries the run script runs.
-const NEEDED: [&str; 4] = ["moe_cuda", "device", "nvrtc_compile", "moe-cuda-bench"];
+const NEEDED: [&str; 6] = [
+    "moe_cuda",
+    "device",
+    "nvrtc_compile",
+    "moe-cuda-bench",
+    "gpu_model",
+    "moe",
+];
+
+/// What to build: cargo's arguments after `--release`.
+const BUILDS: [&[&str]; 4] = [
+    &["test", "--no-run", "-p", "moe-cuda"],
+    &["build", "-p", "moe-cuda", "--bin", "moe-cuda-bench"],
+    &["test", "--no-run", "-p", "moe-std", "--test", "gpu_model"],
+    &["build", "-p", "moe-std", "--bin", "moe"],
+];
 
 /// The run script (POSIX sh).
 const SCRIPT: &str = r#"#!/bin/sh
@@ -70,6 +86,9 @@ run() {
 run 60 "$here/moe_cuda" --test-threads=1
 run 150 "$here/device" --nocapture --test-threads=1
 run 150 "$here/moe-cuda-bench"
+# Whole fixture models with their FFN blocks on the GPU against the CPU path (fixtures
+# from this checkout's moe-core/tests/fixtures/models; the CLI part runs $here/moe).
+MOE_BIN="$here/moe" run 120 "$here/gpu_model" --nocapture --test-threads=1
 # The compile matrix (sm_80 and sm_90, every file) takes minutes of NVRTC time and is
 # checked where the binaries were built; the device tests above compiled the whole
 # program with this machine's NVRTC (and the bench loaded it from the cache). Here only
@@ -86,15 +105,13 @@ pub fn run(args: &[String]) -> Result {
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
 
-    step("build moe-cuda's tests and bench (release)");
+    step("build moe-cuda's tests and bench, moe-std's GPU model test and moe (release)");
     let mut artifacts = Vec::new();
-    for args in [
-        &["test", "--no-run"][..],
-        &["build", "--bin", "moe-cuda-bench"][..],
-    ] {
+    for args in BUILDS {
         let mut cmd = cargo_cmd();
-        cmd.args(args)
-            .args(["--release", "-p", "moe-cuda", "--message-format=json"])
+        cmd.args(&args[..1])
+            .args(["--release", "--message-format=json"])
+            .args(&args[1..])
             // Fast release builds that carry well under the device tool's 64 MiB.
             .env("CARGO_PROFILE_RELEASE_LTO", "false")
             .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
@@ -150,8 +167,9 @@ pub fn run(args: &[String]) -> Result {
     Ok(())
 }
 
-/// `(name, path)` of every executable in cargo's JSON messages: test binaries by target
-/// name (`moe_cuda` for the library's unit tests), binaries by name.
+/// `(name, path)` of every executable of moe-cuda and moe-std in cargo's JSON messages:
+/// test binaries by target name (`moe_cuda` for the library's unit tests), binaries by
+/// name.
 fn executables(json: &str) -> Vec<(String, PathBuf)> {
     let mut found = Vec::new();
     for line in json.lines() {
@@ -167,7 +185,7 @@ fn executables(json: &str) -> Vec<(String, PathBuf)> {
         };
         if msg["package_id"]
             .as_str()
-            .is_some_and(|id| id.contains("moe-cuda"))
+            .is_some_and(|id| id.contains("moe-cuda") || id.contains("moe-std"))
         {
             let name = if msg["target"]["kind"][0] == "bin" {
                 name.to_string()

@@ -1,0 +1,314 @@
+//! Whole models with their FFN blocks on the GPU (`Session::offload_to_gpu`, `--gpu`)
+//! against the same models on the CPU path: the fixture models of
+//! `moe-core/tests/fixtures/models` that the GPU kernels read (Q4_0, Q8_0, Q4_K_M, F16;
+//! Mixtral, Qwen3-MoE, Qwen2-MoE with its gated shared expert, DeepSeek with a dense
+//! first block, shared experts, group-limited routing and a selection bias), all
+//! experts resident and hybrid (half the routed experts' bytes as the budget, the rest
+//! on the CPU): the same experts chosen in every block, logits within 1e-3 of the
+//! logit range, the same argmax.
+//!
+//! Without a CUDA device the GPU comparison prints `skipped: no CUDA device`
+//! (`MOE_REQUIRE_GPU=1` makes that a failure); what runs everywhere: the GPU path
+//! accepts every block of these fixtures, and a model whose blocks it cannot run stays
+//! on the CPU (with the reason) instead of failing.
+//!
+//! The CLI: `--gpu`, `--gpu-budget`, `--gpu-stats` are parsed by run, bench, route and
+//! logits; without a device `--gpu` is a one-line error, a bad budget or statistics file
+//! a message naming it; with one, `moe logits --gpu` agrees with the CPU path.
+//!
+//! The fixtures are found next to this crate, or under `moe-core/tests/fixtures/models`
+//! of the current directory (the carried test binary of `cargo xtask cuda-check`).
+
+use std::path::PathBuf;
+
+use moe_core::model::Model;
+use moe_core::router::Selection;
+use moe_cuda::GpuMoeLayer;
+use moe_std::GgufFile;
+use moe_std::gpu::{BlockWeights, GpuOptions};
+use moe_std::pool::ThreadPool;
+use moe_std::session::{KvType, Session};
+
+mod run_moe;
+
+use run_moe::{moe, ok};
+
+/// The fixtures every block of which the GPU path runs.
+const GPU_MODELS: [&str; 6] = [
+    "mixtral-tiny-q4_0",
+    "mixtral-tiny-q8_0",
+    "mixtral-k-tiny-q4_k_m",
+    "qwen3moe-tiny-q8_0",
+    "qwen2moe-tiny-f16",
+    "deepseek2-kvb-tiny-q8_0",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    let beside = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../moe-core/tests/fixtures/models"
+    ));
+    let dir = if beside.is_dir() {
+        beside
+    } else {
+        PathBuf::from("moe-core/tests/fixtures/models")
+    };
+    dir.join(format!("{name}.gguf"))
+}
+
+/// The fixture's token sequence (as the llama.cpp comparisons use).
+fn tokens() -> Vec<u32> {
+    vec![1, 5, 17, 42, 3, 77, 9, 60, 31, 2, 88, 14]
+}
+
+/// Every position's logits and every MoE block's routing (`routes[layer][position]`).
+type Run = (Vec<f32>, Vec<Vec<Vec<u32>>>);
+
+/// Evaluates the tokens as one prompt batch, then one token more as a decode step, on
+/// the CPU or with `gpu`.
+fn evaluate(gguf: &GgufFile, gpu: Option<&GpuOptions>) -> Run {
+    let pool = ThreadPool::new(2);
+    let tokens = tokens();
+    let mut session = Session::new(gguf, &pool, 64, tokens.len(), KvType::F32).unwrap();
+    if let Some(options) = gpu {
+        let offload = session.offload_to_gpu(options).unwrap();
+        assert!(offload.skipped().is_empty(), "{:?}", offload.skipped());
+    }
+    let c = session.model().config();
+    let (n_vocab, n_layer) = (c.n_vocab, c.n_layer);
+    let mut routes = vec![vec![Vec::new(); tokens.len() + 1]; n_layer];
+    let mut record = |layer: usize, first: usize, selections: &[Selection]| {
+        for (i, s) in selections.iter().enumerate() {
+            let mut experts: Vec<u32> = s.iter().map(|c| c.expert).collect();
+            experts.sort_unstable();
+            routes[layer][first + i] = experts;
+        }
+    };
+    let (prompt, last) = tokens.split_at(tokens.len() - 1);
+    let mut logits = vec![0.0; prompt.len() * n_vocab];
+    session
+        .eval_routed(prompt, &mut logits, &mut [], &mut record)
+        .unwrap();
+    let mut step = vec![0.0; n_vocab];
+    session
+        .eval_routed(last, &mut step, &mut [], &mut record)
+        .unwrap();
+    logits.extend_from_slice(&step);
+    (logits, routes)
+}
+
+fn compare(name: &str, what: &str, cpu: &Run, gpu: &Run, n_vocab: usize) {
+    for (l, (c, g)) in cpu.1.iter().zip(&gpu.1).enumerate() {
+        for (pos, (c, g)) in c.iter().zip(g).enumerate() {
+            assert_eq!(c, g, "{name} ({what}): block {l}, position {pos}: experts");
+        }
+    }
+    for (pos, (c, g)) in cpu.0.chunks(n_vocab).zip(gpu.0.chunks(n_vocab)).enumerate() {
+        let lo = c.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+        let hi = c.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let diff = c
+            .iter()
+            .zip(g)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            diff <= 1e-3 * (hi - lo),
+            "{name} ({what}): position {pos}: logits differ by {diff} (range {})",
+            hi - lo
+        );
+        let argmax = |r: &[f32]| (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b });
+        assert_eq!(
+            argmax(c),
+            argmax(g),
+            "{name} ({what}): position {pos}: argmax"
+        );
+    }
+}
+
+#[test]
+fn the_gpu_path_accepts_every_block_of_the_gpu_fixtures() {
+    for name in GPU_MODELS {
+        let gguf = GgufFile::open(fixture(name)).unwrap();
+        let model: Model<'_> = Model::from_gguf(gguf.file()).unwrap();
+        for l in 0..model.config().n_layer {
+            let ffn = model.ffn(l).unwrap();
+            GpuMoeLayer::check(ffn, ffn.router().is_some())
+                .unwrap_or_else(|e| panic!("{name}: block {l}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn gpu_models_match_the_cpu_path_resident_and_hybrid() {
+    if moe_cuda::devices().is_empty() {
+        assert!(
+            std::env::var_os("MOE_REQUIRE_GPU").is_none(),
+            "MOE_REQUIRE_GPU is set but there is no CUDA device"
+        );
+        println!("skipped: no CUDA device");
+        return;
+    }
+    for name in GPU_MODELS {
+        let gguf = GgufFile::open(fixture(name)).unwrap();
+        let model: Model<'_> = Model::from_gguf(gguf.file()).unwrap();
+        let n_vocab = model.config().n_vocab;
+        // Hybrid: half of the routed experts' bytes (dense blocks and shared experts
+        // are placed first, so they take part of it).
+        let routed: u64 = (0..model.config().n_layer)
+            .map(|l| BlockWeights::of(model.ffn(l).unwrap()).unwrap())
+            .filter(|b| !b.dense)
+            .map(|b| b.experts.iter().sum::<u64>())
+            .sum();
+        let cpu = evaluate(&gguf, None);
+        let resident = GpuOptions::default();
+        compare(
+            name,
+            "resident",
+            &cpu,
+            &evaluate(&gguf, Some(&resident)),
+            n_vocab,
+        );
+        let hybrid = GpuOptions {
+            budget: Some(routed / 2),
+            ..GpuOptions::default()
+        };
+        compare(
+            name,
+            "hybrid",
+            &cpu,
+            &evaluate(&gguf, Some(&hybrid)),
+            n_vocab,
+        );
+        println!("{name}: resident and hybrid match the CPU path");
+    }
+}
+
+#[test]
+fn blocks_the_gpu_cannot_run_stay_on_the_cpu() {
+    // F32 expert weights: no GPU kernel reads them.
+    let gguf = GgufFile::open(fixture("mistral-tiny")).unwrap();
+    let model: Model<'_> = Model::from_gguf(gguf.file()).unwrap();
+    let ffn = model.ffn(0).unwrap();
+    let err = GpuMoeLayer::check(ffn, false).unwrap_err();
+    assert!(err.to_string().contains("F32"), "{err}");
+    if moe_cuda::devices().is_empty() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let cpu = evaluate(&gguf, None);
+    let pool = ThreadPool::new(2);
+    let mut session = Session::new(&gguf, &pool, 64, 12, KvType::F32).unwrap();
+    let offload = session.offload_to_gpu(&GpuOptions::default()).unwrap();
+    assert_eq!(offload.skipped().len(), model.config().n_layer);
+    let mut logits = vec![0.0; 11 * model.config().n_vocab];
+    session.eval(&tokens()[..11], &mut logits).unwrap();
+    assert_eq!(logits, cpu.0[..logits.len()]);
+}
+
+#[test]
+fn the_gpu_flags_of_the_cli() {
+    let path = fixture("mixtral-tiny-q4_0");
+    let path = path.to_str().unwrap();
+    let stats = std::env::temp_dir().join(format!("moe-gpu-stats-{}.json", std::process::id()));
+    let route = ok(&["route", path, "--tokens", "1,5,17", "--json"]);
+    std::fs::write(&stats, &route.stdout).unwrap();
+    let stats = stats.to_str().unwrap();
+    let bad_stats = std::env::temp_dir().join(format!("moe-gpu-bad-{}.json", std::process::id()));
+    std::fs::write(&bad_stats, "{\"file\": 1}").unwrap();
+    let bad_stats = bad_stats.to_str().unwrap();
+    // Usage errors (status 2) whether or not there is a device.
+    for budget in ["12X", "-1", "lots", ""] {
+        let out = moe(&["bench", path, "--gpu-budget", budget]);
+        assert_eq!(out.status.code(), Some(2), "--gpu-budget {budget:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--gpu-budget"));
+    }
+    // The statistics file is read before the device is opened.
+    for (file, says) in [
+        (bad_stats, "layers"),
+        ("no-such-stats.json", "no-such-stats"),
+    ] {
+        let out = moe(&["logits", path, "--tokens", "1", "--gpu-stats", file]);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("moe: ") && stderr.contains(says),
+            "{stderr}"
+        );
+    }
+    let commands: [&[&str]; 4] = [
+        &["run", path, "--tokens", "1,5", "-n", "2", "--gpu"],
+        &[
+            "bench",
+            path,
+            "--prompt",
+            "4",
+            "--gen",
+            "2",
+            "--reps",
+            "1",
+            "--gpu-budget",
+            "64K",
+        ],
+        &["route", path, "--tokens", "1,5", "--gpu-stats", stats],
+        &[
+            "logits",
+            path,
+            "--tokens",
+            "1,5",
+            "--gpu",
+            "--gpu-budget",
+            "1.5M",
+            "--gpu-stats",
+            stats,
+        ],
+    ];
+    if moe_cuda::devices().is_empty() {
+        for args in commands {
+            let out = moe(args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.starts_with("moe: ") && stderr.contains("GPU: "),
+                "{args:?}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        }
+        println!("skipped: no CUDA device (the flags were checked)");
+        return;
+    }
+    for args in commands {
+        let out = ok(args);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("gpu: sm_"),
+            "{args:?}"
+        );
+    }
+    let cpu = ok(&["logits", path, "--tokens", "1,5,17,42"]).stdout;
+    let gpu = ok(&[
+        "logits",
+        path,
+        "--tokens",
+        "1,5,17,42",
+        "--gpu-budget",
+        "64K",
+    ])
+    .stdout;
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (cpu, gpu) = (f32s(&cpu), f32s(&gpu));
+    assert_eq!(cpu.len(), gpu.len());
+    let range = cpu.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+        - cpu.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+    let diff = cpu
+        .iter()
+        .zip(&gpu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        diff <= 1e-3 * range,
+        "logits differ by {diff} (range {range})"
+    );
+}
