@@ -141,14 +141,29 @@ fn main() -> ExitCode {
         bytes,
         started.elapsed().as_secs_f64()
     );
-    let line = serde_json::json!({
-        "path": args.out.to_string_lossy(),
-        "bytes": bytes,
-        "routed_expert_bytes": routed_expert_bytes,
-        "type": args.ty.name().to_ascii_lowercase(),
-    });
+    let line = format!(
+        "{{\"path\":{},\"bytes\":{bytes},\"routed_expert_bytes\":{routed_expert_bytes},\"type\":{}}}",
+        json_string(&args.out.to_string_lossy()),
+        json_string(&args.ty.name().to_ascii_lowercase()),
+    );
     println!("{line}");
     ExitCode::SUCCESS
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -157,6 +172,12 @@ mod tests {
 
     fn args(s: &str) -> Vec<OsString> {
         s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("/tmp/x.gguf"), r#""/tmp/x.gguf""#);
+        assert_eq!(json_string("a\"b\\c\nd"), r#""a\"b\\c\u000ad""#);
     }
 
     #[test]
