@@ -1,5 +1,6 @@
-//! `cargo xtask cuda-check`: builds moe-cuda's test binaries and its bench, and the
-//! whole-model GPU test of moe-std with the `moe` binary it runs, in release, copies them
+//! `cargo xtask cuda-check`: builds moe-cuda's test binaries and its bench, the
+//! whole-model GPU test of moe-std with the `moe` binary it runs, and the random-model
+//! writer `moe-synth-model`, in release, copies them
 //! with a run script to `target/cuda-check/`, and prints the one command
 //! that runs them on a GPU machine with no Rust toolchain (the folder travels as an
 //! ignored path; the command runs in the repository root there).
@@ -8,8 +9,10 @@
 //! `libnvrtc.so` in a private folder put on `LD_LIBRARY_PATH` (cudarc's dynamic loading
 //! tries `libnvrtc.so` first, then `.so.12`, `.so.11`, …, never `.so.13`), sets
 //! `MOE_REQUIRE_GPU=1` and `MOE_REQUIRE_NVRTC=1` so a skip is a failure, then runs the
-//! unit tests, the GPU-vs-CPU tests and the bench, each under `timeout`, logging to
-//! `$OUT/cuda-check.log` when `$OUT` is set.
+//! unit tests, the GPU-vs-CPU tests and the bench, each under `timeout`, then writes the
+//! whole-model benchmark file (the perf model's shape, Q4_0 and Q8_0) and runs `moe
+//! bench` on it on the CPU, with every FFN on the GPU, and hybrid (half the routed
+//! experts' bytes on the GPU), logging to `$OUT/cuda-check.log` when `$OUT` is set.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,21 +23,23 @@ use crate::{Result, cargo_cmd, root, show, step};
 const DIR: &str = "target/cuda-check";
 
 /// The binaries the run script runs.
-const NEEDED: [&str; 6] = [
+const NEEDED: [&str; 7] = [
     "moe_cuda",
     "device",
     "nvrtc_compile",
     "moe-cuda-bench",
     "gpu_model",
     "moe",
+    "moe-synth-model",
 ];
 
 /// What to build: cargo's arguments after `--release`.
-const BUILDS: [&[&str]; 4] = [
+const BUILDS: [&[&str]; 5] = [
     &["test", "--no-run", "-p", "moe-cuda"],
     &["build", "-p", "moe-cuda", "--bin", "moe-cuda-bench"],
     &["test", "--no-run", "-p", "moe-std", "--test", "gpu_model"],
     &["build", "-p", "moe-std", "--bin", "moe"],
+    &["build", "-p", "moe-benches", "--bin", "moe-synth-model"],
 ];
 
 /// The run script (POSIX sh).
@@ -89,6 +94,21 @@ run 150 "$here/moe-cuda-bench"
 # Whole fixture models with their FFN blocks on the GPU against the CPU path (fixtures
 # from this checkout's moe-core/tests/fixtures/models; the CLI part runs $here/moe).
 MOE_BIN="$here/moe" run 120 "$here/gpu_model" --nocapture --test-threads=1
+# The whole random Mixtral-shaped model (n_embd 2048, 8 blocks, 8 experts top-2, width
+# 5632): written here (a few seconds), then prefill 128 tokens and 64 decode steps on the
+# CPU, with every FFN block on the GPU, and hybrid with half the routed experts' bytes.
+models=${TMPDIR:-/tmp}/moe-cuda-check-models
+mkdir -p "$models"
+for type in q4_0 q8_0; do
+  model="$models/perf-$type.gguf"
+  run 60 "$here/moe-synth-model" "$model" --type "$type"
+  # Its JSON line (in the log) gives the bytes of all routed experts.
+  routed=$(sed -n 's/.*"routed_expert_bytes":\([0-9]*\).*/\1/p' "$log" | tail -n 1)
+  run 120 "$here/moe" bench "$model" --prompt 128 --gen 64 --reps 2 --json
+  run 120 "$here/moe" bench "$model" --prompt 128 --gen 64 --reps 2 --json --gpu
+  [ -n "$routed" ] && run 120 "$here/moe" bench "$model" --prompt 128 --gen 64 --reps 2 --json --gpu-budget $((routed / 2))
+  rm -f "$model"
+done
 # The compile matrix (sm_80 and sm_90, every file) takes minutes of NVRTC time and is
 # checked where the binaries were built; the device tests above compiled the whole
 # program with this machine's NVRTC (and the bench loaded it from the cache). Here only
@@ -167,7 +187,8 @@ pub fn run(args: &[String]) -> Result {
     Ok(())
 }
 
-/// `(name, path)` of every executable of moe-cuda and moe-std in cargo's JSON messages:
+/// `(name, path)` of every executable of moe-cuda, moe-std and moe-benches in cargo's
+/// JSON messages:
 /// test binaries by target name (`moe_cuda` for the library's unit tests), binaries by
 /// name.
 fn executables(json: &str) -> Vec<(String, PathBuf)> {
@@ -183,10 +204,11 @@ fn executables(json: &str) -> Vec<(String, PathBuf)> {
         else {
             continue;
         };
-        if msg["package_id"]
-            .as_str()
-            .is_some_and(|id| id.contains("moe-cuda") || id.contains("moe-std"))
-        {
+        if msg["package_id"].as_str().is_some_and(|id| {
+            ["moe-cuda", "moe-std", "moe-benches"]
+                .iter()
+                .any(|p| id.contains(p))
+        }) {
             let name = if msg["target"]["kind"][0] == "bin" {
                 name.to_string()
             } else {
