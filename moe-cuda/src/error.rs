@@ -67,7 +67,9 @@ impl fmt::Display for GpuError {
             GpuError::NoDriver => write!(f, "no CUDA driver library (libcuda) on this machine"),
             GpuError::NoNvrtc => write!(
                 f,
-                "no NVRTC library (libnvrtc.so*) found: add its folder to LD_LIBRARY_PATH"
+                "no NVRTC library (libnvrtc.so*) found and no prebuilt kernels for this GPU in the \
+                 kernel cache: add NVRTC's folder to LD_LIBRARY_PATH, or put the cubins of \
+                 `moe-cuda-kernels DIR` in $MOE_CUDA_CACHE"
             ),
             GpuError::NoDevice { ordinal } => write!(f, "no CUDA device {ordinal}"),
             GpuError::Driver(e) => write!(f, "CUDA driver error: {e}"),

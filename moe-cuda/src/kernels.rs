@@ -11,6 +11,13 @@
 //! `$XDG_CACHE_HOME/moe/cuda`, else `~/.cache/moe/cuda`, in a file named by a hash of
 //! the sources, the options, the architecture and the NVRTC version. A cache that cannot
 //! be read or written is skipped silently: it only saves compile time.
+//!
+//! A machine without NVRTC (a driver-only install) can still run the kernels from
+//! **prebuilt** cubins: [`write_prebuilt`] (the `moe-cuda-kernels` binary) compiles them
+//! ahead of time, named by the sources, the options and the architecture only
+//! ([`prebuilt_name`]); [`program_for`] loads one from the cache folder when NVRTC is
+//! missing — the exact architecture, else the same major's `sm_X0` (cubins run on later
+//! minor versions of their major).
 
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
@@ -203,6 +210,11 @@ pub fn program_for(major: u32, minor: u32) -> Result<Compiled> {
 
 /// [`program_for`] with the cache in `dir` (`None`: no cache).
 pub fn program_in(dir: Option<&Path>, major: u32, minor: u32) -> Result<Compiled> {
+    if !nvrtc_present() {
+        return dir
+            .and_then(|d| prebuilt_in(d, major, minor))
+            .ok_or(GpuError::NoNvrtc);
+    }
     let arch = format!("sm_{major}{minor}");
     let version = nvrtc_version()?;
     let file = dir.map(|d| d.join(cache_name(major, minor, version)));
@@ -221,6 +233,46 @@ pub fn program_in(dir: Option<&Path>, major: u32, minor: u32) -> Result<Compiled
         let _ = write_atomically(&file, &compiled.cubin);
     }
     Ok(compiled)
+}
+
+/// The file name of the prebuilt cubin of the whole program for `sm_{major}{minor}`
+/// (independent of the NVRTC version that compiled it).
+pub fn prebuilt_name(major: u32, minor: u32) -> String {
+    let source = program_source();
+    let hash = fnv1a(&[source.as_bytes(), OPTIONS.join(" ").as_bytes()]);
+    format!("prebuilt-{hash:016x}-sm_{major}{minor}.cubin")
+}
+
+/// Compiles the program for `sm_{major}{minor}` and writes it to `dir` under
+/// [`prebuilt_name`], for machines without NVRTC; returns the file.
+pub fn write_prebuilt(dir: &Path, major: u32, minor: u32) -> Result<PathBuf> {
+    let compiled = compile(&program_source(), major, minor)?;
+    if !compiled.log.is_empty() {
+        return Err(GpuError::Compile {
+            arch: compiled.arch,
+            log: format!(
+                "warnings (a prebuilt program must compile cleanly):\n{}",
+                compiled.log
+            ),
+        });
+    }
+    let file = dir.join(prebuilt_name(major, minor));
+    write_atomically(&file, &compiled.cubin)
+        .map_err(|e| GpuError::Driver(format!("{}: {e}", file.display())))?;
+    Ok(file)
+}
+
+/// The prebuilt cubin in `dir` for `sm_{major}{minor}`, else for `sm_{major}0`.
+fn prebuilt_in(dir: &Path, major: u32, minor: u32) -> Option<Compiled> {
+    [minor, 0].into_iter().find_map(|m| {
+        let bytes = std::fs::read(dir.join(prebuilt_name(major, m))).ok()?;
+        (!bytes.is_empty()).then(|| Compiled {
+            arch: format!("sm_{major}{m}"),
+            cubin: bytes,
+            log: String::new(),
+            cached: true,
+        })
+    })
 }
 
 /// Writes `bytes` to a temporary file next to `file` and renames it into place, so a
@@ -254,6 +306,26 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert!(a.ends_with("-sm_90.cubin"), "{a}");
+    }
+
+    #[test]
+    fn prebuilt_cubins_are_found_by_arch_or_their_majors_x0() {
+        let dir = std::env::temp_dir().join(format!("moe-prebuilt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(prebuilt_in(&dir, 9, 0).is_none());
+        std::fs::write(dir.join(prebuilt_name(8, 0)), b"cubin80").unwrap();
+        std::fs::write(dir.join(prebuilt_name(9, 0)), b"").unwrap();
+        let found = prebuilt_in(&dir, 8, 6).unwrap();
+        assert_eq!(
+            (found.arch.as_str(), &found.cubin[..]),
+            ("sm_80", &b"cubin80"[..])
+        );
+        assert!(found.cached);
+        // An empty file is no cubin; another major never matches.
+        assert!(prebuilt_in(&dir, 9, 0).is_none());
+        assert!(prebuilt_in(&dir, 7, 5).is_none());
+        assert_ne!(prebuilt_name(8, 0), prebuilt_name(9, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

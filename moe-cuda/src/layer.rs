@@ -105,9 +105,6 @@ impl GpuDevice {
         if !crate::driver_present() {
             return Err(GpuError::NoDriver);
         }
-        if !kernels::nvrtc_present() {
-            return Err(GpuError::NoNvrtc);
-        }
         let Some(info) = crate::devices().into_iter().find(|d| d.ordinal == ordinal) else {
             return Err(GpuError::NoDevice { ordinal });
         };

@@ -5,6 +5,11 @@
 //! that runs them on a GPU machine with no Rust toolchain (the folder travels as an
 //! ignored path; the command runs in the repository root there).
 //!
+//! When NVRTC loads here (put its folder on `LD_LIBRARY_PATH`), the kernels are also
+//! compiled ahead of time for sm_80 and sm_90 (`moe-cuda-kernels`) into
+//! `target/cuda-check/kernels/`, and the script seeds the kernel cache with them, so a
+//! GPU machine with only the driver runs everything but the NVRTC tests.
+//!
 //! The script finds libnvrtc (CUDA toolkit folders, or `$MOE_NVRTC_LIB`), links it as
 //! `libnvrtc.so` in a private folder put on `LD_LIBRARY_PATH` (cudarc's dynamic loading
 //! tries `libnvrtc.so` first, then `.so.12`, `.so.11`, …, never `.so.13`), sets
@@ -23,11 +28,12 @@ use crate::{Result, cargo_cmd, root, show, step};
 const DIR: &str = "target/cuda-check";
 
 /// The binaries the run script runs.
-const NEEDED: [&str; 7] = [
+const NEEDED: [&str; 8] = [
     "moe_cuda",
     "device",
     "nvrtc_compile",
     "moe-cuda-bench",
+    "moe-cuda-kernels",
     "gpu_model",
     "moe",
     "moe-synth-model",
@@ -36,7 +42,15 @@ const NEEDED: [&str; 7] = [
 /// What to build: cargo's arguments after `--release`.
 const BUILDS: [&[&str]; 5] = [
     &["test", "--no-run", "-p", "moe-cuda"],
-    &["build", "-p", "moe-cuda", "--bin", "moe-cuda-bench"],
+    &[
+        "build",
+        "-p",
+        "moe-cuda",
+        "--bin",
+        "moe-cuda-bench",
+        "--bin",
+        "moe-cuda-kernels",
+    ],
     &["test", "--no-run", "-p", "moe-std", "--test", "gpu_model"],
     &["build", "-p", "moe-std", "--bin", "moe"],
     &["build", "-p", "moe-benches", "--bin", "moe-synth-model"],
@@ -73,10 +87,14 @@ if [ -n "$lib" ]; then
   export LD_LIBRARY_PATH="$nvdir:$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 say "nvrtc: ${lib:-not found}"
+export MOE_CUDA_CACHE=${TMPDIR:-/tmp}/moe-cuda-cache
+mkdir -p "$MOE_CUDA_CACHE"
+# Kernels compiled where the binaries were built: enough without NVRTC here.
+cp "$here"/kernels/*.cubin "$MOE_CUDA_CACHE"/ 2>/dev/null && say "prebuilt kernels: $(ls "$here"/kernels)"
 say "$(ldd --version 2>&1 | head -n 1) (the binaries need glibc >= 2.34)"
 nvidia-smi -L 2>&1 | tee -a "$log"
-export MOE_REQUIRE_GPU=1 MOE_REQUIRE_NVRTC=1 RUST_BACKTRACE=1
-export MOE_CUDA_CACHE=${TMPDIR:-/tmp}/moe-cuda-cache
+export MOE_REQUIRE_GPU=1 RUST_BACKTRACE=1
+[ -n "$lib" ] && export MOE_REQUIRE_NVRTC=1
 
 status=0
 rcfile=$(mktemp)
@@ -113,7 +131,7 @@ done
 # checked where the binaries were built; the device tests above compiled the whole
 # program with this machine's NVRTC (and the bench loaded it from the cache). Here only
 # the cheap checks of that binary.
-run 60 "$here/nvrtc_compile" --nocapture --test-threads=1 --skip every_source_compiles --skip the_cache_round_trips
+[ -n "$lib" ] && run 60 "$here/nvrtc_compile" --nocapture --test-threads=1 --skip every_source_compiles --skip the_cache_round_trips
 say "cuda-check: $([ $status = 0 ] && echo PASS || echo FAIL)"
 exit $status
 "#;
@@ -168,6 +186,15 @@ pub fn run(args: &[String]) -> Result {
         if !artifacts.iter().any(|(n, _)| n == needed) {
             return Err(format!("cargo built no `{needed}` binary"));
         }
+    }
+    step("compile the kernels ahead of time for sm_80 and sm_90 (needs NVRTC here)");
+    let prebuilt = out.join("kernels");
+    let tool = out.join("moe-cuda-kernels");
+    match std::process::Command::new(&tool).arg(&prebuilt).status() {
+        Ok(s) if s.success() => {}
+        _ => eprintln!(
+            "warning: no prebuilt kernels (NVRTC not on LD_LIBRARY_PATH?): the GPU machine will need NVRTC"
+        ),
     }
     let script = out.join("run.sh");
     fs::write(&script, SCRIPT).map_err(|e| format!("{}: {e}", script.display()))?;
