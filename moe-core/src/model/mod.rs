@@ -96,6 +96,26 @@ pub struct Model<'a, const MAX_LAYERS: usize = 128> {
     parallel: &'a dyn Parallel,
 }
 
+/// One block's norms and attention tensors ([`Model::block_tensors`]); its FFN is
+/// [`Model::ffn`].
+#[derive(Clone, Copy, Debug)]
+pub struct BlockTensors<'a> {
+    /// The attention norm's weight `[n_embd]`.
+    pub attn_norm: TensorView<'a>,
+    /// The query, key and value projections; `None` for DeepSeek's latent attention
+    /// (whose tensors are not exposed).
+    pub qkv: Option<[TensorView<'a>; 3]>,
+    /// Optional biases of the query, key and value projections (Qwen2-MoE).
+    pub biases: [Option<TensorView<'a>>; 3],
+    /// Optional RMSNorm weights of the query and key: `head_dim` long (per head,
+    /// Qwen3-MoE) or the whole projection's width (OLMoE).
+    pub qk_norms: [Option<TensorView<'a>>; 2],
+    /// The attention output projection.
+    pub wo: TensorView<'a>,
+    /// The FFN norm's weight `[n_embd]`.
+    pub ffn_norm: TensorView<'a>,
+}
+
 /// Caller memory for [`Model::forward`].
 #[derive(Debug)]
 pub struct ModelWorkspace<'w> {
@@ -434,6 +454,45 @@ impl<'a, const MAX_LAYERS: usize> Model<'a, MAX_LAYERS> {
     /// Whether block `layer` has a dense FFN (no experts).
     pub fn is_dense(&self, layer: usize) -> Option<bool> {
         self.blocks.get(layer).map(|b| b.dense)
+    }
+
+    /// The token embedding `[n_embd, n_vocab]`.
+    pub fn token_embd(&self) -> &TensorView<'a> {
+        &self.token_embd
+    }
+
+    /// The final norm's weight `[n_embd]`.
+    pub fn output_norm(&self) -> &TensorView<'a> {
+        &self.output_norm
+    }
+
+    /// The head `[n_embd, n_vocab]` (the token embedding when the file ties them).
+    pub fn output(&self) -> &TensorView<'a> {
+        &self.output
+    }
+
+    /// Block `layer`'s norms and attention tensors, as the forward pass uses them (for
+    /// running the block elsewhere, a GPU).
+    pub fn block_tensors(&self, layer: usize) -> Option<BlockTensors<'a>> {
+        let b = self.blocks.get(layer)?;
+        let (qkv, biases, qk_norms) = match &b.attention {
+            Attention::Standard {
+                wq,
+                wk,
+                wv,
+                biases,
+                qk_norms,
+            } => (Some([*wq, *wk, *wv]), *biases, *qk_norms),
+            Attention::Latent(_) => (None, [None; 3], [None; 2]),
+        };
+        Some(BlockTensors {
+            attn_norm: b.attn_norm,
+            qkv,
+            biases,
+            qk_norms,
+            wo: b.wo,
+            ffn_norm: b.ffn_norm,
+        })
     }
 
     /// Weight bytes one decoded token reads: one embedding row, every block's norms,
