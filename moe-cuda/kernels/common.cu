@@ -17,8 +17,10 @@ typedef int i32;
 #define TY_F32 0
 #define TY_F16 1
 #define TY_Q4_0 2
+#define TY_Q5_0 6
 #define TY_Q8_0 8
 #define TY_Q4_K 12
+#define TY_Q5_K 13
 #define TY_Q6_K 14
 #define TY_BF16 30
 
@@ -28,8 +30,10 @@ typedef int i32;
 #define ACT_Q8_K 2
 
 #define Q4_0_BYTES 18
+#define Q5_0_BYTES 22
 #define Q8_0_BYTES 34
 #define Q4_K_BYTES 144
+#define Q5_K_BYTES 176
 #define Q6_K_BYTES 210
 #define Q8_K_BYTES 292
 
@@ -116,6 +120,38 @@ __device__ __forceinline__ float dot_q4_0_q8_0(const u8 *w, const u8 *a) {
     return (float)sumi * (dw * da);
 }
 
+// Bits b..b+3 of `bits` moved to bit 4 of bytes 0..3 (the fifth bit of four quants).
+__device__ __forceinline__ i32 fifth_bits(u32 bits, int b) {
+    const u32 n = (bits >> b) & 0xf;
+    return (i32)(((n & 1) << 4) | ((n & 2) << 11) | ((n & 4) << 18) | ((n & 8) << 25));
+}
+
+// Q5_0 · Q8_0: (d_w · d_a) · Σ q_w q_a with q_w = (nibble | fifth bit << 4) - 16.
+__device__ __forceinline__ float dot_q5_0_q8_0(const u8 *w, const u8 *a) {
+    const float dw = ld_f16(w);
+    const float da = ld_f16(a);
+    const u32 qh = (u32)ld_i32_a2(w + 2);
+    i32 sumi = 0;
+    i32 suma = 0;
+#pragma unroll
+    for (int j = 0; j < 16; j += 4) {
+        // Low nibbles are elements j..j+3, high nibbles elements j+16..j+19; their fifth
+        // bits are bits j..j+3 and j+16..j+19 of qh (quants 0..31 each).
+        const i32 packed = ld_i32_a2(w + 6 + j);
+        const i32 lo = (packed & 0x0f0f0f0f) | fifth_bits(qh, j);
+        const i32 hi = ((packed >> 4) & 0x0f0f0f0f) | fifth_bits(qh, j + 16);
+        const i32 al = ld_i32_a2(a + 2 + j);
+        const i32 ah = ld_i32_a2(a + 2 + 16 + j);
+        sumi = __dp4a(lo, al, sumi);
+        sumi = __dp4a(hi, ah, sumi);
+        suma = __dp4a(0x01010101, al, suma);
+        suma = __dp4a(0x01010101, ah, suma);
+    }
+    // Σ (q - 16) a = Σ q a - 16 Σ a, exactly.
+    sumi -= 16 * suma;
+    return (float)sumi * (dw * da);
+}
+
 // Q8_0 · Q8_0: (d_w · d_a) · Σ q_w q_a.
 __device__ __forceinline__ float dot_q8_0_q8_0(const u8 *w, const u8 *a) {
     const float dw = ld_f16(w);
@@ -172,6 +208,40 @@ __device__ __forceinline__ float dot_q4_k_q8_k(const u8 *w, const u8 *a) {
     return (d * da) * (float)sumi - (dmin * da) * (float)summ;
 }
 
+// Q5_K · Q8_K: as Q4_K with 5-bit quants: the fifth bit of element l of sub-block s is
+// bit s of qh[l].
+__device__ __forceinline__ float dot_q5_k_q8_k(const u8 *w, const u8 *a) {
+    const float d = ld_f16(w);
+    const float dmin = ld_f16(w + 2);
+    const u8 *scales = w + 4;
+    const u8 *qh = w + 16;
+    const u8 *qs = w + 48;
+    const float da = ld_f32_a4(a);
+    const u8 *qa = a + 4;
+    const u8 *bsums = a + 260;
+    i32 sumi = 0;
+    i32 summ = 0;
+#pragma unroll 2
+    for (int s = 0; s < 8; ++s) {
+        int sc, m;
+        q4_k_scale_min(scales, s, &sc, &m);
+        const int c = s >> 1;
+        const int shift = 4 * (s & 1);
+        i32 sub = 0;
+#pragma unroll
+        for (int l = 0; l < 32; l += 4) {
+            const i32 low = (ld_i32_a2(qs + 32 * c + l) >> shift) & 0x0f0f0f0f;
+            const i32 high = (ld_i32_a2(qh + l) >> s) & 0x01010101;
+            const i32 q = low | (high << 4); // 0..31
+            const i32 act = *(const i32 *)(qa + 32 * s + l);
+            sub = __dp4a(q, act, sub);
+        }
+        sumi += sc * sub;
+        summ += m * ((i32)(i16)ld_u16(bsums + 4 * s) + (i32)(i16)ld_u16(bsums + 4 * s + 2));
+    }
+    return (d * da) * (float)sumi - (dmin * da) * (float)summ;
+}
+
 // Q6_K · Q8_K: d_w d_a Σ_k sc_k Σ q_w q_a over 16 sub-blocks of 16, q_w in -32..31.
 __device__ __forceinline__ float dot_q6_k_q8_k(const u8 *w, const u8 *a) {
     const u8 *ql = w;
@@ -211,16 +281,25 @@ template <int TY> struct WeightFormat;
 template <> struct WeightFormat<TY_Q4_0> {
     static const int block_len = 32, block_bytes = Q4_0_BYTES, act = ACT_Q8_0, act_bytes = Q8_0_BYTES;
 };
+template <> struct WeightFormat<TY_Q5_0> {
+    static const int block_len = 32, block_bytes = Q5_0_BYTES, act = ACT_Q8_0, act_bytes = Q8_0_BYTES;
+};
 template <> struct WeightFormat<TY_Q8_0> {
     static const int block_len = 32, block_bytes = Q8_0_BYTES, act = ACT_Q8_0, act_bytes = Q8_0_BYTES;
 };
 template <> struct WeightFormat<TY_Q4_K> {
     static const int block_len = 256, block_bytes = Q4_K_BYTES, act = ACT_Q8_K, act_bytes = Q8_K_BYTES;
 };
+template <> struct WeightFormat<TY_Q5_K> {
+    static const int block_len = 256, block_bytes = Q5_K_BYTES, act = ACT_Q8_K, act_bytes = Q8_K_BYTES;
+};
 template <> struct WeightFormat<TY_Q6_K> {
     static const int block_len = 256, block_bytes = Q6_K_BYTES, act = ACT_Q8_K, act_bytes = Q8_K_BYTES;
 };
 // Float weights are read in groups of 32 elements against 32 f32 activations.
+template <> struct WeightFormat<TY_F32> {
+    static const int block_len = 32, block_bytes = 128, act = ACT_F32, act_bytes = 128;
+};
 template <> struct WeightFormat<TY_F16> {
     static const int block_len = 32, block_bytes = 64, act = ACT_F32, act_bytes = 128;
 };
@@ -232,14 +311,32 @@ template <int TY> __device__ __forceinline__ float block_dot(const u8 *w, const 
 template <> __device__ __forceinline__ float block_dot<TY_Q4_0>(const u8 *w, const u8 *a) {
     return dot_q4_0_q8_0(w, a);
 }
+template <> __device__ __forceinline__ float block_dot<TY_Q5_0>(const u8 *w, const u8 *a) {
+    return dot_q5_0_q8_0(w, a);
+}
 template <> __device__ __forceinline__ float block_dot<TY_Q8_0>(const u8 *w, const u8 *a) {
     return dot_q8_0_q8_0(w, a);
 }
 template <> __device__ __forceinline__ float block_dot<TY_Q4_K>(const u8 *w, const u8 *a) {
     return dot_q4_k_q8_k(w, a);
 }
+template <> __device__ __forceinline__ float block_dot<TY_Q5_K>(const u8 *w, const u8 *a) {
+    return dot_q5_k_q8_k(w, a);
+}
 template <> __device__ __forceinline__ float block_dot<TY_Q6_K>(const u8 *w, const u8 *a) {
     return dot_q6_k_q8_k(w, a);
+}
+// F32 rows are 4-byte aligned: GGUF aligns tensor data to 32 bytes and a row is a whole
+// number of 128-byte groups.
+template <> __device__ __forceinline__ float block_dot<TY_F32>(const u8 *w, const u8 *a) {
+    const float *wf = (const float *)w;
+    const float *x = (const float *)a;
+    float s = 0.0f;
+#pragma unroll 8
+    for (int i = 0; i < 32; ++i) {
+        s += wf[i] * x[i];
+    }
+    return s;
 }
 template <> __device__ __forceinline__ float block_dot<TY_F16>(const u8 *w, const u8 *a) {
     const float *x = (const float *)a;

@@ -160,12 +160,18 @@ __device__ void down(const u8 *__restrict__ downw, const u8 *__restrict__ hq,
 
 DEFINE_FFN_KERNELS(q4_0, TY_Q4_0, 1)
 DEFINE_FFN_KERNELS(q4_0, TY_Q4_0, 8)
+DEFINE_FFN_KERNELS(q5_0, TY_Q5_0, 1)
+DEFINE_FFN_KERNELS(q5_0, TY_Q5_0, 8)
 DEFINE_FFN_KERNELS(q8_0, TY_Q8_0, 1)
 DEFINE_FFN_KERNELS(q8_0, TY_Q8_0, 8)
 DEFINE_FFN_KERNELS(q4_k, TY_Q4_K, 1)
 DEFINE_FFN_KERNELS(q4_k, TY_Q4_K, 8)
+DEFINE_FFN_KERNELS(q5_k, TY_Q5_K, 1)
+DEFINE_FFN_KERNELS(q5_k, TY_Q5_K, 8)
 DEFINE_FFN_KERNELS(q6_k, TY_Q6_K, 1)
 DEFINE_FFN_KERNELS(q6_k, TY_Q6_K, 8)
+DEFINE_FFN_KERNELS(f32, TY_F32, 1)
+DEFINE_FFN_KERNELS(f32, TY_F32, 8)
 DEFINE_FFN_KERNELS(f16, TY_F16, 1)
 DEFINE_FFN_KERNELS(f16, TY_F16, 8)
 DEFINE_FFN_KERNELS(bf16, TY_BF16, 1)
@@ -246,11 +252,17 @@ extern "C" __global__ void moe_shared_gate(const u8 *__restrict__ gate, int ty,
     case TY_Q4_0:
         warp_row_dot<TY_Q4_0, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q4_0>::block_len, &z);
         break;
+    case TY_Q5_0:
+        warp_row_dot<TY_Q5_0, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q5_0>::block_len, &z);
+        break;
     case TY_Q8_0:
         warp_row_dot<TY_Q8_0, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q8_0>::block_len, &z);
         break;
     case TY_Q4_K:
         warp_row_dot<TY_Q4_K, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q4_K>::block_len, &z);
+        break;
+    case TY_Q5_K:
+        warp_row_dot<TY_Q5_K, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q5_K>::block_len, &z);
         break;
     case TY_Q6_K:
         warp_row_dot<TY_Q6_K, 1>(gate, rows, 1, n_embd / WeightFormat<TY_Q6_K>::block_len, &z);

@@ -3,8 +3,8 @@
 //!
 //! One forward pass is one sequence of launches on one stream with no host round trip
 //! between them: quantize the input rows once per activation format some weight reads
-//! (Q8_0 for Q4_0/Q8_0 weights, Q8_K for K-quants, f32 for F16/BF16, as the CPU pairs
-//! them), route on the device (or take the caller's selections), then either the decode
+//! (Q8_0 for Q4_0/Q5_0/Q8_0 weights, Q8_K for K-quants, f32 for F32/F16/BF16, as the CPU
+//! pairs them), route on the device (or take the caller's selections), then either the decode
 //! path (at most [`DECODE_MAX_PAIRS`] (token, slot) pairs: one warp per weight row per
 //! pair, expert ids read from device memory) or the prefill path (align the pairs by
 //! expert into tiles of [`PREFILL_TILE`], then one warp per weight row per tile), gate/up
@@ -65,7 +65,7 @@ pub struct GpuDevice {
 
 impl GpuDevice {
     /// Every kernel the host launches.
-    pub const KERNEL_NAMES: [&'static str; 31] = [
+    pub const KERNEL_NAMES: [&'static str; 43] = [
         "moe_quantize_q8_0",
         "moe_quantize_q8_k",
         "moe_router_logits",
@@ -75,24 +75,36 @@ impl GpuDevice {
         "moe_shared_gate",
         "moe_gate_up_q4_0_m1",
         "moe_gate_up_q4_0_m8",
+        "moe_gate_up_q5_0_m1",
+        "moe_gate_up_q5_0_m8",
         "moe_gate_up_q8_0_m1",
         "moe_gate_up_q8_0_m8",
         "moe_gate_up_q4_k_m1",
         "moe_gate_up_q4_k_m8",
+        "moe_gate_up_q5_k_m1",
+        "moe_gate_up_q5_k_m8",
         "moe_gate_up_q6_k_m1",
         "moe_gate_up_q6_k_m8",
+        "moe_gate_up_f32_m1",
+        "moe_gate_up_f32_m8",
         "moe_gate_up_f16_m1",
         "moe_gate_up_f16_m8",
         "moe_gate_up_bf16_m1",
         "moe_gate_up_bf16_m8",
         "moe_down_q4_0_m1",
         "moe_down_q4_0_m8",
+        "moe_down_q5_0_m1",
+        "moe_down_q5_0_m8",
         "moe_down_q8_0_m1",
         "moe_down_q8_0_m8",
         "moe_down_q4_k_m1",
         "moe_down_q4_k_m8",
+        "moe_down_q5_k_m1",
+        "moe_down_q5_k_m8",
         "moe_down_q6_k_m1",
         "moe_down_q6_k_m8",
+        "moe_down_f32_m1",
+        "moe_down_f32_m8",
         "moe_down_f16_m1",
         "moe_down_f16_m8",
         "moe_down_bf16_m1",
@@ -237,9 +249,12 @@ struct Format {
 fn format_of(ty: TensorType, role: &'static str) -> Result<Format> {
     let (suffix, act) = match ty {
         TensorType::Q4_0 => ("q4_0", TensorType::Q8_0),
+        TensorType::Q5_0 => ("q5_0", TensorType::Q8_0),
         TensorType::Q8_0 => ("q8_0", TensorType::Q8_0),
         TensorType::Q4_K => ("q4_k", TensorType::Q8_K),
+        TensorType::Q5_K => ("q5_k", TensorType::Q8_K),
         TensorType::Q6_K => ("q6_k", TensorType::Q8_K),
+        TensorType::F32 => ("f32", TensorType::F32),
         TensorType::F16 => ("f16", TensorType::F32),
         TensorType::BF16 => ("bf16", TensorType::F32),
         _ => return Err(GpuError::UnsupportedType { role, ty }),

@@ -4,8 +4,10 @@
 //! - [`kernels`]: the CUDA C sources embedded in the crate (`kernels/*.cu`), compiled at
 //!   run time by NVRTC for the device's architecture and cached on disk.
 //! - [`GpuMoeLayer`]: one MoE layer's routed experts and shared expert (DeepSeek's
-//!   always-on or Qwen2-MoE's sigmoid-gated one) uploaded unchanged (their GGUF blocks)
-//!   with its router, run on the device for decode and prefill.
+//!   always-on or Qwen2-MoE's sigmoid-gated one) uploaded unchanged (their GGUF blocks:
+//!   Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, F32, F16, BF16) with its router, run on the
+//!   device for decode and prefill. Other types (Q4_1, Q5_1, Q2_K, Q3_K, IQ4_NL, IQ4_XS)
+//!   are a [`GpuError::UnsupportedType`].
 //! - [`placement`]: which experts to keep on the device under a byte budget (pure host
 //!   code); [`GpuMoeLayer::with_placement`] uploads only those, and
 //!   [`GpuMoeLayer::hybrid_forward`] runs the rest on the CPU layer with the device's

@@ -106,6 +106,14 @@ pub fn random_matrix(ty: TensorType, rows: usize, cols: usize, seed: u64) -> Res
                 put_f16(block, 2, 0.0003 + 0.0001 * rng.uniform());
             }
         }
+        TensorType::Q5_K => {
+            for block in bytes.chunks_exact_mut(bb) {
+                rng.fill(block);
+                // Quants up to 31: half of Q4_K's scales for the same magnitudes.
+                put_f16(block, 0, 0.00015 + 0.00005 * rng.uniform());
+                put_f16(block, 2, 0.0003 + 0.0001 * rng.uniform());
+            }
+        }
         TensorType::Q6_K => {
             for block in bytes.chunks_exact_mut(bb) {
                 rng.fill(block);
@@ -133,9 +141,12 @@ mod tests {
     fn matrices_decode_to_small_finite_values() {
         for ty in [
             TensorType::Q4_0,
+            TensorType::Q5_0,
             TensorType::Q8_0,
             TensorType::Q4_K,
+            TensorType::Q5_K,
             TensorType::Q6_K,
+            TensorType::F32,
             TensorType::F16,
             TensorType::BF16,
         ] {

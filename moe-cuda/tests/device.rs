@@ -239,6 +239,24 @@ fn always_on_shared_expert_matches_cpu() {
         let label = format!("always-on shared Q8_0 n_ff=1280, Q4_K/Q6_K experts, T={n_tokens}");
         run_case(&device, &w, deepseek_config(16, 4), true, n_tokens, &label);
     }
+    // Q5_K_M experts beside shared experts of F32, Q5_0 and Q5_K/Q6_K.
+    for (i, (sgu, sdn)) in [(F32, F32), (Q5_0, Q5_0), (Q5_K, Q6_K)]
+        .into_iter()
+        .enumerate()
+    {
+        let w = Weights::new(Q5_K, Q6_K, 16, 110 + i as u64).with_shared(SharedWeights::new(
+            sgu,
+            sdn,
+            1280,
+            None,
+            115 + i as u64,
+        ));
+        for n_tokens in [1, 37] {
+            let label =
+                format!("always-on shared {sgu}/{sdn} n_ff=1280, Q5_K/Q6_K experts, T={n_tokens}");
+            run_case(&device, &w, deepseek_config(16, 4), true, n_tokens, &label);
+        }
+    }
     let w =
         Weights::new(Q4_0, Q4_0, 8, 73).with_shared(SharedWeights::new(Q4_0, Q4_0, 512, None, 74));
     for n_tokens in [2, 33] {
@@ -286,6 +304,9 @@ fn gated_shared_expert_matches_cpu() {
         (F16, F16, Q8_0, Q8_0, Q6_K),
         (Q8_0, Q8_0, Q4_K, Q6_K, F16),
         (Q6_K, Q6_K, F16, F16, Q4_0),
+        (F32, F32, Q5_K, Q5_K, Q5_0),
+        (Q5_0, Q5_0, F32, F32, Q5_K),
+        (Q5_K, Q6_K, Q5_0, Q5_0, F32),
     ]
     .into_iter()
     .enumerate()
@@ -411,17 +432,25 @@ fn shared_expert_types_are_checked() {
         123,
     ));
     GpuMoeLayer::check(&ok.layer(config, false), true).unwrap();
+    let ok = Weights::new(Q5_K, Q6_K, 4, 121).with_shared(SharedWeights::new(
+        F32,
+        Q5_0,
+        512,
+        Some(Q5_K),
+        126,
+    ));
+    GpuMoeLayer::check(&ok.layer(config, false), true).unwrap();
     // Others are typed errors naming the tensor.
     for (sgu, sdn, gate, role) in [
-        (Q5_0, Q8_0, None, "ffn_up_shexp"),
-        (Q8_0, Q5_0, None, "ffn_down_shexp"),
-        (Q8_0, Q8_0, Some(Q5_0), "ffn_gate_inp_shexp"),
+        (Q4_1, Q8_0, None, "ffn_up_shexp"),
+        (Q8_0, Q4_1, None, "ffn_down_shexp"),
+        (Q8_0, Q8_0, Some(Q4_1), "ffn_gate_inp_shexp"),
     ] {
         let w = Weights::new(Q4_0, Q4_0, 4, 124)
             .with_shared(SharedWeights::new(sgu, sdn, 512, gate, 125));
         let err = GpuMoeLayer::check(&w.layer(config, false), true).unwrap_err();
         assert!(
-            matches!(err, GpuError::UnsupportedType { role: r, ty: Q5_0 } if r == role),
+            matches!(err, GpuError::UnsupportedType { role: r, ty: Q4_1 } if r == role),
             "{err}"
         );
     }
@@ -498,14 +527,15 @@ fn the_cpu_share_is_the_non_resident_choices() {
 
 #[test]
 fn unsupported_weight_types_are_typed_errors() {
-    let w = Weights::new(TensorType::Q5_0, TensorType::Q5_0, 4, 41);
+    // Q4_1 reads Q8_1 activations, a format the device path does not quantize to.
+    let w = Weights::new(TensorType::Q4_1, TensorType::Q4_1, 4, 41);
     let layer = w.layer(RouterConfig::mixtral(N_EMBD, 4, 2), false);
     let err = GpuMoeLayer::check(&layer, true).unwrap_err();
     assert!(
         matches!(
             err,
             GpuError::UnsupportedType {
-                ty: TensorType::Q5_0,
+                ty: TensorType::Q4_1,
                 ..
             }
         ),

@@ -352,6 +352,25 @@ fn always_on_shared_expert_matches_cpu() {
             n_tokens == 4,
         );
     }
+    // Q5_K_M experts (Q5_K gate/up, Q6_K down) beside shared experts of the other newer
+    // types: F32 (f32 input rows), Q5_0 (Q8_0) and Q5_K with Q6_K (Q8_K).
+    for (i, (sgu, sdn)) in [(F32, F32), (Q5_0, Q5_0), (Q5_K, Q6_K)]
+        .into_iter()
+        .enumerate()
+    {
+        let w = Weights::new(Q5_K, Q6_K, 16, 110 + i as u64).with_shared(SharedWeights::new(
+            sgu,
+            sdn,
+            1280,
+            None,
+            115 + i as u64,
+        ));
+        for n_tokens in [1, 37] {
+            let label =
+                format!("always-on shared {sgu}/{sdn} n_ff=1280, Q5_K/Q6_K experts, T={n_tokens}");
+            check(&w, deepseek_config(16, 4), true, n_tokens, &label, false);
+        }
+    }
     // The same types as the experts, narrower, with k = 2 of 8.
     let w =
         Weights::new(Q4_0, Q4_0, 8, 73).with_shared(SharedWeights::new(Q4_0, Q4_0, 512, None, 74));
@@ -400,6 +419,9 @@ fn gated_shared_expert_matches_cpu() {
         (F16, F16, Q8_0, Q8_0, Q6_K),
         (Q8_0, Q8_0, Q4_K, Q6_K, F16),
         (Q6_K, Q6_K, F16, F16, Q4_0),
+        (F32, F32, Q5_K, Q5_K, Q5_0),
+        (Q5_0, Q5_0, F32, F32, Q5_K),
+        (Q5_K, Q6_K, Q5_0, Q5_0, F32),
     ]
     .into_iter()
     .enumerate()

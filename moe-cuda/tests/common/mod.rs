@@ -256,13 +256,17 @@ pub fn assert_same_routing(label: &str, gpu: &[Vec<(u32, f32)>], cpu: &[Selectio
 }
 
 /// The weight type pairs every check covers.
-pub const TYPES: [(TensorType, TensorType); 7] = [
+pub const TYPES: [(TensorType, TensorType); 11] = [
     (TensorType::Q4_0, TensorType::Q4_0),
+    (TensorType::Q5_0, TensorType::Q5_0),
     (TensorType::Q8_0, TensorType::Q8_0),
     (TensorType::Q4_K, TensorType::Q4_K),
+    (TensorType::Q5_K, TensorType::Q5_K),
     (TensorType::Q6_K, TensorType::Q6_K),
+    (TensorType::F32, TensorType::F32),
     (TensorType::F16, TensorType::F16),
     (TensorType::BF16, TensorType::BF16),
-    // Q4_K_M files mix types: Q4_K gate/up with Q6_K down.
+    // Q4_K_M files mix types: Q4_K gate/up with Q6_K down; Q5_K_M: Q5_K with Q6_K.
     (TensorType::Q4_K, TensorType::Q6_K),
+    (TensorType::Q5_K, TensorType::Q6_K),
 ];

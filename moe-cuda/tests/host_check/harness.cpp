@@ -158,9 +158,11 @@ struct Fmt {
 static Fmt fmt_of(int ty) {
     switch (ty) {
     case TY_Q4_0:
+    case TY_Q5_0:
     case TY_Q8_0:
         return {32, 32, Q8_0_BYTES, 1};
     case TY_Q4_K:
+    case TY_Q5_K:
     case TY_Q6_K:
         return {256, 256, Q8_K_BYTES, 2};
     default:
@@ -198,9 +200,12 @@ struct FfnRun {
         pool.launch({(unsigned)((p.n_ff + 3) / 4), (unsigned)n_tiles}, 128, [&] {
             switch (gu_ty) {
                 GU(q4_0, TY_Q4_0)
+                GU(q5_0, TY_Q5_0)
                 GU(q8_0, TY_Q8_0)
                 GU(q4_k, TY_Q4_K)
+                GU(q5_k, TY_Q5_K)
                 GU(q6_k, TY_Q6_K)
+                GU(f32, TY_F32)
                 GU(f16, TY_F16)
                 GU(bf16, TY_BF16)
             }
@@ -224,9 +229,12 @@ struct FfnRun {
         pool.launch({(unsigned)((p.n_embd + 3) / 4), (unsigned)n_tiles}, 128, [&] {
             switch (dn_ty) {
                 DN(q4_0, TY_Q4_0)
+                DN(q5_0, TY_Q5_0)
                 DN(q8_0, TY_Q8_0)
                 DN(q4_k, TY_Q4_K)
+                DN(q5_k, TY_Q5_K)
                 DN(q6_k, TY_Q6_K)
+                DN(f32, TY_F32)
                 DN(f16, TY_F16)
                 DN(bf16, TY_BF16)
             }
