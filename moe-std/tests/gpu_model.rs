@@ -1,8 +1,9 @@
 //! Whole models with their FFN blocks on the GPU (`Session::offload_to_gpu`, `--gpu`)
 //! against the same models on the CPU path: the fixture models of
-//! `moe-core/tests/fixtures/models` that the GPU kernels read (Q4_0, Q8_0, Q4_K_M, F16;
-//! Mixtral, Qwen3-MoE, Qwen2-MoE with its gated shared expert, DeepSeek with a dense
-//! first block, shared experts, group-limited routing and a selection bias), all
+//! `moe-core/tests/fixtures/models` that the GPU kernels read (Q4_0, Q8_0, Q4_K_M, F16,
+//! F32; Mixtral, Qwen3-MoE, Qwen2-MoE with its gated shared expert, DeepSeek with a dense
+//! first block, shared experts, group-limited routing and a selection bias, OLMoE,
+//! GraniteMoE, dense Mistral), all
 //! experts resident and hybrid (half the routed experts' bytes as the budget, the rest
 //! on the CPU): the same experts chosen in every block, logits within 1e-3 of the
 //! logit range, the same argmax.
@@ -34,13 +35,20 @@ mod run_moe;
 use run_moe::{moe, ok};
 
 /// The fixtures every block of which the GPU path runs.
-const GPU_MODELS: [&str; 6] = [
+const GPU_MODELS: [&str; 13] = [
     "mixtral-tiny-q4_0",
     "mixtral-tiny-q8_0",
     "mixtral-k-tiny-q4_k_m",
     "qwen3moe-tiny-q8_0",
     "qwen2moe-tiny-f16",
     "deepseek2-kvb-tiny-q8_0",
+    "mixtral-tiny",
+    "qwen2moe-tiny",
+    "deepseek2-tiny",
+    "olmoe-tiny",
+    "granitemoe-tiny",
+    "qwen3moe-tiny",
+    "mistral-tiny",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -183,26 +191,92 @@ fn gpu_models_match_the_cpu_path_resident_and_hybrid() {
     }
 }
 
+/// A copy of fixture `name` (in the temporary folder, as `file`) with every block's FFN
+/// matrices (`ffn_gate`, `ffn_up`, `ffn_down`, F32 in the fixtures) re-encoded as Q4_1,
+/// a type the CPU reads and the GPU kernels do not: each tensor's type id is rewritten in
+/// its tensor-info record and its new, smaller data written at its old offset.
+fn with_q4_1_ffns(name: &str, file: &str) -> PathBuf {
+    use moe_core::TensorType;
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let parsed = moe_core::gguf::File::parse(&bytes).unwrap();
+    let data_at = parsed.data_offset();
+    let mut out = bytes.clone();
+    let mut n = 0;
+    for t in parsed.tensors() {
+        let ffn = ["ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"]
+            .iter()
+            .any(|m| t.name.ends_with(m));
+        if !t.name.starts_with("blk.") || !ffn {
+            continue;
+        }
+        assert_eq!(t.view.ty(), TensorType::F32, "{}", t.name);
+        // The record: name (u64 length, bytes), n_dims (u32), dims (u64 each), type
+        // (u32), offset (u64).
+        let mut key = (t.name.len() as u64).to_le_bytes().to_vec();
+        key.extend_from_slice(t.name.as_bytes());
+        let at = bytes[..data_at]
+            .windows(key.len())
+            .position(|w| w == key)
+            .unwrap();
+        let ty_at = at + key.len() + 4 + 8 * t.view.dims().len();
+        assert_eq!(bytes[ty_at..ty_at + 4], 0u32.to_le_bytes(), "{}", t.name);
+        assert_eq!(bytes[ty_at + 4..ty_at + 12], t.offset.to_le_bytes());
+        out[ty_at..ty_at + 4].copy_from_slice(&TensorType::Q4_1.id().to_le_bytes());
+        let values: Vec<f32> = t
+            .view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let mut q = vec![0u8; values.len() / 32 * TensorType::Q4_1.block_bytes()];
+        moe_core::quant::quantize_row(TensorType::Q4_1, &values, &mut q).unwrap();
+        let start = data_at + t.offset as usize;
+        out[start..start + q.len()].copy_from_slice(&q);
+        n += 1;
+    }
+    assert!(n > 0, "{name}: no FFN matrices");
+    let path = std::env::temp_dir().join(format!("{file}-{}.gguf", std::process::id()));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// Asserts the GPU path refuses every block of `gguf` with an error naming `ty`; returns
+/// the number of blocks and the vocabulary size. (A function of its own, so that the
+/// model's frame is gone before the caller evaluates: debug builds keep every local of a
+/// function in one frame, too deep for a test thread with a session's beside it.)
+fn refused_blocks(gguf: &GgufFile, ty: &str) -> (usize, usize) {
+    let model: Model<'_> = Model::from_gguf(gguf.file()).unwrap();
+    for l in 0..model.config().n_layer {
+        let err = GpuMoeLayer::check(model.ffn(l).unwrap(), false).unwrap_err();
+        assert!(err.to_string().contains(ty), "block {l}: {err}");
+    }
+    (model.config().n_layer, model.config().n_vocab)
+}
+
 #[test]
 fn blocks_the_gpu_cannot_run_stay_on_the_cpu() {
-    // F32 expert weights: no GPU kernel reads them.
-    let gguf = GgufFile::open(fixture("mistral-tiny")).unwrap();
-    let model: Model<'_> = Model::from_gguf(gguf.file()).unwrap();
-    let ffn = model.ffn(0).unwrap();
-    let err = GpuMoeLayer::check(ffn, false).unwrap_err();
-    assert!(err.to_string().contains("F32"), "{err}");
+    // Q4_1 FFN weights (read with Q8_1 activations): no GPU kernel reads them. The
+    // fixtures hold none, so a copy of mistral-tiny is re-encoded.
+    let path = with_q4_1_ffns("mistral-tiny", "moe-gpu-mistral-tiny-q4_1");
+    let gguf = GgufFile::open(&path).unwrap();
+    let (n_layer, n_vocab) = refused_blocks(&gguf, "Q4_1");
+    // The CPU path runs the copy.
+    let cpu = evaluate(&gguf, None);
+    assert!(cpu.0.iter().all(|v| v.is_finite()));
     if moe_cuda::devices().is_empty() {
+        let _ = std::fs::remove_file(&path);
         println!("skipped: no CUDA device");
         return;
     }
-    let cpu = evaluate(&gguf, None);
     let pool = ThreadPool::new(2);
     let mut session = Session::new(&gguf, &pool, 64, 12, KvType::F32).unwrap();
     let offload = session.offload_to_gpu(&GpuOptions::default()).unwrap();
-    assert_eq!(offload.skipped().len(), model.config().n_layer);
-    let mut logits = vec![0.0; 11 * model.config().n_vocab];
+    assert_eq!(offload.skipped().len(), n_layer);
+    let mut logits = vec![0.0; 11 * n_vocab];
     session.eval(&tokens()[..11], &mut logits).unwrap();
     assert_eq!(logits, cpu.0[..logits.len()]);
+    // Where the open file blocks removal, the temporary folder keeps it.
+    let _ = std::fs::remove_file(&path);
 }
 
 #[test]
