@@ -146,6 +146,18 @@ fn the_gpu_path_accepts_every_block_of_the_gpu_fixtures() {
     }
 }
 
+/// The vocabulary and the bytes of all routed experts (in its own frame: a model value
+/// beside a session's evaluation overflows a debug test thread's stack).
+fn vocab_and_routed_bytes(gguf: &GgufFile) -> (usize, u64) {
+    let model: Model<'_> = Model::from_gguf(gguf.file()).unwrap();
+    let routed = (0..model.config().n_layer)
+        .map(|l| BlockWeights::of(model.ffn(l).unwrap()).unwrap())
+        .filter(|b| !b.dense)
+        .map(|b| b.experts.iter().sum::<u64>())
+        .sum();
+    (model.config().n_vocab, routed)
+}
+
 #[test]
 fn gpu_models_match_the_cpu_path_resident_and_hybrid() {
     if moe_cuda::devices().is_empty() {
@@ -158,15 +170,7 @@ fn gpu_models_match_the_cpu_path_resident_and_hybrid() {
     }
     for name in GPU_MODELS {
         let gguf = GgufFile::open(fixture(name)).unwrap();
-        let model: Model<'_> = Model::from_gguf(gguf.file()).unwrap();
-        let n_vocab = model.config().n_vocab;
-        // Hybrid: half of the routed experts' bytes (dense blocks and shared experts
-        // are placed first, so they take part of it).
-        let routed: u64 = (0..model.config().n_layer)
-            .map(|l| BlockWeights::of(model.ffn(l).unwrap()).unwrap())
-            .filter(|b| !b.dense)
-            .map(|b| b.experts.iter().sum::<u64>())
-            .sum();
+        let (n_vocab, routed) = vocab_and_routed_bytes(&gguf);
         let cpu = evaluate(&gguf, None);
         let resident = GpuOptions::default();
         compare(
@@ -176,6 +180,8 @@ fn gpu_models_match_the_cpu_path_resident_and_hybrid() {
             &evaluate(&gguf, Some(&resident)),
             n_vocab,
         );
+        // Hybrid: half of the routed experts' bytes (dense blocks and shared experts
+        // are placed first, so they take part of it).
         let hybrid = GpuOptions {
             budget: Some(routed / 2),
             ..GpuOptions::default()
