@@ -34,12 +34,15 @@ pub const QUANTIZE: &str = include_str!("../kernels/quantize.cu");
 pub const ROUTE: &str = include_str!("../kernels/route.cu");
 /// Expert FFN (gate/up, down), combine and align.
 pub const MOE: &str = include_str!("../kernels/moe.cu");
+/// The rest of a decoder block (embedding rows, norms, projections, RoPE, attention).
+pub const MODEL: &str = include_str!("../kernels/model.cu");
 
 /// The kernel files compiled after [`COMMON`], by name.
-pub const SOURCES: [(&str, &str); 3] = [
+pub const SOURCES: [(&str, &str); 4] = [
     ("quantize.cu", QUANTIZE),
     ("route.cu", ROUTE),
     ("moe.cu", MOE),
+    ("model.cu", MODEL),
 ];
 
 /// NVRTC options besides the architecture.

@@ -65,7 +65,7 @@ pub struct GpuDevice {
 
 impl GpuDevice {
     /// Every kernel the host launches.
-    pub const KERNEL_NAMES: [&'static str; 43] = [
+    pub const KERNEL_NAMES: [&'static str; 77] = [
         "moe_quantize_q8_0",
         "moe_quantize_q8_k",
         "moe_router_logits",
@@ -109,6 +109,40 @@ impl GpuDevice {
         "moe_down_f16_m8",
         "moe_down_bf16_m1",
         "moe_down_bf16_m8",
+        "model_get_rows_q4_0",
+        "model_get_rows_q5_0",
+        "model_get_rows_q8_0",
+        "model_get_rows_q4_k",
+        "model_get_rows_q5_k",
+        "model_get_rows_q6_k",
+        "model_get_rows_f32",
+        "model_get_rows_f16",
+        "model_get_rows_bf16",
+        "model_matmul_q4_0_m1",
+        "model_matmul_q4_0_m8",
+        "model_matmul_q5_0_m1",
+        "model_matmul_q5_0_m8",
+        "model_matmul_q8_0_m1",
+        "model_matmul_q8_0_m8",
+        "model_matmul_q4_k_m1",
+        "model_matmul_q4_k_m8",
+        "model_matmul_q5_k_m1",
+        "model_matmul_q5_k_m8",
+        "model_matmul_q6_k_m1",
+        "model_matmul_q6_k_m8",
+        "model_matmul_f32_m1",
+        "model_matmul_f32_m8",
+        "model_matmul_f16_m1",
+        "model_matmul_f16_m8",
+        "model_matmul_bf16_m1",
+        "model_matmul_bf16_m8",
+        "model_rms_norm",
+        "model_add_bias",
+        "model_add_scaled",
+        "model_div",
+        "model_rope",
+        "model_kv_store",
+        "model_attention",
     ];
 
     /// Opens device `ordinal`, compiles (or loads from the cache) the kernels for its
@@ -178,7 +212,7 @@ impl GpuDevice {
         })
     }
 
-    fn function(&self, name: &str) -> Result<CudaFunction> {
+    pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
         Ok(self.module.load_function(name)?)
     }
 }
@@ -1646,6 +1680,77 @@ impl GpuMoeLayer {
                 // shared_mode is 2).
                 unsafe { b.launch(cfg(blocks(n_embd, 256), tokens_y, 256)) }?;
             }
+            Ok(())
+        })
+    }
+
+    /// Sizes the layer's scratch for batches of `n_tokens` now (it grows on demand
+    /// otherwise), so a model's upload fails early when the device is too small.
+    pub(crate) fn reserve_device(&mut self, n_tokens: usize) -> Result<()> {
+        self.ensure_scratch(n_tokens)
+    }
+
+    /// Runs the layer on `n_tokens` rows already on the device (`x`, at least `n_tokens ×
+    /// n_embd` f32) into the first `n_tokens × n_embd` floats of `out`, without host
+    /// copies of the activations: the rows are copied into the layer's input buffer,
+    /// the layer's launches follow (routing on the device; a layer without a router gives
+    /// every token expert 0 with weight 1, a dense FFN), and the output is copied out —
+    /// all on the device's stream, nothing waits.
+    pub(crate) fn forward_device(
+        &mut self,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        n_tokens: usize,
+    ) -> Result<()> {
+        let n = n_tokens * self.n_embd;
+        if n_tokens == 0 || x.len() < n || out.len() < n {
+            return Err(GpuError::LengthMismatch {
+                expected: n.max(self.n_embd),
+                actual: x.len().min(out.len()),
+            });
+        }
+        self.ensure_scratch(n_tokens)?;
+        let route = self.router.is_some();
+        let k = self.k;
+        // Without a router: expert 0 with weight 1 in each token's first slot.
+        let (ids, weights): (Vec<i32>, Vec<f32>) = if route {
+            (Vec::new(), Vec::new())
+        } else {
+            (0..n_tokens * k)
+                .map(|p| if p % k == 0 { (0, 1.0) } else { (-1, 0.0) })
+                .unzip()
+        };
+        let stream = self.device.stream.clone();
+        let s = self.scratch.as_mut().ok_or(GpuError::Unsupported {
+            reason: "scratch missing",
+        })?;
+        catch(|| {
+            let have = s.x.len();
+            // SAFETY: the input buffer holds scratch.tokens ≥ n_tokens rows of n_embd f32
+            // as bytes (4 · n bytes or more) in one device allocation (256-byte aligned),
+            // and every bit pattern is a valid f32.
+            let mut dst =
+                unsafe { s.x.transmute_mut::<f32>(n) }.ok_or(GpuError::LengthMismatch {
+                    expected: n * 4,
+                    actual: have,
+                })?;
+            stream.memcpy_dtod(&x.slice(..n), &mut dst)?;
+            if !route {
+                let mut dst = s.ids.slice_mut(..ids.len());
+                stream.memcpy_htod(&ids, &mut dst)?;
+                let mut dst = s.weights.slice_mut(..weights.len());
+                stream.memcpy_htod(&weights, &mut dst)?;
+            }
+            Ok(())
+        })?;
+        let slots = if route { self.slots() } else { k };
+        self.launch_all_with_slots(n_tokens, route, slots)?;
+        let s = self.scratch.as_ref().ok_or(GpuError::Unsupported {
+            reason: "scratch missing",
+        })?;
+        catch(|| {
+            let mut dst = out.slice_mut(..n);
+            stream.memcpy_dtod(&s.out.slice(..n), &mut dst)?;
             Ok(())
         })
     }

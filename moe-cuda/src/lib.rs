@@ -45,6 +45,7 @@ use std::panic::{self, AssertUnwindSafe};
 mod error;
 pub mod kernels;
 mod layer;
+pub mod model;
 pub mod placement;
 pub mod synthetic;
 
@@ -52,6 +53,7 @@ pub use error::{GpuError, Result};
 #[doc(hidden)]
 pub use layer::route_params_bytes;
 pub use layer::{DECODE_MAX_PAIRS, GpuDevice, GpuMoeLayer, PREFILL_TILE, RouterTensors, cpu_share};
+pub use model::GpuModel;
 
 use cudarc::driver::{result, sys};
 

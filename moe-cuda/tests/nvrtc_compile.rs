@@ -82,7 +82,14 @@ fn every_kernel_the_host_launches_is_in_the_program() {
                 src.contains(&format!("DEFINE_FFN_KERNELS({suffix}, "))
                     && src.contains(&format!(", {m})"))
             }
-            None => src.contains(&format!("void {name}(")),
+            // The model's embedding and projection kernels by DEFINE_MODEL_KERNELS(suffix, TY).
+            None => match name.strip_prefix("model_get_rows_").or(name
+                .strip_prefix("model_matmul_")
+                .and_then(|r| r.rsplit_once("_m").map(|(s, _)| s)))
+            {
+                Some(suffix) => src.contains(&format!("DEFINE_MODEL_KERNELS({suffix}, ")),
+                None => src.contains(&format!("void {name}(")),
+            },
         };
         assert!(defined, "the host launches {name}, which no source defines");
     }
