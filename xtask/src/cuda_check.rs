@@ -28,9 +28,10 @@ use crate::{Result, cargo_cmd, root, show, step};
 const DIR: &str = "target/cuda-check";
 
 /// The binaries the run script runs.
-const NEEDED: [&str; 8] = [
+const NEEDED: [&str; 9] = [
     "moe_cuda",
     "device",
+    "model",
     "nvrtc_compile",
     "moe-cuda-bench",
     "moe-cuda-kernels",
@@ -108,6 +109,8 @@ run() {
 }
 run 60 "$here/moe_cuda" --test-threads=1
 run 150 "$here/device" --nocapture --test-threads=1
+# Whole fixture models on the GPU (attention too: GpuModel) against the CPU path.
+run 120 "$here/model" --nocapture --test-threads=1
 run 150 "$here/moe-cuda-bench"
 # Whole fixture models with their FFN blocks on the GPU against the CPU path (fixtures
 # from this checkout's moe-core/tests/fixtures/models; the CLI part runs $here/moe).
