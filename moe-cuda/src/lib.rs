@@ -8,6 +8,10 @@
 //!   Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, F32, F16, BF16) with its router, run on the
 //!   device for decode and prefill. Other types (Q4_1, Q5_1, Q2_K, Q3_K, IQ4_NL, IQ4_XS)
 //!   are a [`GpuError::UnsupportedType`].
+//! - [`GpuModel`]: a whole `moe_core::model::Model` on the device (standard attention:
+//!   Llama/Mistral, Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GraniteMoE; DeepSeek's latent
+//!   attention is a [`GpuError::Unsupported`]): embedding, attention with an f32 KV
+//!   cache, every FFN a [`GpuMoeLayer`], the head, with `Model::forward`'s contract.
 //! - [`placement`]: which experts to keep on the device under a byte budget (pure host
 //!   code); [`GpuMoeLayer::with_placement`] uploads only those, and
 //!   [`GpuMoeLayer::hybrid_forward`] runs the rest on the CPU layer with the device's
@@ -31,6 +35,10 @@
 //!   (`MOE_REQUIRE_GPU=1` makes that a failure).
 //! - `tests/host_check.rs`: the kernel sources under g++ (C++20, `_Float16`) against the
 //!   CPU layer; `skipped: no g++` without one.
+//! - `tests/model.rs`: [`GpuModel`] against `Model::forward` on the fixture models
+//!   (`skipped: no CUDA device` without one); its `check` on them runs everywhere.
+//! - `tests/model_check.rs`: `kernels/model.cu` under g++ with one host thread per CUDA
+//!   thread against moe-core's functions; `skipped: no g++` without one.
 //! - `cargo xtask cuda-check` prepares all of it, with the `moe-cuda-bench` binary, for a
 //!   GPU machine without a Rust toolchain.
 //!
