@@ -1,7 +1,10 @@
-//! `--gpu`: a model's FFN blocks on a CUDA device ([`moe_cuda`]) while attention, norms
-//! and the head stay on the CPU path ([`Model::forward_offloaded`]).
+//! `--gpu`: a model on a CUDA device ([`moe_cuda`]), whole or in part ([`GpuRun`]).
 //!
-//! Without a budget every FFN block goes to the device whole. With one
+//! Without a budget the whole model goes to the device ([`moe_cuda::GpuModel`]:
+//! embeddings, attention with its KV cache, FFNs, head) when the GPU path runs every
+//! part of it; otherwise (DeepSeek's latent attention, a weight type the kernels lack,
+//! [`GpuOptions::ffn_only`]) the FFN blocks go there ([`GpuOffload`]) while attention,
+//! norms and the head stay on the CPU path ([`Model::forward_offloaded`]). With a budget
 //! ([`GpuOptions::budget`]), [`place_blocks`] chooses what fits: dense FFNs and shared
 //! experts first (every token uses them), then routed experts most-used first
 //! ([`GpuOptions::counts`], router statistics from `moe route --json`; without them an
@@ -13,7 +16,7 @@
 use moe_core::model::{FfnOffload, Model};
 use moe_core::moe::MoeLayer;
 use moe_core::router::{Choice, Selection};
-use moe_cuda::{GpuDevice, GpuError, GpuMoeLayer, RouterTensors};
+use moe_cuda::{GpuDevice, GpuError, GpuModel, GpuMoeLayer, RouterTensors};
 
 /// What to put on the device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,6 +29,86 @@ pub struct GpuOptions {
     /// Tokens routed to each expert of each block (`counts[layer][expert]`); missing
     /// blocks or an empty list: an even spread.
     pub counts: Vec<Vec<u64>>,
+    /// Only the FFN blocks on the device, even when the whole model could go (the
+    /// routing of each block is then reported, as `moe route` needs).
+    pub ffn_only: bool,
+}
+
+/// What runs on the device.
+#[derive(Debug)]
+pub enum GpuRun {
+    /// The whole model: its own KV cache on the device.
+    Whole {
+        /// The device.
+        device: GpuDevice,
+        /// The model on it.
+        model: Box<GpuModel>,
+    },
+    /// The FFN blocks (all, or within a budget); the rest on the CPU path.
+    Blocks(GpuOffload),
+}
+
+impl GpuRun {
+    /// Puts `model` on the device as `options` say: the whole model when there is no
+    /// budget, `whole_allowed` (no position evaluated on the CPU yet), not
+    /// [`GpuOptions::ffn_only`], and [`GpuModel::check`] accepts it; else its FFN blocks.
+    /// `context` and `max_batch` size the whole model's KV cache and scratch.
+    pub fn new(
+        model: &Model<'_>,
+        options: &GpuOptions,
+        whole_allowed: bool,
+        context: usize,
+        max_batch: usize,
+    ) -> Result<Self, GpuError> {
+        let whole = whole_allowed
+            && options.budget.is_none()
+            && !options.ffn_only
+            && GpuModel::check(model).is_ok();
+        if whole {
+            let device = GpuDevice::new(options.ordinal)?;
+            let gpu = GpuModel::new(&device, model, context, max_batch)?;
+            return Ok(GpuRun::Whole {
+                device,
+                model: Box::new(gpu),
+            });
+        }
+        GpuOffload::new(model, options).map(GpuRun::Blocks)
+    }
+
+    /// Blocks left on the CPU path because the device cannot run them, and why (none
+    /// for a whole model).
+    pub fn skipped(&self) -> &[(usize, GpuError)] {
+        match self {
+            GpuRun::Whole { .. } => &[],
+            GpuRun::Blocks(b) => b.skipped(),
+        }
+    }
+
+    /// Whether the whole model runs on the device.
+    pub fn is_whole(&self) -> bool {
+        matches!(self, GpuRun::Whole { .. })
+    }
+
+    /// One line: the device and what is on it.
+    pub fn summary(&self) -> String {
+        match self {
+            GpuRun::Whole { device, model } => format!(
+                "gpu: {} ({}): the whole model, {:.1} MiB of weights",
+                device.arch(),
+                kernels_origin(device),
+                model.weight_bytes() as f64 / (1u64 << 20) as f64,
+            ),
+            GpuRun::Blocks(b) => b.summary(),
+        }
+    }
+}
+
+fn kernels_origin(device: &GpuDevice) -> &'static str {
+    if device.kernels_cached() {
+        "kernels cached"
+    } else {
+        "kernels compiled"
+    }
 }
 
 /// One block's FFN weights as placement sees them.
@@ -221,11 +304,7 @@ impl GpuOffload {
         format!(
             "gpu: {} ({}): {on} of {} FFN blocks, {experts} of their {total} experts, {:.1} MiB",
             self.device.arch(),
-            if self.device.kernels_cached() {
-                "kernels cached"
-            } else {
-                "kernels compiled"
-            },
+            kernels_origin(&self.device),
             self.blocks.len(),
             self.weight_bytes() as f64 / (1u64 << 20) as f64,
         )

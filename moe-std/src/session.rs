@@ -9,7 +9,7 @@ use moe_core::router::{RouterStats, Selection};
 use std::path::Path;
 
 use crate::checkpoint::Checkpoint;
-use crate::gpu::{GpuOffload, GpuOptions};
+use crate::gpu::{GpuOptions, GpuRun};
 use crate::{Error, GgufFile, Result};
 
 /// The KV cache's element type.
@@ -40,7 +40,7 @@ pub struct Session<'a> {
     selections: Vec<Selection>,
     bytes: Vec<u8>,
     filled: usize,
-    gpu: Option<GpuOffload>,
+    gpu: Option<GpuRun>,
 }
 
 impl<'a> Session<'a> {
@@ -116,11 +116,21 @@ impl<'a> Session<'a> {
         &self.model
     }
 
-    /// Runs the model's FFN blocks on a CUDA device from now on, as `options` place
-    /// them (see [`crate::gpu`]); attention stays on the CPU. The positions evaluated so
-    /// far are kept.
-    pub fn offload_to_gpu(&mut self, options: &GpuOptions) -> Result<&GpuOffload> {
-        let gpu = GpuOffload::new(&self.model, options).map_err(|source| Error::Gpu {
+    /// Runs the model on a CUDA device from now on, as `options` place it (see
+    /// [`crate::gpu`]): the whole model when it can (only before any position is
+    /// evaluated: its KV cache lives on the device), else the FFN blocks with attention
+    /// on the CPU. A whole model reports no routing to
+    /// [`eval_routed`](Self::eval_routed).
+    pub fn offload_to_gpu(&mut self, options: &GpuOptions) -> Result<&GpuRun> {
+        let context = self.context();
+        let gpu = GpuRun::new(
+            &self.model,
+            options,
+            self.filled == 0,
+            context,
+            self.max_batch,
+        )
+        .map_err(|source| Error::Gpu {
             path: self.path.to_path_buf(),
             layer: None,
             source: Box::new(source),
@@ -128,8 +138,8 @@ impl<'a> Session<'a> {
         Ok(self.gpu.insert(gpu))
     }
 
-    /// The GPU offload, when [`offload_to_gpu`](Self::offload_to_gpu) set one up.
-    pub fn gpu(&self) -> Option<&GpuOffload> {
+    /// What runs on the GPU, when [`offload_to_gpu`](Self::offload_to_gpu) set it up.
+    pub fn gpu(&self) -> Option<&GpuRun> {
         self.gpu.as_ref()
     }
 
@@ -196,21 +206,25 @@ impl<'a> Session<'a> {
             let first = self.filled;
             let on_route =
                 |layer: usize, selections: &[Selection]| on_route(layer, first, selections);
+            let gpu_error = |layer, source| Error::Gpu {
+                path: self.path.to_path_buf(),
+                layer,
+                source: Box::new(source),
+            };
             match &mut self.gpu {
+                Some(GpuRun::Whole { model, .. }) => model
+                    .forward(batch, first, out)
+                    .map_err(|e| gpu_error(None, e))?,
                 None => self
                     .model
                     .forward_routed(batch, first, out, &mut ws, stats, on_route)
                     .map_err(|e| Error::gguf(self.path, e))?,
-                Some(gpu) => self
+                Some(GpuRun::Blocks(gpu)) => self
                     .model
                     .forward_offloaded(batch, first, out, &mut ws, stats, on_route, gpu)
                     .map_err(|e| match e {
                         OffloadError::Model(e) => Error::gguf(self.path, e),
-                        OffloadError::Offload { layer, error } => Error::Gpu {
-                            path: self.path.to_path_buf(),
-                            layer: Some(layer),
-                            source: Box::new(error),
-                        },
+                        OffloadError::Offload { layer, error } => gpu_error(Some(layer), error),
                     })?,
             }
             self.filled += batch.len();

@@ -1,12 +1,12 @@
-//! Whole models with their FFN blocks on the GPU (`Session::offload_to_gpu`, `--gpu`)
-//! against the same models on the CPU path: the fixture models of
-//! `moe-core/tests/fixtures/models` that the GPU kernels read (Q4_0, Q8_0, Q4_K_M, F16,
-//! F32; Mixtral, Qwen3-MoE, Qwen2-MoE with its gated shared expert, DeepSeek with a dense
-//! first block, shared experts, group-limited routing and a selection bias, OLMoE,
-//! GraniteMoE, dense Mistral), all
-//! experts resident and hybrid (half the routed experts' bytes as the budget, the rest
-//! on the CPU): the same experts chosen in every block, logits within 1e-3 of the
-//! logit range, the same argmax.
+//! Whole models on the GPU (`Session::offload_to_gpu`, `--gpu`) against the same models
+//! on the CPU path: the fixture models of `moe-core/tests/fixtures/models` that the GPU
+//! kernels read (Q4_0, Q8_0, Q4_K_M, F16, F32; Mixtral, Qwen3-MoE, Qwen2-MoE with its
+//! gated shared expert, DeepSeek with a dense first block, shared experts, group-limited
+//! routing and a selection bias, OLMoE, GraniteMoE, dense Mistral), three ways: the
+//! whole model on the device (DeepSeek's latent attention: its FFN blocks), the FFN
+//! blocks with every expert (attention on the CPU), and hybrid (half the routed experts'
+//! bytes as the budget, the rest on the CPU): the same experts chosen in every block
+//! where routing is reported, logits within 1e-3 of the logit range, the same argmax.
 //!
 //! Without a CUDA device the GPU comparison prints `skipped: no CUDA device`
 //! (`MOE_REQUIRE_GPU=1` makes that a failure); what runs everywhere: the GPU path
@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use moe_core::model::Model;
 use moe_core::router::Selection;
-use moe_cuda::GpuMoeLayer;
+use moe_cuda::{GpuModel, GpuMoeLayer};
 use moe_std::GgufFile;
 use moe_std::gpu::{BlockWeights, GpuOptions};
 use moe_std::pool::ThreadPool;
@@ -69,8 +69,9 @@ fn tokens() -> Vec<u32> {
     vec![1, 5, 17, 42, 3, 77, 9, 60, 31, 2, 88, 14]
 }
 
-/// Every position's logits and every MoE block's routing (`routes[layer][position]`).
-type Run = (Vec<f32>, Vec<Vec<Vec<u32>>>);
+/// Every position's logits and every MoE block's routing (`routes[layer][position]`;
+/// `None` for a whole model on the GPU, which reports none).
+type Run = (Vec<f32>, Option<Vec<Vec<Vec<u32>>>>);
 
 /// Evaluates the tokens as one prompt batch, then one token more as a decode step, on
 /// the CPU or with `gpu`.
@@ -78,9 +79,11 @@ fn evaluate(gguf: &GgufFile, gpu: Option<&GpuOptions>) -> Run {
     let pool = ThreadPool::new(2);
     let tokens = tokens();
     let mut session = Session::new(gguf, &pool, 64, tokens.len(), KvType::F32).unwrap();
+    let mut whole = false;
     if let Some(options) = gpu {
         let offload = session.offload_to_gpu(options).unwrap();
         assert!(offload.skipped().is_empty(), "{:?}", offload.skipped());
+        whole = offload.is_whole();
     }
     let c = session.model().config();
     let (n_vocab, n_layer) = (c.n_vocab, c.n_layer);
@@ -102,13 +105,15 @@ fn evaluate(gguf: &GgufFile, gpu: Option<&GpuOptions>) -> Run {
         .eval_routed(last, &mut step, &mut [], &mut record)
         .unwrap();
     logits.extend_from_slice(&step);
-    (logits, routes)
+    (logits, (!whole).then_some(routes))
 }
 
 fn compare(name: &str, what: &str, cpu: &Run, gpu: &Run, n_vocab: usize) {
-    for (l, (c, g)) in cpu.1.iter().zip(&gpu.1).enumerate() {
-        for (pos, (c, g)) in c.iter().zip(g).enumerate() {
-            assert_eq!(c, g, "{name} ({what}): block {l}, position {pos}: experts");
+    if let (Some(cpu), Some(gpu)) = (&cpu.1, &gpu.1) {
+        for (l, (c, g)) in cpu.iter().zip(gpu).enumerate() {
+            for (pos, (c, g)) in c.iter().zip(g).enumerate() {
+                assert_eq!(c, g, "{name} ({what}): block {l}, position {pos}: experts");
+            }
         }
     }
     for (pos, (c, g)) in cpu.0.chunks(n_vocab).zip(gpu.0.chunks(n_vocab)).enumerate() {
@@ -143,6 +148,13 @@ fn the_gpu_path_accepts_every_block_of_the_gpu_fixtures() {
             GpuMoeLayer::check(ffn, ffn.router().is_some())
                 .unwrap_or_else(|e| panic!("{name}: block {l}: {e}"));
         }
+        // The whole model goes too, except DeepSeek's latent attention.
+        let whole = GpuModel::check(&model);
+        assert_eq!(
+            whole.is_ok(),
+            !name.starts_with("deepseek2"),
+            "{name}: {whole:?}"
+        );
     }
 }
 
@@ -172,28 +184,30 @@ fn gpu_models_match_the_cpu_path_resident_and_hybrid() {
         let gguf = GgufFile::open(fixture(name)).unwrap();
         let (n_vocab, routed) = vocab_and_routed_bytes(&gguf);
         let cpu = evaluate(&gguf, None);
-        let resident = GpuOptions::default();
-        compare(
-            name,
-            "resident",
-            &cpu,
-            &evaluate(&gguf, Some(&resident)),
-            n_vocab,
-        );
-        // Hybrid: half of the routed experts' bytes (dense blocks and shared experts
-        // are placed first, so they take part of it).
-        let hybrid = GpuOptions {
-            budget: Some(routed / 2),
-            ..GpuOptions::default()
-        };
-        compare(
-            name,
-            "hybrid",
-            &cpu,
-            &evaluate(&gguf, Some(&hybrid)),
-            n_vocab,
-        );
-        println!("{name}: resident and hybrid match the CPU path");
+        // The whole model when the GPU path covers it (else its FFN blocks), the FFN
+        // blocks alone with every expert, and hybrid: half of the routed experts' bytes
+        // (dense blocks and shared experts are placed first, so they take part of it).
+        let modes = [
+            ("default", GpuOptions::default()),
+            (
+                "ffn blocks",
+                GpuOptions {
+                    ffn_only: true,
+                    ..GpuOptions::default()
+                },
+            ),
+            (
+                "hybrid",
+                GpuOptions {
+                    budget: Some(routed / 2),
+                    ..GpuOptions::default()
+                },
+            ),
+        ];
+        for (what, options) in &modes {
+            compare(name, what, &cpu, &evaluate(&gguf, Some(options)), n_vocab);
+        }
+        println!("{name}: whole, FFN blocks and hybrid match the CPU path");
     }
 }
 
@@ -315,8 +329,9 @@ fn the_gpu_flags_of_the_cli() {
             "{stderr}"
         );
     }
-    let commands: [&[&str]; 4] = [
+    let commands: [&[&str]; 5] = [
         &["run", path, "--tokens", "1,5", "-n", "2", "--gpu"],
+        &["logits", path, "--tokens", "1,5", "--gpu-ffn-only"],
         &[
             "bench",
             path,

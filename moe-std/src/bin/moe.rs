@@ -42,7 +42,7 @@ usage:
                                        top-p 0.95, min-p 0.05); --temp 0 is greedy.
                                        --chat applies the file's chat template
   moe bench FILE [--threads N] [--prompt 128] [--gen 64] [--reps 3] [--kv f32|f16]
-          [--json] [--gpu [--gpu-budget BYTES] [--gpu-stats FILE]]
+          [--json] [--gpu [--gpu-ffn-only] [--gpu-budget BYTES] [--gpu-stats FILE]]
                                        median prefill and decode tokens/s, weight bytes
                                        per decoded token and the GB/s they make
   moe route FILE --tokens 1,2,3 [--json] [--threads N]
@@ -60,12 +60,14 @@ In --json, arrays longer than 64 elements are cut to their first 8 unless --full
 run, bench, route and logits read the weights into memory (huge pages: faster decoding)
 when they take at most half of the available memory, and map the file otherwise;
 --no-mmap always reads, --mmap always maps.
-run, bench, route and logits take --gpu: the FFN blocks run on CUDA device 0 (choose
-with CUDA_VISIBLE_DEVICES), attention on the CPU; needs libcuda and libnvrtc. With
---gpu-budget BYTES (suffix K, M, G: KiB, MiB, GiB) only that much FFN weight goes to the
-device: dense FFNs and shared experts first, then routed experts most-used first by
---gpu-stats FILE (the JSON of `moe route --json` on typical text; without it an even
-spread over the blocks); the other experts run on the CPU.
+run, bench, route and logits take --gpu: the model runs on CUDA device 0 (choose with
+CUDA_VISIBLE_DEVICES) — all of it when the GPU kernels cover it, else (DeepSeek's latent
+attention, --gpu-ffn-only, route) the FFN blocks with attention on the CPU; needs
+libcuda and libnvrtc (or prebuilt kernels, moe-cuda-kernels). With --gpu-budget BYTES
+(suffix K, M, G: KiB, MiB, GiB) only that much FFN weight goes to the device: dense FFNs
+and shared experts first, then routed experts most-used first by --gpu-stats FILE (the
+JSON of `moe route --json` on typical text; without it an even spread over the blocks);
+the other experts run on the CPU.
 ";
 
 fn main() -> ExitCode {
@@ -337,10 +339,11 @@ struct ModelArgs {
     extra: Vec<(String, Option<OsString>)>,
 }
 
-/// `--gpu`, `--gpu-budget BYTES`, `--gpu-stats FILE` as given.
+/// `--gpu`, `--gpu-ffn-only`, `--gpu-budget BYTES`, `--gpu-stats FILE` as given.
 #[derive(Default)]
 struct GpuFlags {
     on: bool,
+    ffn_only: bool,
     budget: Option<u64>,
     stats: Option<PathBuf>,
 }
@@ -359,6 +362,10 @@ impl GpuFlags {
     ) -> Result<bool, Failure> {
         match flag {
             "--gpu" => self.on = true,
+            "--gpu-ffn-only" => {
+                self.ffn_only = true;
+                self.on = true;
+            }
             "--gpu-budget" => {
                 let bytes = value.as_ref().and_then(|v| v.to_str()).and_then(byte_size);
                 self.budget = Some(bytes.ok_or_else(|| {
@@ -389,6 +396,7 @@ impl GpuFlags {
             ordinal: 0,
             budget: self.budget,
             counts,
+            ffn_only: self.ffn_only,
         }))
     }
 }
@@ -1087,7 +1095,10 @@ fn route_cmd(args: Vec<OsString>) -> Result<(), Failure> {
     let checkpoint = Checkpoint::open_with(&a.path, a.residency)?;
     let pool = ThreadPool::new(a.threads);
     let mut session = Session::from_checkpoint(&checkpoint, &pool, a.tokens.len(), a.batch, a.kv)?;
-    offload(&mut session, &a.gpu)?;
+    // The routing is the report: only the FFN blocks on the GPU.
+    let mut gpu = a.gpu;
+    gpu.ffn_only = true;
+    offload(&mut session, &gpu)?;
     let n_layer = session.model().config().n_layer;
     let n_expert: Vec<usize> = (0..n_layer)
         .map(|l| {
