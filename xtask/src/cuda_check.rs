@@ -16,8 +16,8 @@
 //! `MOE_REQUIRE_GPU=1` and `MOE_REQUIRE_NVRTC=1` so a skip is a failure, then runs the
 //! unit tests, the GPU-vs-CPU tests and the bench, each under `timeout`, then writes the
 //! whole-model benchmark file (the perf model's shape, Q4_0 and Q8_0) and runs `moe
-//! bench` on it on the CPU, with every FFN on the GPU, and hybrid (half the routed
-//! experts' bytes on the GPU), logging to `$OUT/cuda-check.log` when `$OUT` is set.
+//! bench` on it on the CPU, with the whole model on the GPU, with its FFN blocks on the
+//! GPU, and hybrid (half the routed experts' bytes on the GPU), logging to `$OUT/cuda-check.log` when `$OUT` is set.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -117,7 +117,8 @@ run 150 "$here/moe-cuda-bench"
 MOE_BIN="$here/moe" run 120 "$here/gpu_model" --nocapture --test-threads=1
 # The whole random Mixtral-shaped model (n_embd 2048, 8 blocks, 8 experts top-2, width
 # 5632): written here (a few seconds), then prefill 128 tokens and 64 decode steps on the
-# CPU, with every FFN block on the GPU, and hybrid with half the routed experts' bytes.
+# CPU, the whole model on the GPU, its FFN blocks on the GPU (attention on the CPU), and
+# hybrid with half the routed experts' bytes on the GPU.
 models=${TMPDIR:-/tmp}/moe-cuda-check-models
 mkdir -p "$models"
 for type in q4_0 q8_0; do
@@ -127,6 +128,7 @@ for type in q4_0 q8_0; do
   routed=$(sed -n 's/.*"routed_expert_bytes":\([0-9]*\).*/\1/p' "$log" | tail -n 1)
   run 120 "$here/moe" bench "$model" --prompt 128 --gen 64 --reps 2 --json
   run 120 "$here/moe" bench "$model" --prompt 128 --gen 64 --reps 2 --json --gpu
+  run 120 "$here/moe" bench "$model" --prompt 128 --gen 64 --reps 2 --json --gpu-ffn-only
   [ -n "$routed" ] && run 120 "$here/moe" bench "$model" --prompt 128 --gen 64 --reps 2 --json --gpu-budget $((routed / 2))
   rm -f "$model"
 done
