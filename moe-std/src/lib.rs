@@ -116,6 +116,14 @@ impl Error {
         }
     }
 
+    pub(crate) fn gpu(path: &Path, layer: Option<usize>, source: moe_cuda::GpuError) -> Self {
+        Error::Gpu {
+            path: path.to_path_buf(),
+            layer,
+            source: Box::new(source),
+        }
+    }
+
     pub(crate) fn gguf(path: &Path, source: moe_core::Error) -> Self {
         Error::Gguf {
             path: path.to_path_buf(),

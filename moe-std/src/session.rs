@@ -1,7 +1,7 @@
 //! Running a whole model from a mapped GGUF file: a [`Session`] owns the workspace (KV
 //! cache and scratch) of one sequence and evaluates tokens through
 //! [`moe_core::model::Model`], on the [`ThreadPool`](crate::pool::ThreadPool) the caller
-//! passes, with the FFN blocks on a GPU after [`Session::offload_to_gpu`].
+//! passes — or on a GPU, whole or its FFN blocks, after [`Session::offload_to_gpu`].
 
 use moe_core::model::{KvCache, Model, ModelWorkspace, OffloadError, WorkspaceSize};
 use moe_core::router::{RouterStats, Selection};
@@ -130,11 +130,7 @@ impl<'a> Session<'a> {
             context,
             self.max_batch,
         )
-        .map_err(|source| Error::Gpu {
-            path: self.path.to_path_buf(),
-            layer: None,
-            source: Box::new(source),
-        })?;
+        .map_err(|e| Error::gpu(self.path, None, e))?;
         Ok(self.gpu.insert(gpu))
     }
 
@@ -206,15 +202,10 @@ impl<'a> Session<'a> {
             let first = self.filled;
             let on_route =
                 |layer: usize, selections: &[Selection]| on_route(layer, first, selections);
-            let gpu_error = |layer, source| Error::Gpu {
-                path: self.path.to_path_buf(),
-                layer,
-                source: Box::new(source),
-            };
             match &mut self.gpu {
                 Some(GpuRun::Whole { model, .. }) => model
                     .forward(batch, first, out)
-                    .map_err(|e| gpu_error(None, e))?,
+                    .map_err(|e| Error::gpu(self.path, None, e))?,
                 None => self
                     .model
                     .forward_routed(batch, first, out, &mut ws, stats, on_route)
@@ -224,7 +215,9 @@ impl<'a> Session<'a> {
                     .forward_offloaded(batch, first, out, &mut ws, stats, on_route, gpu)
                     .map_err(|e| match e {
                         OffloadError::Model(e) => Error::gguf(self.path, e),
-                        OffloadError::Offload { layer, error } => gpu_error(Some(layer), error),
+                        OffloadError::Offload { layer, error } => {
+                            Error::gpu(self.path, Some(layer), error)
+                        }
                     })?,
             }
             self.filled += batch.len();
