@@ -131,6 +131,16 @@ impl<'a> Session<'a> {
             self.max_batch,
         )
         .map_err(|e| Error::gpu(self.path, None, e))?;
+        if gpu.is_whole() {
+            // The device holds the KV cache and scratch now: free the CPU's copies.
+            self.kv_cache = match self.kv_cache {
+                KvStorage::F32(_) => KvStorage::F32(Vec::new()),
+                KvStorage::F16(_) => KvStorage::F16(Vec::new()),
+            };
+            self.floats = Vec::new();
+            self.selections = Vec::new();
+            self.bytes = Vec::new();
+        }
         Ok(self.gpu.insert(gpu))
     }
 
