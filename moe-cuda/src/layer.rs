@@ -45,7 +45,7 @@ pub const DECODE_MAX_PAIRS: usize = 64;
 /// Pairs per tile of the prefill kernels (`M` of the `_m8` kernels).
 pub const PREFILL_TILE: usize = 8;
 /// Weight rows per thread block of the FFN kernels (one warp each).
-const ROWS_PER_BLOCK: u32 = 4;
+pub(crate) const ROWS_PER_BLOCK: u32 = 4;
 /// Largest grid y dimension.
 const MAX_GRID_Y: usize = 65_535;
 
@@ -270,6 +270,41 @@ struct RouteParams {
 // SAFETY: `RouteParams` is `#[repr(C)]` with twelve 4-byte fields in the order and types
 // of `struct RouteParams` in kernels/route.cu, so the kernel reads exactly these bytes.
 unsafe impl DeviceRepr for RouteParams {}
+
+/// The layouts of this module's kernel params structs, for `param_layout`'s check
+/// against the C structs.
+#[cfg(test)]
+pub(crate) fn param_layouts() -> Vec<crate::param_layout::Layout> {
+    use crate::param_layout::layout;
+    vec![
+        layout!(FfnParams {
+            n_embd,
+            n_ff,
+            k,
+            has_gate,
+            activation,
+            n_pairs,
+            gate_up_matrix_bytes,
+            down_matrix_bytes,
+            x_row_bytes,
+            h_row_bytes,
+        }),
+        layout!(RouteParams {
+            n_tokens,
+            n_expert,
+            k,
+            score,
+            normalize,
+            norm_eps,
+            scale,
+            has_bias,
+            n_group,
+            topk_group,
+            group_score,
+            group_m,
+        }),
+    ]
+}
 
 /// A weight type the kernels read, with its kernel suffix and activation format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

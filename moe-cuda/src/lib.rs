@@ -39,6 +39,11 @@
 //!   (`skipped: no CUDA device` without one); its `check` on them runs everywhere.
 //! - `tests/model_check.rs`: `kernels/model.cu` under g++ with one host thread per CUDA
 //!   thread against moe-core's functions; `skipped: no g++` without one.
+//! - `src/param_layout.rs` (unit tests): the params structs passed to kernels by value
+//!   (`FfnParams`, `RouteParams`, `RopeParams`, `AttnParams`) against their C twins in
+//!   the `.cu` sources — fields, offsets, sizes and kinds as g++ lays them out;
+//!   `skipped: no g++` (field names only) without one; and the block sizes the host
+//!   launches with against the kernels' `#define`s.
 //! - `cargo xtask cuda-check` prepares all of it, with the `moe-cuda-bench` binary, for a
 //!   GPU machine without a Rust toolchain.
 //!
@@ -54,6 +59,8 @@ mod error;
 pub mod kernels;
 mod layer;
 pub mod model;
+#[cfg(test)]
+mod param_layout;
 pub mod placement;
 pub mod synthetic;
 

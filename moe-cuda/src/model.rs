@@ -35,13 +35,13 @@ use crate::layer::{GpuDevice, GpuMoeLayer, RouterTensors};
 /// Widest query/key or value head the attention kernel takes.
 pub const ATTN_MAX_DIM: usize = 256;
 /// Weight rows per block of the projection kernels (one warp each).
-const ROWS_PER_BLOCK: usize = 4;
+pub(crate) const ROWS_PER_BLOCK: usize = 4;
 /// Tokens per block row of the batched projection kernels (`_m8`).
 const TILE: usize = 8;
 /// Threads per block of the attention kernel (`ATTN_WARPS` warps).
-const ATTN_THREADS: u32 = 128;
+pub(crate) const ATTN_THREADS: u32 = 128;
 /// Threads per row of `model_rms_norm` (`NORM_THREADS`).
-const NORM_THREADS: u32 = 256;
+pub(crate) const NORM_THREADS: u32 = 256;
 /// Largest grid y dimension.
 const MAX_GRID_Y: usize = 65_535;
 
@@ -82,6 +82,37 @@ struct AttnParams {
 // SAFETY: `#[repr(C)]` with ten 4-byte fields in the order and types of `struct
 // AttnParams` in kernels/model.cu.
 unsafe impl DeviceRepr for AttnParams {}
+
+/// The layouts of this module's kernel params structs, for `param_layout`'s check
+/// against the C structs.
+#[cfg(test)]
+pub(crate) fn param_layouts() -> Vec<crate::param_layout::Layout> {
+    use crate::param_layout::layout;
+    vec![
+        layout!(RopeParams {
+            layout,
+            dims,
+            theta_scale,
+            freq_scale,
+            ext_factor,
+            attn_factor,
+            corr_low,
+            corr_high,
+        }),
+        layout!(AttnParams {
+            n_head,
+            n_head_kv,
+            head_dim,
+            head_dim_v,
+            q_dim,
+            k_dim,
+            v_dim,
+            attn_dim,
+            start,
+            scale,
+        }),
+    ]
+}
 
 fn rope_params(rope: &Rope) -> RopeParams {
     RopeParams {
