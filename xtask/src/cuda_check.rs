@@ -211,7 +211,7 @@ pub fn run(args: &[String]) -> Result {
     step("run on the GPU machine (repository root, no Rust toolchain needed)");
     println!("carry: [\"{DIR}\"]");
     println!("command: sh {DIR}/run.sh");
-    println!("(log: $OUT/cuda-check.log; expected wall time 1-3 minutes, give it timeout_s 420;");
+    println!("(log: $OUT/cuda-check.log; expected wall time 2-4 minutes, give it timeout_s 480;");
     println!(" the binaries are dynamically linked against glibc >= 2.34 and load libcuda and");
     println!(
         " libnvrtc at run time: set MOE_NVRTC_LIB=/path/to/libnvrtc.so.N if run.sh finds none)"
