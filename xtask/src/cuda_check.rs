@@ -5,10 +5,11 @@
 //! that runs them on a GPU machine with no Rust toolchain (the folder travels as an
 //! ignored path; the command runs in the repository root there).
 //!
-//! When NVRTC loads here (put its folder on `LD_LIBRARY_PATH`), the kernels are also
-//! compiled ahead of time for sm_80 and sm_90 (`moe-cuda-kernels`) into
-//! `target/cuda-check/kernels/`, and the script seeds the kernel cache with them, so a
-//! GPU machine with only the driver runs everything but the NVRTC tests.
+//! The kernels are also compiled ahead of time for sm_80 and sm_90 (`moe-cuda-kernels`)
+//! into `target/cuda-check/kernels/` — with the NVRTC on `LD_LIBRARY_PATH`, else the pip
+//! wheel CI uses (installed into `~/.cache/moe-ci/nvrtc-venv` when missing) — and the
+//! script seeds the kernel cache with them, so a GPU machine with only the driver runs
+//! everything but the NVRTC tests.
 //!
 //! The script finds libnvrtc (CUDA toolkit folders, or `$MOE_NVRTC_LIB`), links it as
 //! `libnvrtc.so` in a private folder put on `LD_LIBRARY_PATH` (cudarc's dynamic loading
@@ -195,11 +196,22 @@ pub fn run(args: &[String]) -> Result {
     step("compile the kernels ahead of time for sm_80 and sm_90 (needs NVRTC here)");
     let prebuilt = out.join("kernels");
     let tool = out.join("moe-cuda-kernels");
-    match std::process::Command::new(&tool).arg(&prebuilt).status() {
-        Ok(s) if s.success() => {}
-        _ => eprintln!(
-            "warning: no prebuilt kernels (NVRTC not on LD_LIBRARY_PATH?): the GPU machine will need NVRTC"
-        ),
+    let prebuild = |library_path: Option<&Path>| {
+        let mut cmd = std::process::Command::new(&tool);
+        cmd.arg(&prebuilt);
+        if let Some(dir) = library_path {
+            let old = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+            let mut paths = vec![dir.to_path_buf()];
+            paths.extend(std::env::split_paths(&old));
+            cmd.env(
+                "LD_LIBRARY_PATH",
+                std::env::join_paths(paths).unwrap_or_default(),
+            );
+        }
+        cmd.status().is_ok_and(|s| s.success())
+    };
+    if !prebuild(None) && !nvrtc_wheel().is_some_and(|dir| prebuild(Some(&dir))) {
+        eprintln!("warning: no prebuilt kernels (no NVRTC here): the GPU machine will need NVRTC");
     }
     let script = out.join("run.sh");
     fs::write(&script, SCRIPT).map_err(|e| format!("{}: {e}", script.display()))?;
@@ -217,6 +229,46 @@ pub fn run(args: &[String]) -> Result {
         " libnvrtc at run time: set MOE_NVRTC_LIB=/path/to/libnvrtc.so.N if run.sh finds none)"
     );
     Ok(())
+}
+
+/// The library folder of NVIDIA's NVRTC pip wheel in the virtual environment CI uses
+/// (`$MOE_NVRTC_VENV`, else `~/.cache/moe-ci/nvrtc-venv`), installing it there first
+/// when missing (as `.ci/run` does); `None` when that fails.
+fn nvrtc_wheel() -> Option<PathBuf> {
+    let venv = std::env::var_os("MOE_NVRTC_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/moe-ci/nvrtc-venv"))
+        })?;
+    let find = || {
+        fs::read_dir(venv.join("lib"))
+            .ok()?
+            .flatten()
+            .map(|python| python.path().join("site-packages/nvidia/cuda_nvrtc/lib"))
+            .find(|lib| lib.is_dir())
+    };
+    if let Some(lib) = find() {
+        return Some(lib);
+    }
+    eprintln!(
+        "installing NVRTC (pip wheel nvidia-cuda-nvrtc-cu12 12.8) into {}",
+        venv.display()
+    );
+    let ok = |cmd: &mut std::process::Command| cmd.status().is_ok_and(|s| s.success());
+    let created = venv.join("bin/pip").exists()
+        || ok(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv));
+    if !created
+        || !ok(std::process::Command::new(venv.join("bin/pip")).args([
+            "install",
+            "-q",
+            "nvidia-cuda-nvrtc-cu12==12.8.*",
+        ]))
+    {
+        return None;
+    }
+    find()
 }
 
 /// `(name, path)` of every executable of moe-cuda, moe-std and moe-benches in cargo's
