@@ -17,6 +17,8 @@
 //! Needs `g++` with C++20 (`<barrier>`, `_Float16`); prints `skipped: no g++ with C++20
 //! and _Float16` otherwise. A harness that fails to build, or warns, fails the test.
 
+mod gxx;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,52 +44,17 @@ const TYPES: [TensorType; 9] = [
     TensorType::BF16,
 ];
 
-fn gxx_works(dir: &Path) -> bool {
-    let probe = dir.join("moe_cuda_model_gxx_probe.cpp");
-    let src = "#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); _Float16 h = (_Float16)1.5f; return (float)h == 1.5f ? 0 : 1; }\n";
-    if std::fs::write(&probe, src).is_err() {
-        return false;
-    }
-    Command::new("g++")
-        .args(["-std=c++20", "-pthread", "-o"])
-        .arg(dir.join("moe_cuda_model_gxx_probe"))
-        .arg(&probe)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Builds the harness once per test binary; `None` without a suitable g++.
+/// Builds the harness once per test binary; `None` without a suitable g++ (C++20 with
+/// `_Float16`: GCC 12+ on x86-64).
 fn harness() -> Option<PathBuf> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        if !gxx_works(&dir) {
-            return None;
-        }
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/model_check/harness.cpp");
-        let bin = dir.join("moe_cuda_model_check");
-        let out = Command::new("g++")
-            .args([
-                "-std=c++20",
-                "-O2",
-                "-pthread",
-                "-ffp-contract=off",
-                "-Wall",
-                "-Wno-unknown-pragmas",
-                "-Wno-unused-function",
-                "-o",
-            ])
-            .arg(&bin)
-            .arg(&src)
-            .output()
-            .expect("g++ ran for the probe");
-        let warnings = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "g++ could not build the harness:\n{warnings}"
-        );
-        assert!(warnings.trim().is_empty(), "g++ warned:\n{warnings}");
-        Some(bin)
+        gxx::build(
+            "model_check/harness.cpp",
+            "moe_cuda_model_check",
+            "#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); _Float16 h = (_Float16)1.5f; return (float)h == 1.5f ? 0 : 1; }\n",
+            &["-pthread"],
+        )
     })
     .clone()
 }
