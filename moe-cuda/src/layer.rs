@@ -308,14 +308,23 @@ pub(crate) fn param_layouts() -> Vec<crate::param_layout::Layout> {
 
 /// A weight type the kernels read, with its kernel suffix and activation format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Format {
-    ty: TensorType,
-    suffix: &'static str,
+pub(crate) struct Format {
+    pub(crate) ty: TensorType,
+    pub(crate) suffix: &'static str,
     /// The activation format's type: Q8_0, Q8_K or F32.
-    act: TensorType,
+    pub(crate) act: TensorType,
 }
 
-fn format_of(ty: TensorType, role: &'static str) -> Result<Format> {
+impl Format {
+    /// Elements of one group of the kernels' dot product (a block; 32 for float weights).
+    pub(crate) fn group(&self) -> usize {
+        self.ty.block_len().max(32)
+    }
+}
+
+/// The kernel suffix and activation format of weight type `ty` (`role` names the tensor
+/// in the error for a type the kernels do not read).
+pub(crate) fn format_of(ty: TensorType, role: &'static str) -> Result<Format> {
     let (suffix, act) = match ty {
         TensorType::Q4_0 => ("q4_0", TensorType::Q8_0),
         TensorType::Q5_0 => ("q5_0", TensorType::Q8_0),
@@ -332,7 +341,7 @@ fn format_of(ty: TensorType, role: &'static str) -> Result<Format> {
 }
 
 /// Bytes of a row of `n` elements in activation format `act`.
-fn act_row_bytes(act: TensorType, n: usize) -> usize {
+pub(crate) fn act_row_bytes(act: TensorType, n: usize) -> usize {
     n / act.block_len() * act.block_bytes()
 }
 

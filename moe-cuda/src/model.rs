@@ -30,7 +30,7 @@ use moe_core::quant::dequantize_row;
 use moe_core::tensor::TensorView;
 
 use crate::error::{GpuError, Result, catch};
-use crate::layer::{GpuDevice, GpuMoeLayer, RouterTensors};
+use crate::layer::{Format, GpuDevice, GpuMoeLayer, RouterTensors, act_row_bytes, format_of};
 
 /// Widest query/key or value head the attention kernel takes.
 pub const ATTN_MAX_DIM: usize = 256;
@@ -191,43 +191,6 @@ pub fn attn_params_bytes(config: &ModelConfig, start: usize) -> Vec<u8> {
     )
 }
 
-/// A weight type the model kernels read: its kernel suffix and activation format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Format {
-    ty: TensorType,
-    suffix: &'static str,
-    /// Q8_0, Q8_K or F32.
-    act: TensorType,
-    /// Elements of one group of the dot product (a block; 32 for float weights).
-    group: usize,
-}
-
-fn format_of(ty: TensorType, role: &'static str) -> Result<Format> {
-    let (suffix, act) = match ty {
-        TensorType::Q4_0 => ("q4_0", TensorType::Q8_0),
-        TensorType::Q5_0 => ("q5_0", TensorType::Q8_0),
-        TensorType::Q8_0 => ("q8_0", TensorType::Q8_0),
-        TensorType::Q4_K => ("q4_k", TensorType::Q8_K),
-        TensorType::Q5_K => ("q5_k", TensorType::Q8_K),
-        TensorType::Q6_K => ("q6_k", TensorType::Q8_K),
-        TensorType::F32 => ("f32", TensorType::F32),
-        TensorType::F16 => ("f16", TensorType::F32),
-        TensorType::BF16 => ("bf16", TensorType::F32),
-        _ => return Err(GpuError::UnsupportedType { role, ty }),
-    };
-    Ok(Format {
-        ty,
-        suffix,
-        act,
-        group: ty.block_len().max(32),
-    })
-}
-
-/// Bytes of a row of `n` elements in activation format `act`.
-fn act_row_bytes(act: TensorType, n: usize) -> usize {
-    n / act.block_len() * act.block_bytes()
-}
-
 /// Checks a projection `[n_in, n_out]` and returns its format.
 fn check_matrix(
     view: &TensorView<'_>,
@@ -241,7 +204,7 @@ fn check_matrix(
             reason: "a projection whose shape does not match the model's widths",
         });
     }
-    if !n_in.is_multiple_of(f.group) {
+    if !n_in.is_multiple_of(f.group()) {
         return Err(GpuError::Unsupported {
             reason: "a projection input width that is not a whole number of blocks (32 elements for float weights)",
         });
