@@ -176,46 +176,16 @@ __device__ __forceinline__ void q4_k_scale_min(const u8 *packed, int s, int *sc,
     }
 }
 
-// Q4_K · Q8_K: d_w d_a Σ_s sc_s Σ q_w q_a − dmin_w d_a Σ_s m_s (bsum_2s + bsum_2s+1).
-__device__ __forceinline__ float dot_q4_k_q8_k(const u8 *w, const u8 *a) {
-    const float d = ld_f16(w);
-    const float dmin = ld_f16(w + 2);
-    const u8 *scales = w + 4;
-    const u8 *qs = w + 16;
-    const float da = ld_f32_a4(a);
-    const u8 *qa = a + 4;
-    const u8 *bsums = a + 260;
-    i32 sumi = 0;
-    i32 summ = 0;
-#pragma unroll 2
-    for (int s = 0; s < 8; ++s) {
-        int sc, m;
-        q4_k_scale_min(scales, s, &sc, &m);
-        const int c = s >> 1;
-        const int shift = 4 * (s & 1);
-        i32 sub = 0;
-#pragma unroll
-        for (int l = 0; l < 32; l += 4) {
-            const i32 packed = ld_i32_a2(qs + 32 * c + l);
-            const i32 q = (packed >> shift) & 0x0f0f0f0f;
-            // Q8_K quants start at a 4-byte aligned offset (4) in a 292-byte block.
-            const i32 act = *(const i32 *)(qa + 32 * s + l);
-            sub = __dp4a(q, act, sub);
-        }
-        sumi += sc * sub;
-        summ += m * ((i32)(i16)ld_u16(bsums + 4 * s) + (i32)(i16)ld_u16(bsums + 4 * s + 2));
-    }
-    return (d * da) * (float)sumi - (dmin * da) * (float)summ;
-}
-
-// Q5_K · Q8_K: as Q4_K with 5-bit quants: the fifth bit of element l of sub-block s is
-// bit s of qh[l].
-__device__ __forceinline__ float dot_q5_k_q8_k(const u8 *w, const u8 *a) {
+// Q4_K / Q5_K · Q8_K: d_w d_a Σ_s sc_s Σ q_w q_a − dmin_w d_a Σ_s m_s (bsum_2s +
+// bsum_2s+1). Q5_K's quants have a fifth bit: bit s of qh[l] for element l of
+// sub-block s (qh sits where Q4_K's quants start, which follow it).
+template <bool FIVE_BITS>
+__device__ __forceinline__ float dot_k_min_q8_k(const u8 *w, const u8 *a) {
     const float d = ld_f16(w);
     const float dmin = ld_f16(w + 2);
     const u8 *scales = w + 4;
     const u8 *qh = w + 16;
-    const u8 *qs = w + 48;
+    const u8 *qs = FIVE_BITS ? w + 48 : w + 16;
     const float da = ld_f32_a4(a);
     const u8 *qa = a + 4;
     const u8 *bsums = a + 260;
@@ -230,9 +200,11 @@ __device__ __forceinline__ float dot_q5_k_q8_k(const u8 *w, const u8 *a) {
         i32 sub = 0;
 #pragma unroll
         for (int l = 0; l < 32; l += 4) {
-            const i32 low = (ld_i32_a2(qs + 32 * c + l) >> shift) & 0x0f0f0f0f;
-            const i32 high = (ld_i32_a2(qh + l) >> s) & 0x01010101;
-            const i32 q = low | (high << 4); // 0..31
+            i32 q = (ld_i32_a2(qs + 32 * c + l) >> shift) & 0x0f0f0f0f;
+            if (FIVE_BITS) {
+                q |= ((ld_i32_a2(qh + l) >> s) & 0x01010101) << 4; // 0..31
+            }
+            // Q8_K quants start at a 4-byte aligned offset (4) in a 292-byte block.
             const i32 act = *(const i32 *)(qa + 32 * s + l);
             sub = __dp4a(q, act, sub);
         }
@@ -318,10 +290,10 @@ template <> __device__ __forceinline__ float block_dot<TY_Q8_0>(const u8 *w, con
     return dot_q8_0_q8_0(w, a);
 }
 template <> __device__ __forceinline__ float block_dot<TY_Q4_K>(const u8 *w, const u8 *a) {
-    return dot_q4_k_q8_k(w, a);
+    return dot_k_min_q8_k<false>(w, a);
 }
 template <> __device__ __forceinline__ float block_dot<TY_Q5_K>(const u8 *w, const u8 *a) {
-    return dot_q5_k_q8_k(w, a);
+    return dot_k_min_q8_k<true>(w, a);
 }
 template <> __device__ __forceinline__ float block_dot<TY_Q6_K>(const u8 *w, const u8 *a) {
     return dot_q6_k_q8_k(w, a);
