@@ -286,132 +286,18 @@ fn routing_options_match_cpu() {
     check(&w, selected, false, 6, "softmax over the selected", false);
 }
 
-fn deepseek_config(n_expert: usize, k: usize) -> RouterConfig {
-    RouterConfig {
-        score: ScoreFunc::Sigmoid,
-        normalize: Normalize::Sum { epsilon: 1e-20 },
-        scale: 2.5,
-        groups: Some(GroupLimit {
-            n_group: 4,
-            topk_group: 2,
-            score: GroupScore::SumTop(2),
-        }),
-        ..RouterConfig::top_k(N_EMBD, n_expert, k)
-    }
-}
-
 #[test]
 fn always_on_shared_expert_matches_cpu() {
-    use TensorType::*;
-    // DeepSeek: added with weight 1, wider than the routed experts (1280 vs 768) and of
-    // other types (Q8_0 against Q4_K/Q6_K: the input is quantized to Q8_0 and Q8_K).
-    let w = Weights::new(Q4_K, Q6_K, 16, 71)
-        .with_shared(SharedWeights::new(Q8_0, Q8_0, 1280, None, 72));
-    for n_tokens in [1, 4, 37] {
-        let label = format!("always-on shared Q8_0 n_ff=1280, Q4_K/Q6_K experts, T={n_tokens}");
-        check(
-            &w,
-            deepseek_config(16, 4),
-            true,
-            n_tokens,
-            &label,
-            n_tokens == 4,
-        );
-    }
-    // Q5_K_M experts (Q5_K gate/up, Q6_K down) beside shared experts of the other newer
-    // types: F32 (f32 input rows), Q5_0 (Q8_0) and Q5_K with Q6_K (Q8_K).
-    for (i, (sgu, sdn)) in [(F32, F32), (Q5_0, Q5_0), (Q5_K, Q6_K)]
-        .into_iter()
-        .enumerate()
-    {
-        let w = Weights::new(Q5_K, Q6_K, 16, 110 + i as u64).with_shared(SharedWeights::new(
-            sgu,
-            sdn,
-            1280,
-            None,
-            115 + i as u64,
-        ));
-        for n_tokens in [1, 37] {
-            let label =
-                format!("always-on shared {sgu}/{sdn} n_ff=1280, Q5_K/Q6_K experts, T={n_tokens}");
-            check(&w, deepseek_config(16, 4), true, n_tokens, &label, false);
-        }
-    }
-    // The same types as the experts, narrower, with k = 2 of 8.
-    let w =
-        Weights::new(Q4_0, Q4_0, 8, 73).with_shared(SharedWeights::new(Q4_0, Q4_0, 512, None, 74));
-    for n_tokens in [2, 33] {
-        let label = format!("always-on shared Q4_0 n_ff=512, T={n_tokens}");
-        check(
-            &w,
-            RouterConfig::mixtral(N_EMBD, 8, 2),
-            false,
-            n_tokens,
-            &label,
-            n_tokens == 33,
-        );
-    }
+    common::always_on_shared_cases(&mut |w, config, bias, n_tokens, label, selected| {
+        check(w, config, bias, n_tokens, label, selected)
+    });
 }
 
 #[test]
 fn gated_shared_expert_matches_cpu() {
-    use TensorType::*;
-    // Qwen2-MoE: weight sigmoid(gate · x), the gate an F32 vector (as GGUF files store
-    // it), F16/BF16 shared FFN of width 1024 beside Q8_0 experts.
-    let w = Weights::new(Q8_0, Q8_0, 16, 75).with_shared(SharedWeights::new(
-        F16,
-        BF16,
-        1024,
-        Some(F32),
-        76,
-    ));
-    for n_tokens in [1, 5, 40] {
-        let label = format!("gated shared (F32 gate) F16/BF16 n_ff=1024, T={n_tokens}");
-        check(
-            &w,
-            RouterConfig::top_k(N_EMBD, 16, 4),
-            false,
-            n_tokens,
-            &label,
-            n_tokens == 5,
-        );
-    }
-    // Gate vectors of other types read the input in their own activation format, which
-    // no FFN of the layer may need.
-    for (i, (gu, dn, sgu, sdn, gate)) in [
-        (Q4_K, Q4_K, Q6_K, Q4_K, Q8_0),
-        (Q4_0, Q4_0, Q4_0, Q8_0, Q4_K),
-        (BF16, BF16, Q6_K, Q6_K, BF16),
-        (F16, F16, Q8_0, Q8_0, Q6_K),
-        (Q8_0, Q8_0, Q4_K, Q6_K, F16),
-        (Q6_K, Q6_K, F16, F16, Q4_0),
-        (F32, F32, Q5_K, Q5_K, Q5_0),
-        (Q5_0, Q5_0, F32, F32, Q5_K),
-        (Q5_K, Q6_K, Q5_0, Q5_0, F32),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let w = Weights::new(gu, dn, 8, 80 + i as u64).with_shared(SharedWeights::new(
-            sgu,
-            sdn,
-            512,
-            Some(gate),
-            90 + i as u64,
-        ));
-        for n_tokens in [2, 33] {
-            let label =
-                format!("gated shared ({gate} gate) {sgu}/{sdn}, {gu}/{dn} experts, T={n_tokens}");
-            check(
-                &w,
-                RouterConfig::mixtral(N_EMBD, 8, 2),
-                false,
-                n_tokens,
-                &label,
-                false,
-            );
-        }
-    }
+    common::gated_shared_cases(&mut |w, config, bias, n_tokens, label, selected| {
+        check(w, config, bias, n_tokens, label, selected)
+    });
 }
 
 /// `GpuMoeLayer::hybrid_forward`'s composition: the device part (resident experts and

@@ -5,7 +5,9 @@
 
 use moe_core::TensorType;
 use moe_core::moe::{Activation, ExpertStack, Ffn, MoeLayer, SharedExpert, Workspace};
-use moe_core::router::{Router, RouterConfig, Selection};
+use moe_core::router::{
+    GroupLimit, GroupScore, Normalize, Router, RouterConfig, ScoreFunc, Selection,
+};
 use moe_core::tensor::TensorView;
 use moe_cuda::RouterTensors;
 use moe_cuda::synthetic::{random_f32, random_matrix};
@@ -270,3 +272,123 @@ pub const TYPES: [(TensorType, TensorType); 11] = [
     (TensorType::Q4_K, TensorType::Q6_K),
     (TensorType::Q5_K, TensorType::Q6_K),
 ];
+
+/// DeepSeek-V3's router options: sigmoid scores, normalised and scaled weights, group
+/// limits.
+pub fn deepseek_config(n_expert: usize, k: usize) -> RouterConfig {
+    RouterConfig {
+        score: ScoreFunc::Sigmoid,
+        normalize: Normalize::Sum { epsilon: 1e-20 },
+        scale: 2.5,
+        groups: Some(GroupLimit {
+            n_group: 4,
+            topk_group: 2,
+            score: GroupScore::SumTop(2),
+        }),
+        ..RouterConfig::top_k(N_EMBD, n_expert, k)
+    }
+}
+
+/// One GPU-against-CPU case: the layer's bytes, its router, whether the router has a
+/// selection bias, the batch size, a label, and whether the host check also runs the
+/// kernels on the caller's selections.
+pub type CaseFn<'f> = dyn FnMut(&Weights, RouterConfig, bool, usize, &str, bool) + 'f;
+
+/// The always-on shared expert cases (DeepSeek): wider than the routed experts and of
+/// other types, so the input is quantized to more than one format.
+pub fn always_on_shared_cases(case: &mut CaseFn<'_>) {
+    use TensorType::*;
+    let w = Weights::new(Q4_K, Q6_K, 16, 71)
+        .with_shared(SharedWeights::new(Q8_0, Q8_0, 1280, None, 72));
+    for n_tokens in [1, 4, 37] {
+        let label = format!("always-on shared Q8_0 n_ff=1280, Q4_K/Q6_K experts, T={n_tokens}");
+        case(
+            &w,
+            deepseek_config(16, 4),
+            true,
+            n_tokens,
+            &label,
+            n_tokens == 4,
+        );
+    }
+    // Q5_K_M experts (Q5_K gate/up, Q6_K down) beside shared experts of F32 (f32 input
+    // rows), Q5_0 (Q8_0) and Q5_K with Q6_K (Q8_K).
+    for (i, (sgu, sdn)) in [(F32, F32), (Q5_0, Q5_0), (Q5_K, Q6_K)]
+        .into_iter()
+        .enumerate()
+    {
+        let w = Weights::new(Q5_K, Q6_K, 16, 110 + i as u64).with_shared(SharedWeights::new(
+            sgu,
+            sdn,
+            1280,
+            None,
+            115 + i as u64,
+        ));
+        for n_tokens in [1, 37] {
+            let label =
+                format!("always-on shared {sgu}/{sdn} n_ff=1280, Q5_K/Q6_K experts, T={n_tokens}");
+            case(&w, deepseek_config(16, 4), true, n_tokens, &label, false);
+        }
+    }
+    // The same types as the experts, narrower, with k = 2 of 8.
+    let w =
+        Weights::new(Q4_0, Q4_0, 8, 73).with_shared(SharedWeights::new(Q4_0, Q4_0, 512, None, 74));
+    for n_tokens in [2, 33] {
+        let label = format!("always-on shared Q4_0 n_ff=512, T={n_tokens}");
+        let config = RouterConfig::mixtral(N_EMBD, 8, 2);
+        case(&w, config, false, n_tokens, &label, n_tokens == 33);
+    }
+}
+
+/// The sigmoid-gated shared expert cases (Qwen2-MoE): an F32 gate vector as GGUF files
+/// store it, then gate vectors of other types, which read the input in their own
+/// activation format (one no FFN of the layer may need).
+pub fn gated_shared_cases(case: &mut CaseFn<'_>) {
+    use TensorType::*;
+    let w = Weights::new(Q8_0, Q8_0, 16, 75).with_shared(SharedWeights::new(
+        F16,
+        BF16,
+        1024,
+        Some(F32),
+        76,
+    ));
+    for n_tokens in [1, 5, 40] {
+        let label = format!("gated shared (F32 gate) F16/BF16 n_ff=1024, T={n_tokens}");
+        let config = RouterConfig::top_k(N_EMBD, 16, 4);
+        case(&w, config, false, n_tokens, &label, n_tokens == 5);
+    }
+    for (i, (gu, dn, sgu, sdn, gate)) in [
+        (Q4_K, Q4_K, Q6_K, Q4_K, Q8_0),
+        (Q4_0, Q4_0, Q4_0, Q8_0, Q4_K),
+        (BF16, BF16, Q6_K, Q6_K, BF16),
+        (F16, F16, Q8_0, Q8_0, Q6_K),
+        (Q8_0, Q8_0, Q4_K, Q6_K, F16),
+        (Q6_K, Q6_K, F16, F16, Q4_0),
+        (F32, F32, Q5_K, Q5_K, Q5_0),
+        (Q5_0, Q5_0, F32, F32, Q5_K),
+        (Q5_K, Q6_K, Q5_0, Q5_0, F32),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let w = Weights::new(gu, dn, 8, 80 + i as u64).with_shared(SharedWeights::new(
+            sgu,
+            sdn,
+            512,
+            Some(gate),
+            90 + i as u64,
+        ));
+        for n_tokens in [2, 33] {
+            let label =
+                format!("gated shared ({gate} gate) {sgu}/{sdn}, {gu}/{dn} experts, T={n_tokens}");
+            case(
+                &w,
+                RouterConfig::mixtral(N_EMBD, 8, 2),
+                false,
+                n_tokens,
+                &label,
+                false,
+            );
+        }
+    }
+}
