@@ -383,6 +383,10 @@ struct Scratch {
     identity: CudaSlice<i32>,
     /// The shared expert's buffers.
     shared: Option<SharedScratch>,
+    /// Whether `ids` / `weights` hold a dense block's fixed choice (expert 0 at weight 1
+    /// in every token's first slot) for all `tokens`, uploaded once by `forward_device`
+    /// and overwritten by `forward_selected`.
+    ids_are_dense: bool,
 }
 
 /// The shared expert's buffers: one "pair" per token.
@@ -1292,6 +1296,7 @@ impl GpuMoeLayer {
                 tile_expert: stream.alloc_zeros(max_tiles)?,
                 identity: stream.clone_htod(&identity)?,
                 shared,
+                ids_are_dense: false,
             })
         })?;
         self.scratch = Some(scratch);
@@ -1387,6 +1392,7 @@ impl GpuMoeLayer {
             let scratch = self.scratch.as_mut().ok_or(GpuError::Unsupported {
                 reason: "scratch missing",
             })?;
+            scratch.ids_are_dense = false;
             catch(|| {
                 let mut dst = scratch.ids.slice_mut(..ids.len());
                 stream.memcpy_htod(&ids, &mut dst)?;
@@ -1756,14 +1762,6 @@ impl GpuMoeLayer {
         self.ensure_scratch(n_tokens)?;
         let route = self.router.is_some();
         let k = self.k;
-        // Without a router: expert 0 with weight 1 in each token's first slot.
-        let (ids, weights): (Vec<i32>, Vec<f32>) = if route {
-            (Vec::new(), Vec::new())
-        } else {
-            (0..n_tokens * k)
-                .map(|p| if p % k == 0 { (0, 1.0) } else { (-1, 0.0) })
-                .unzip()
-        };
         let stream = self.device.stream.clone();
         let s = self.scratch.as_mut().ok_or(GpuError::Unsupported {
             reason: "scratch missing",
@@ -1779,11 +1777,17 @@ impl GpuMoeLayer {
                     actual: have,
                 })?;
             stream.memcpy_dtod(&x.slice(..n), &mut dst)?;
-            if !route {
+            if !route && !s.ids_are_dense {
+                // Without a router: expert 0 with weight 1 in each token's first slot,
+                // for every token the scratch holds (once, not per call).
+                let (ids, weights): (Vec<i32>, Vec<f32>) = (0..s.tokens * k)
+                    .map(|p| if p % k == 0 { (0, 1.0) } else { (-1, 0.0) })
+                    .unzip();
                 let mut dst = s.ids.slice_mut(..ids.len());
                 stream.memcpy_htod(&ids, &mut dst)?;
                 let mut dst = s.weights.slice_mut(..weights.len());
                 stream.memcpy_htod(&weights, &mut dst)?;
+                s.ids_are_dense = true;
             }
             Ok(())
         })?;
