@@ -16,7 +16,7 @@
 use moe_core::model::{FfnOffload, Model};
 use moe_core::moe::MoeLayer;
 use moe_core::router::{Choice, Selection};
-use moe_cuda::{GpuDevice, GpuError, GpuModel, GpuMoeLayer, RouterTensors};
+use moe_cuda::{GpuDevice, GpuError, GpuModel, GpuMoeLayer, RouterTensors, placement};
 
 /// What to put on the device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -178,21 +178,24 @@ pub fn place_blocks(
             open[l] = take(b.fixed);
         }
     }
-    let count = |l: usize, e: usize| counts.get(l).and_then(|c| c.get(e)).copied().unwrap_or(0);
+    // The routed experts of the open blocks in (expert, layer) order, so that
+    // `placement::place` (most-used first, ties to the lower index) spreads equal counts
+    // evenly over the blocks.
     let mut units: Vec<(usize, usize)> = blocks
         .iter()
         .enumerate()
         .filter(|&(l, _)| open[l])
         .flat_map(|(l, b)| (0..b.experts.len()).map(move |e| (l, e)))
         .collect();
-    units.sort_by(|&(la, ea), &(lb, eb)| {
-        count(lb, eb)
-            .cmp(&count(la, ea))
-            .then(ea.cmp(&eb))
-            .then(la.cmp(&lb))
-    });
-    for (l, e) in units {
-        if take(blocks[l].experts[e]) {
+    units.sort_by_key(|&(l, e)| (e, l));
+    let unit_counts: Vec<u64> = units
+        .iter()
+        .map(|&(l, e)| counts.get(l).and_then(|c| c.get(e)).copied().unwrap_or(0))
+        .collect();
+    let unit_bytes: Vec<u64> = units.iter().map(|&(l, e)| blocks[l].experts[e]).collect();
+    // Cannot fail: the two lists have one entry per unit.
+    if let Ok(chosen) = placement::place(&unit_counts, &unit_bytes, left) {
+        for (&(l, e), _) in units.iter().zip(&chosen.resident).filter(|(_, r)| **r) {
             placed[l].get_or_insert_with(|| vec![false; blocks[l].experts.len()])[e] = true;
         }
     }
