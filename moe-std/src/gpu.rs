@@ -125,22 +125,10 @@ pub struct BlockWeights {
 
 impl BlockWeights {
     /// The sizes of `layer`'s weights (dense when it has no router).
-    pub fn of(layer: &MoeLayer<'_>) -> moe_core::Result<Self> {
-        let bytes = |ffn: &moe_core::moe::Ffn<'_>| {
-            let gate = ffn.gate().map_or(0, |g| g.data().len());
-            (gate + ffn.up().data().len() + ffn.down().data().len()) as u64
-        };
-        let experts = layer.experts();
-        let mut sizes = Vec::with_capacity(experts.n_expert());
-        for e in 0..experts.n_expert() {
-            sizes.push(bytes(&experts.expert(e)?));
-        }
-        let shared = layer.shared();
-        let fixed =
-            shared.ffn().map_or(0, bytes) + shared.gate().map_or(0, |g| g.data().len() as u64);
+    pub fn of(layer: &MoeLayer<'_>) -> Result<Self, GpuError> {
         Ok(BlockWeights {
-            fixed,
-            experts: sizes,
+            fixed: placement::shared_bytes(layer),
+            experts: placement::expert_bytes(layer.experts())?,
             dense: layer.router().is_none(),
         })
     }
@@ -231,7 +219,7 @@ impl GpuOffload {
             let layer = model.ffn(l).ok_or(GpuError::Unsupported {
                 reason: "a block without an FFN",
             })?;
-            weights.push(BlockWeights::of(layer).map_err(GpuError::Core)?);
+            weights.push(BlockWeights::of(layer)?);
         }
         let placement = match options.budget {
             Some(budget) => place_blocks(&weights, &options.counts, budget),
